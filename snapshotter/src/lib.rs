@@ -1,1 +1,77 @@
-//! x
+//! kiln's storage layer.
+//!
+//! It owns the content-addressed store ([`store`]), the rootless identity mapping and
+//! the entry into kiln's user namespace ([`idmap`]), unpacking layers into snapshot
+//! directories in overlayfs format ([`unpack`]), producing a layer from an overlay
+//! upper directory in one streaming pass ([`diff`]), and mounting overlay snapshots
+//! ([`overlay`]). Raw syscalls and `unsafe` live in [`sys`] only.
+
+pub mod diff;
+pub mod digest;
+pub mod idmap;
+pub mod overlay;
+pub mod store;
+mod sys;
+pub mod unpack;
+
+pub use store::Store;
+
+/// Everything that can go wrong in the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation failed; `context` says on what.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    /// Content did not hash to the digest it was stored or fetched under.
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    /// A string is not a `sha256:<64 hex>` digest.
+    #[error("invalid digest {0:?}: expected sha256:<64 hex digits>")]
+    BadDigest(String),
+    /// A layer entry tried to leave the directory it is unpacked into.
+    #[error("layer entry {0:?} escapes the root it is unpacked into")]
+    Escape(String),
+    /// The user namespace or its identity mapping could not be set up.
+    #[error("user namespace: {0}")]
+    UserNs(String),
+    /// A system call failed.
+    #[error("{context}: {errno}")]
+    Sys {
+        context: String,
+        errno: nix::errno::Errno,
+    },
+}
+
+/// Result alias for the storage layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches "what were we doing" to I/O and syscall errors.
+pub trait Context<T> {
+    /// Wraps the error with a description of the operation.
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for std::io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: what(),
+            source,
+        })
+    }
+}
+
+impl<T> Context<T> for nix::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|errno| Error::Sys {
+            context: what(),
+            errno,
+        })
+    }
+}

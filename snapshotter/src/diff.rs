@@ -1,0 +1,267 @@
+//! Turning an overlay upper directory into an OCI layer in one streaming pass:
+//! walk -> tar -> sha256 (diffID) -> gzip -> sha256 (digest) -> file.
+//!
+//! Overlay's 0/0 character-device whiteouts become `.wh.name` entries and opaque
+//! directories get a `.wh..wh..opq` entry; overlay's own `user.overlay.*` xattrs are
+//! dropped. Entries are written in byte order of their names so the same tree always
+//! gives the same tar.
+
+use crate::digest::HashWriter;
+use crate::unpack::OPAQUE_XATTR;
+use crate::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// `application/vnd.oci.image.layer.v1.tar+gzip`.
+pub const MEDIA_TYPE_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// The identity of a produced layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerDigests {
+    /// sha256 of the uncompressed tar.
+    pub diff_id: String,
+    /// sha256 of the compressed blob.
+    pub digest: String,
+    /// Size of the compressed blob.
+    pub size: u64,
+    /// Entries written (0 means the layer is empty and may be dropped).
+    pub entries: u64,
+}
+
+/// Writes the layer for `upper` to `out` (gzip-compressed).
+pub fn write_layer(upper: &Path, out: File) -> Result<LayerDigests> {
+    let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, out));
+    let gz = flate2::write::GzEncoder::new(compressed, flate2::Compression::default());
+    let mut tar = tar::Builder::new(HashWriter::new(gz));
+    tar.follow_symlinks(false);
+    let mut w = Walker {
+        tar,
+        links: HashMap::new(),
+        entries: 0,
+    };
+    w.dir(upper, Path::new(""))?;
+    let tar_hw = w.tar.into_inner().ctx(|| "finishing layer tar".into())?;
+    let (gz, diff_id, _) = tar_hw.finish();
+    let compressed = gz.finish().ctx(|| "finishing gzip".into())?;
+    let (buf, digest, size) = compressed.finish();
+    let file = buf
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .ctx(|| "flushing layer".into())?;
+    file.sync_all().ctx(|| "syncing layer".into())?;
+    Ok(LayerDigests {
+        diff_id,
+        digest,
+        size,
+        entries: w.entries,
+    })
+}
+
+struct Walker<W: Write> {
+    tar: tar::Builder<W>,
+    /// (dev, ino) -> first path, for hardlinks within the layer.
+    links: HashMap<(u64, u64), PathBuf>,
+    entries: u64,
+}
+
+fn header_for(meta: &fs::Metadata, kind: tar::EntryType) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(meta.mode() & 0o7777);
+    h.set_uid(meta.uid().into());
+    h.set_gid(meta.gid().into());
+    h.set_mtime(meta.mtime().max(0) as u64);
+    h.set_size(0);
+    h
+}
+
+impl<W: Write> Walker<W> {
+    fn dir(&mut self, abs: &Path, rel: &Path) -> Result<()> {
+        let mut names: Vec<_> = fs::read_dir(abs)
+            .ctx(|| format!("reading {}", abs.display()))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .ctx(|| format!("reading {}", abs.display()))?;
+        names.sort();
+        for name in names {
+            let a = abs.join(&name);
+            let r = rel.join(&name);
+            let meta = fs::symlink_metadata(&a).ctx(|| format!("stat {}", a.display()))?;
+            let ft = meta.file_type();
+            self.entries += 1;
+            if ft.is_char_device() && meta.rdev() == 0 {
+                let mut wh = name.clone();
+                wh.clear();
+                wh.push(".wh.");
+                wh.push(&name);
+                let mut h = header_for(&meta, tar::EntryType::Regular);
+                h.set_mode(0o600);
+                self.tar
+                    .append_data(&mut h, rel.join(wh), std::io::empty())
+                    .ctx(|| format!("writing whiteout {}", r.display()))?;
+            } else if ft.is_dir() {
+                let mut h = header_for(&meta, tar::EntryType::Directory);
+                self.xattrs(&a)?;
+                self.tar
+                    .append_data(&mut h, &r, std::io::empty())
+                    .ctx(|| format!("writing {}", r.display()))?;
+                if xattr::get(&a, OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y") {
+                    let mut h = header_for(&meta, tar::EntryType::Regular);
+                    h.set_mode(0o600);
+                    self.tar
+                        .append_data(&mut h, r.join(".wh..wh..opq"), std::io::empty())
+                        .ctx(|| format!("writing {}", r.display()))?;
+                }
+                self.dir(&a, &r)?;
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&a).ctx(|| format!("readlink {}", a.display()))?;
+                let mut h = header_for(&meta, tar::EntryType::Symlink);
+                self.tar
+                    .append_link(&mut h, &r, &target)
+                    .ctx(|| format!("writing {}", r.display()))?;
+            } else if ft.is_file() {
+                if meta.nlink() > 1 {
+                    if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
+                        let mut h = header_for(&meta, tar::EntryType::Link);
+                        let first = first.clone();
+                        self.tar
+                            .append_link(&mut h, &r, &first)
+                            .ctx(|| format!("writing {}", r.display()))?;
+                        continue;
+                    }
+                    self.links.insert((meta.dev(), meta.ino()), r.clone());
+                }
+                let mut h = header_for(&meta, tar::EntryType::Regular);
+                h.set_size(meta.len());
+                self.xattrs(&a)?;
+                let f = File::open(&a).ctx(|| format!("opening {}", a.display()))?;
+                self.tar
+                    .append_data(&mut h, &r, f)
+                    .ctx(|| format!("writing {}", r.display()))?;
+            } else {
+                let kind = if ft.is_fifo() {
+                    tar::EntryType::Fifo
+                } else if ft.is_char_device() {
+                    tar::EntryType::Char
+                } else if ft.is_block_device() {
+                    tar::EntryType::Block
+                } else {
+                    self.entries -= 1;
+                    continue; // sockets are not layer content
+                };
+                let mut h = header_for(&meta, kind);
+                let rdev = meta.rdev();
+                h.set_device_major(nix::sys::stat::major(rdev) as u32)
+                    .ctx(|| "device major".into())?;
+                h.set_device_minor(nix::sys::stat::minor(rdev) as u32)
+                    .ctx(|| "device minor".into())?;
+                self.tar
+                    .append_data(&mut h, &r, std::io::empty())
+                    .ctx(|| format!("writing {}", r.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a PAX header with the entry's xattrs (except overlay's own).
+    fn xattrs(&mut self, p: &Path) -> Result<()> {
+        let Ok(names) = xattr::list(p) else {
+            return Ok(());
+        };
+        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+        for n in names {
+            let n = n.to_string_lossy().to_string();
+            if n.starts_with("user.overlay.") || n.starts_with("trusted.overlay.") {
+                continue;
+            }
+            if let Ok(Some(v)) = xattr::get(p, &n) {
+                pax.push((format!("SCHILY.xattr.{n}"), v));
+            }
+        }
+        if pax.is_empty() {
+            return Ok(());
+        }
+        pax.sort();
+        self.tar
+            .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .ctx(|| format!("writing xattrs of {}", p.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn list(blob: &Path) -> BTreeMap<String, (tar::EntryType, Vec<u8>)> {
+        let f = File::open(blob).expect("open");
+        let mut ar = tar::Archive::new(crate::unpack::decompress(f).expect("decompress"));
+        let mut m = BTreeMap::new();
+        for e in ar.entries().expect("entries") {
+            let mut e = e.expect("entry");
+            let p = e.path().expect("path").display().to_string();
+            let kind = e.header().entry_type();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).expect("read");
+            if kind == tar::EntryType::Link || kind == tar::EntryType::Symlink {
+                data = e
+                    .link_name()
+                    .expect("link")
+                    .expect("some")
+                    .display()
+                    .to_string()
+                    .into_bytes();
+            }
+            m.insert(p, (kind, data));
+        }
+        m
+    }
+
+    #[test]
+    fn upper_dir_becomes_layer_with_whiteouts_and_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = dir.path().join("upper");
+        fs::create_dir_all(up.join("d/opaque")).expect("mkdir");
+        fs::write(up.join("d/file"), b"content").expect("write");
+        fs::hard_link(up.join("d/file"), up.join("d/hard")).expect("link");
+        std::os::unix::fs::symlink("file", up.join("d/sym")).expect("symlink");
+        nix::sys::stat::mknod(
+            &up.join("d/deleted"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .expect("mknod");
+        xattr::set(up.join("d/opaque"), OPAQUE_XATTR, b"y").expect("xattr");
+        let out = dir.path().join("layer");
+        let d = write_layer(&up, File::create(&out).expect("create")).expect("layer");
+        let bytes = fs::read(&out).expect("read");
+        assert_eq!(d.digest, crate::digest::of(&bytes));
+        assert_eq!(d.size, bytes.len() as u64);
+        let m = list(&out);
+        assert_eq!(m["d/file"], (tar::EntryType::Regular, b"content".to_vec()));
+        assert_eq!(m["d/hard"].0, tar::EntryType::Link);
+        assert_eq!(m["d/sym"], (tar::EntryType::Symlink, b"file".to_vec()));
+        assert!(m.contains_key("d/.wh.deleted"));
+        assert!(m.contains_key("d/opaque/.wh..wh..opq"));
+        assert!(!m.contains_key("d/deleted"));
+        // The same tree gives the same layer.
+        let out2 = dir.path().join("layer2");
+        let d2 = write_layer(&up, File::create(&out2).expect("create")).expect("layer");
+        assert_eq!(d, d2);
+    }
+
+    #[test]
+    fn empty_upper_is_an_empty_layer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = dir.path().join("upper");
+        fs::create_dir(&up).expect("mkdir");
+        let d =
+            write_layer(&up, File::create(dir.path().join("l")).expect("create")).expect("layer");
+        assert_eq!(d.entries, 0);
+    }
+}

@@ -1,0 +1,203 @@
+//! Unpacking a layer blob into a snapshot directory in overlayfs format: `.wh.name`
+//! becomes a 0/0 character device `name`, `.wh..wh..opq` becomes the
+//! `user.overlay.opaque` xattr on its directory, so snapshots stack as overlay lowers.
+//!
+//! Containment: entries with `..` are rejected, whiteout parents are created without
+//! following symlinks, and everything else goes through `tar::Entry::unpack_in`, which
+//! refuses paths that resolve outside the root.
+
+use crate::{Context, Error, Result};
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+/// The overlay xattr that marks a directory opaque in a userxattr mount.
+pub const OPAQUE_XATTR: &str = "user.overlay.opaque";
+
+/// What an unpack did, for warnings.
+#[derive(Debug, Default)]
+pub struct Unpacked {
+    /// Device nodes that could not be created without privileges and were skipped.
+    pub skipped_devices: Vec<String>,
+}
+
+/// Opens a possibly compressed layer: gzip and zstd are recognised by magic bytes.
+pub fn decompress<'a, R: Read + 'a>(r: R) -> Result<Box<dyn Read + 'a>> {
+    let mut br = BufReader::with_capacity(256 * 1024, r);
+    let head = br.fill_buf().ctx(|| "reading layer".into())?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(br)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Box::new(
+            zstd::stream::read::Decoder::with_buffer(br).ctx(|| "starting zstd".into())?,
+        ))
+    } else {
+        Ok(Box::new(br))
+    }
+}
+
+/// Unpacks the tar stream `r` (compressed or not) into `dest`.
+pub fn unpack(r: impl Read, dest: &Path, preserve_owners: bool) -> Result<Unpacked> {
+    let mut ar = tar::Archive::new(decompress(r)?);
+    ar.set_preserve_permissions(true);
+    ar.set_preserve_mtime(true);
+    ar.set_preserve_ownerships(preserve_owners);
+    ar.set_unpack_xattrs(true);
+    ar.set_overwrite(true);
+    let mut out = Unpacked::default();
+    for entry in ar.entries().ctx(|| "reading layer".into())? {
+        let mut entry = entry.ctx(|| "reading layer entry".into())?;
+        let raw = entry.path().ctx(|| "layer entry path".into())?.into_owned();
+        let rel = clean(&raw)?;
+        let Some(name) = rel.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue; // the root itself
+        };
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        if name == ".wh..wh..opq" {
+            let dir = mkdir_contained(dest, parent)?;
+            xattr::set(&dir, OPAQUE_XATTR, b"y")
+                .ctx(|| format!("marking {} opaque", dir.display()))?;
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            let dir = mkdir_contained(dest, parent)?;
+            let target = dir.join(hidden);
+            remove_any(&target)?;
+            nix::sys::stat::mknod(
+                &target,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::empty(),
+                0,
+            )
+            .ctx(|| format!("creating whiteout {}", target.display()))?;
+            continue;
+        }
+        match entry.header().entry_type() {
+            tar::EntryType::Char | tar::EntryType::Block => {
+                out.skipped_devices.push(rel.display().to_string());
+                continue;
+            }
+            _ => {}
+        }
+        if !entry
+            .unpack_in(dest)
+            .ctx(|| format!("unpacking {}", rel.display()))?
+        {
+            return Err(Error::Escape(raw.display().to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Normalises an entry path to a relative one, rejecting `..`.
+fn clean(p: &Path) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(Error::Escape(p.display().to_string()))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `mkdir -p root/rel` refusing to pass through symlinks (which could lead outside).
+fn mkdir_contained(root: &Path, rel: &Path) -> Result<PathBuf> {
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(Error::Escape(rel.display().to_string())),
+            Err(_) => fs::create_dir(&cur).ctx(|| format!("creating {}", cur.display()))?,
+        }
+    }
+    Ok(cur)
+}
+
+fn remove_any(p: &Path) -> Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p).ctx(|| format!("removing {}", p.display())),
+        Ok(_) => fs::remove_file(p).ctx(|| format!("removing {}", p.display())),
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    fn layer(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            // Write the name raw so that hostile paths reach the unpacker unchanged.
+            h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_cksum();
+            b.append(&h, *data).expect("append");
+        }
+        b.into_inner().expect("finish")
+    }
+
+    #[test]
+    fn whiteouts_become_overlay_whiteouts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = layer(&[
+            ("a/keep", b"x"),
+            ("a/.wh.gone", b""),
+            ("b/.wh..wh..opq", b""),
+        ]);
+        unpack(&data[..], dir.path(), false).expect("unpack");
+        assert_eq!(fs::read(dir.path().join("a/keep")).expect("read"), b"x");
+        let wh = fs::symlink_metadata(dir.path().join("a/gone")).expect("whiteout");
+        assert!(wh.file_type().is_char_device());
+        assert_eq!(
+            xattr::get(dir.path().join("b"), OPAQUE_XATTR).expect("xattr"),
+            Some(b"y".to_vec())
+        );
+    }
+
+    #[test]
+    fn parent_dir_entries_are_rejected() {
+        let outer = tempfile::tempdir().expect("tempdir");
+        let root = outer.path().join("root");
+        fs::create_dir(&root).expect("mkdir");
+        let data = layer(&[("../escaped", b"x")]);
+        assert!(matches!(
+            unpack(&data[..], &root, false),
+            Err(Error::Escape(_))
+        ));
+        assert!(!outer.path().join("escaped").exists());
+    }
+
+    #[test]
+    fn whiteout_through_symlink_is_rejected() {
+        let outer = tempfile::tempdir().expect("tempdir");
+        let root = outer.path().join("root");
+        fs::create_dir(&root).expect("mkdir");
+        std::os::unix::fs::symlink(outer.path(), root.join("link")).expect("symlink");
+        let data = layer(&[("link/.wh.victim", b"")]);
+        fs::write(outer.path().join("victim"), b"safe").expect("write");
+        assert!(unpack(&data[..], &root, false).is_err());
+        assert_eq!(
+            fs::read(outer.path().join("victim")).expect("read"),
+            b"safe"
+        );
+    }
+
+    #[test]
+    fn gzip_layers_are_detected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &layer(&[("f", b"gz")])).expect("gz");
+        unpack(&gz.finish().expect("finish")[..], dir.path(), false).expect("unpack");
+        assert_eq!(fs::read(dir.path().join("f")).expect("read"), b"gz");
+    }
+}
