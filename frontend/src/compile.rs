@@ -44,7 +44,7 @@ pub trait ImageResolver {
 }
 
 /// A RUN step, fully expanded.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RunSpec {
     pub argv: Vec<String>,
     pub env: Vec<String>,

@@ -1,0 +1,167 @@
+//! Cache keys and records.
+//!
+//! A vertex's key hashes what it does and the keys of its inputs (for COPY from the
+//! context: the selected files' paths, types, modes and contents), so equal keys mean
+//! equal results. A record maps a key to the resulting layer stack; it is only trusted
+//! while every snapshot and blob it names is still in the store.
+
+use crate::fileop;
+use crate::{io_ctx, Result};
+use kiln_snapshotter::Store;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// One layer of a filesystem state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Layer {
+    pub diff_id: String,
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+    /// The snapshot directory holding the unpacked layer.
+    pub snapshot: String,
+}
+
+/// The result of a vertex.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The whole stack, bottom first.
+    pub layers: Vec<Layer>,
+    /// Whether the vertex itself added a layer (the last one).
+    pub produced: bool,
+    /// When the vertex ran (RFC 3339), for history.
+    pub created: String,
+}
+
+impl Record {
+    /// Snapshot ids top-first, as overlay's lowerdir wants them.
+    pub fn lowers(&self) -> Vec<String> {
+        self.layers
+            .iter()
+            .rev()
+            .map(|l| l.snapshot.clone())
+            .collect()
+    }
+}
+
+/// Hashes length-prefixed parts into a hex key.
+pub fn key(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Whether everything a record names is still present.
+pub fn usable(store: &Store, r: &Record) -> bool {
+    r.layers
+        .iter()
+        .all(|l| store.snapshot_path(&l.snapshot).is_dir() && store.has_blob(&l.digest))
+}
+
+/// Loads the record for `key` if it is still usable.
+pub fn load(store: &Store, key: &str) -> Option<Record> {
+    let bytes = fs::read(store.cache_path(key)).ok()?;
+    let r: Record = serde_json::from_slice(&bytes).ok()?;
+    usable(store, &r).then_some(r)
+}
+
+pub fn save(store: &Store, key: &str, r: &Record) -> Result<()> {
+    let bytes = serde_json::to_vec(r)
+        .map_err(|e| crate::Error::Helper(format!("encoding cache record: {e}")))?;
+    Ok(store.write_record(key, &bytes)?)
+}
+
+/// Content hash of what `srcs` select in the context directory `root`.
+pub fn hash_context(root: &Path, srcs: &[String]) -> Result<String> {
+    let mut h = Sha256::new();
+    for s in fileop::expand_sources(root, srcs)? {
+        let p = fileop::resolve_in_root(root, &s, true)?;
+        hash_tree(&mut h, &p, &s)?;
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn hash_tree(h: &mut Sha256, p: &Path, rel: &str) -> Result<()> {
+    let m = fs::symlink_metadata(p).map_err(io_ctx(format!("stat {}", p.display())))?;
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        "d"
+    } else if ft.is_symlink() {
+        "l"
+    } else if ft.is_file() {
+        "f"
+    } else {
+        "o"
+    };
+    for part in [
+        rel.as_bytes(),
+        kind.as_bytes(),
+        &(m.permissions().mode() & 0o7777).to_le_bytes(),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    if ft.is_symlink() {
+        let t = fs::read_link(p).map_err(io_ctx(format!("readlink {}", p.display())))?;
+        h.update(t.to_string_lossy().as_bytes());
+    } else if ft.is_file() {
+        h.update(m.len().to_le_bytes());
+        let mut f = fs::File::open(p).map_err(io_ctx(format!("opening {}", p.display())))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(io_ctx(format!("reading {}", p.display())))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    } else if ft.is_dir() {
+        let mut names: Vec<_> = fs::read_dir(p)
+            .map_err(io_ctx(format!("reading {}", p.display())))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        names.sort();
+        for n in names {
+            let r = format!("{rel}/{}", n.to_string_lossy());
+            hash_tree(h, &p.join(&n), &r)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_hash_follows_content_and_mode() {
+        let d = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(d.path().join("src")).expect("mkdir");
+        fs::write(d.path().join("src/a"), b"1").expect("write");
+        fs::write(d.path().join("other"), b"x").expect("write");
+        let srcs = vec!["src".to_string()];
+        let h1 = hash_context(d.path(), &srcs).expect("hash");
+        fs::write(d.path().join("other"), b"changed").expect("write");
+        assert_eq!(
+            h1,
+            hash_context(d.path(), &srcs).expect("hash"),
+            "unselected files do not matter"
+        );
+        fs::write(d.path().join("src/a"), b"2").expect("write");
+        let h2 = hash_context(d.path(), &srcs).expect("hash");
+        assert_ne!(h1, h2);
+        fs::set_permissions(d.path().join("src/a"), fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        assert_ne!(h2, hash_context(d.path(), &srcs).expect("hash"));
+        assert_ne!(key(&["ab", "c"]), key(&["a", "bc"]));
+    }
+}

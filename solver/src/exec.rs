@@ -1,0 +1,364 @@
+//! The RUN sandbox, entered from the namespace helper (already root in kiln's user
+//! namespace, in its own mount namespace, with the step's overlay at `merged`).
+//!
+//! The command runs as pid 1 of new pid, ipc, uts and mount namespaces, pivoted into
+//! the overlay, with /proc, a minimal /dev (bind mounts of the host's null, zero,
+//! full, random, urandom and tty), and the host's /etc/resolv.conf and /etc/hosts.
+//! The network namespace is the host's, as with `buildah --isolation chroot`.
+
+use crate::{sys, Error, Result};
+use kiln_frontend::RunSpec;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{ForkResult, Gid, Uid};
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn sys_err(what: String) -> impl FnOnce(nix::errno::Errno) -> Error {
+    move |e| Error::Helper(format!("{what}: {e}"))
+}
+
+/// A mount point kiln had to create in the rootfs, removed again after the run so that
+/// it does not end up in the layer.
+struct Created(Vec<PathBuf>);
+
+impl Created {
+    /// Creates `rel` under `root` as a dir or an empty file unless it exists; refuses to
+    /// go through symlinks (they could point outside the rootfs).
+    fn ensure(&mut self, root: &Path, rel: &str, dir: bool) -> bool {
+        let mut cur = root.to_path_buf();
+        let parts: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
+            cur.push(part);
+            let last = i + 1 == parts.len();
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.file_type().is_symlink() => return false,
+                Ok(m) => {
+                    if !last && !m.is_dir() {
+                        return false;
+                    }
+                    if last {
+                        return m.is_dir() == dir;
+                    }
+                }
+                Err(_) => {
+                    let made = if last && !dir {
+                        fs::File::create(&cur).map(|_| ())
+                    } else {
+                        fs::create_dir(&cur)
+                    };
+                    if made.is_err() {
+                        return false;
+                    }
+                    self.0.push(cur.clone());
+                }
+            }
+        }
+        true
+    }
+
+    fn remove(self) {
+        for p in self.0.iter().rev() {
+            let _ = fs::remove_file(p).or_else(|_| fs::remove_dir(p));
+        }
+    }
+}
+
+/// Runs `spec` in the sandbox; returns the exit code (128+signal when killed).
+pub fn run(merged: &Path, spec: &RunSpec) -> Result<i32> {
+    let mut created = Created(Vec::new());
+    let proc_ok = created.ensure(merged, "proc", true);
+    let dev_ok = created.ensure(merged, "dev", true);
+    let etc: Vec<&str> = ["etc/resolv.conf", "etc/hosts"]
+        .into_iter()
+        .filter(|f| Path::new("/").join(f).exists() && created.ensure(merged, f, false))
+        .collect();
+    unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
+        .map_err(sys_err("unshare(pid, ipc, uts)".into()))?;
+    let code = match sys::fork().map_err(sys_err("fork".into()))? {
+        ForkResult::Child => {
+            let err = match sandbox_init(merged, spec, proc_ok, dev_ok, &etc) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            eprintln!("kiln: {err}");
+            std::process::exit(127);
+        }
+        ForkResult::Parent { child } => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, c)) => break c,
+                Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(Error::Helper(format!("waiting for the RUN process: {e}"))),
+            }
+        },
+    };
+    created.remove();
+    Ok(code)
+}
+
+enum Never {}
+
+/// In the forked child (pid 1 of the new pid namespace): set up mounts, pivot, drop to
+/// the user, exec. Returns only on failure.
+fn sandbox_init(
+    root: &Path,
+    spec: &RunSpec,
+    proc_ok: bool,
+    dev_ok: bool,
+    etc: &[&str],
+) -> Result<Never> {
+    // A mount namespace of our own, so pivot_root moves only this process's root.
+    unshare(CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare(CLONE_NEWNS)".into()))?;
+    let _ = nix::unistd::sethostname("kiln");
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if proc_ok {
+        let target = root.join("proc");
+        if mount(Some("proc"), &target, Some("proc"), nosuid, None::<&str>).is_err() {
+            // Where a fresh procfs is refused (masked /proc), share the host's.
+            mount(
+                Some("/proc"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(sys_err("mounting /proc".into()))?;
+        }
+    }
+    if dev_ok {
+        let dev = root.join("dev");
+        mount(
+            Some("tmpfs"),
+            &dev,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=755,size=65536k"),
+        )
+        .map_err(sys_err("mounting /dev".into()))?;
+        for d in DEVICES {
+            let target = dev.join(d);
+            let host = Path::new("/dev").join(d);
+            if !host.exists() || fs::File::create(&target).is_err() {
+                continue;
+            }
+            let _ = mount(
+                Some(&host),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            );
+        }
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+            ("ptmx", "pts/ptmx"),
+        ] {
+            let _ = std::os::unix::fs::symlink(target, dev.join(name));
+        }
+        for d in ["pts", "shm", "mqueue"] {
+            let _ = fs::create_dir(dev.join(d));
+        }
+        let _ = fs::set_permissions(dev.join("shm"), fs::Permissions::from_mode(0o1777));
+    }
+    for f in etc {
+        let src = Path::new("/").join(f);
+        mount(
+            Some(&src),
+            &root.join(f),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(sys_err(format!("bind-mounting /{f}")))?;
+    }
+    std::env::set_current_dir(root).map_err(crate::io_ctx("entering the rootfs"))?;
+    nix::unistd::pivot_root(".", ".").map_err(sys_err("pivot_root".into()))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(sys_err("detaching the old root".into()))?;
+    std::env::set_current_dir("/").map_err(crate::io_ctx("chdir /"))?;
+
+    let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+    if fs::create_dir_all(cwd).is_err() && !Path::new(cwd).is_dir() {
+        return Err(Error::Helper(format!(
+            "cannot create working directory {cwd}"
+        )));
+    }
+    std::env::set_current_dir(cwd).map_err(crate::io_ctx(format!("chdir {cwd}")))?;
+
+    let user = resolve_user(&spec.user)?;
+    let mut env = spec.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+    let gid = Gid::from_raw(user.gid);
+    let mut groups = vec![gid];
+    groups.extend(user.groups.iter().map(|g| Gid::from_raw(*g)));
+    // setgroups is denied in a single-id mapping; the user then keeps no extra groups.
+    let _ = nix::unistd::setgroups(&groups);
+    nix::unistd::setresgid(gid, gid, gid).map_err(sys_err(format!("setgid {}", user.gid)))?;
+    let uid = Uid::from_raw(user.uid);
+    nix::unistd::setresuid(uid, uid, uid).map_err(sys_err(format!("setuid {}", user.uid)))?;
+
+    let Some(argv0) = spec.argv.first() else {
+        return Err(Error::Helper("empty command".into()));
+    };
+    let path_var = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let prog = lookup(argv0, path_var).ok_or_else(|| {
+        Error::Helper(format!(
+            "exec: {argv0:?}: executable file not found in $PATH"
+        ))
+    })?;
+    let cstr = |s: &str| CString::new(s).map_err(|_| Error::Helper(format!("NUL byte in {s:?}")));
+    let prog = cstr(&prog)?;
+    let argv = spec
+        .argv
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<Vec<_>>>()?;
+    let envp = env.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
+    let e = nix::unistd::execve(&prog, &argv, &envp).err();
+    Err(Error::Helper(format!(
+        "exec {argv0}: {}",
+        e.map(|e| e.to_string()).unwrap_or_default()
+    )))
+}
+
+/// Finds `prog` on `path` inside the sandbox, as execvp would.
+fn lookup(prog: &str, path: &str) -> Option<String> {
+    if prog.contains('/') {
+        return Some(prog.to_string());
+    }
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| format!("{d}/{prog}"))
+        .find(|p| {
+            fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// A resolved `USER`.
+#[derive(Debug, PartialEq)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: String,
+}
+
+/// Resolves `user[:group]` (names or ids) against /etc/passwd and /etc/group of the
+/// current root, as Docker does: a name must exist; a numeric id need not.
+pub fn resolve_user(spec: &str) -> Result<User> {
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = fs::read_to_string("/etc/group").unwrap_or_default();
+    resolve_user_in(spec, &passwd, &group)
+}
+
+pub(crate) fn resolve_user_in(spec: &str, passwd: &str, group: &str) -> Result<User> {
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let u = if u.is_empty() { "0" } else { u };
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 6 && (f[0] == u || f[2] == u));
+    let (uid, mut gid, home, name) = match (&entry, u.parse::<u32>()) {
+        (Some(f), _) => (
+            f[2].parse()
+                .map_err(|_| Error::Helper(format!("bad /etc/passwd entry for {u}")))?,
+            f[3].parse().unwrap_or(0),
+            f[5].to_string(),
+            Some(f[0].to_string()),
+        ),
+        (None, Ok(id)) => (id, 0, "/".to_string(), None),
+        (None, Err(_)) => {
+            return Err(Error::Helper(format!(
+                "unable to find user {u}: no matching entries in passwd file"
+            )))
+        }
+    };
+    if let Some(g) = g {
+        gid = match group
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() >= 3 && (f[0] == g || f[2] == g))
+        {
+            Some(f) => f[2]
+                .parse()
+                .map_err(|_| Error::Helper(format!("bad /etc/group entry for {g}")))?,
+            None => g.parse().map_err(|_| {
+                Error::Helper(format!(
+                    "unable to find group {g}: no matching entries in group file"
+                ))
+            })?,
+        };
+    }
+    let groups = match (&name, g) {
+        (Some(n), None) => group
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .filter(|f| f.len() >= 4 && f[3].split(',').any(|m| m == n))
+            .filter_map(|f| f[2].parse().ok())
+            .filter(|&x| x != gid)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(User {
+        uid,
+        gid,
+        groups,
+        home,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:App:/home/app:/bin/sh\n";
+    const GROUP: &str = "root:x:0:\nappgrp:x:1001:\nstaff:x:50:app\n";
+
+    #[test]
+    fn users_resolve_like_docker() {
+        let u = resolve_user_in("app", PASSWD, GROUP).expect("app");
+        assert_eq!(
+            u,
+            User {
+                uid: 1000,
+                gid: 1001,
+                groups: vec![50],
+                home: "/home/app".into()
+            }
+        );
+        let u = resolve_user_in("1000:staff", PASSWD, GROUP).expect("ids");
+        assert_eq!((u.uid, u.gid, u.groups.len()), (1000, 50, 0));
+        let u = resolve_user_in("4242:4343", PASSWD, GROUP).expect("numeric");
+        assert_eq!((u.uid, u.gid), (4242, 4343));
+        assert_eq!(
+            resolve_user_in("", PASSWD, GROUP).expect("root").home,
+            "/root"
+        );
+        assert!(resolve_user_in("nobody-here", PASSWD, GROUP).is_err());
+        assert!(resolve_user_in("app:nogroup", PASSWD, GROUP).is_err());
+    }
+}

@@ -1,0 +1,447 @@
+//! COPY and WORKDIR, run in the namespace helper on the step's overlay mount.
+//!
+//! Paths on both sides resolve inside their root: a symlink in the context or in an
+//! image is followed as if its root were `/` (like securejoin), so nothing outside the
+//! context or the rootfs can be read or written.
+
+use crate::{io_ctx, Error, Result};
+use kiln_snapshotter::{overlay, Store};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// Where COPY reads from, as the helper sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Source {
+    /// A directory on the host (the build context).
+    Context(PathBuf),
+    /// A stack of snapshots (top-first), mounted read-only.
+    Snapshots(Vec<String>),
+}
+
+/// A COPY, ready for the helper.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyAction {
+    pub source: Source,
+    pub srcs: Vec<String>,
+    pub dest: String,
+    pub chown: Option<String>,
+    pub chmod: Option<u32>,
+}
+
+const MAX_LINKS: usize = 255;
+
+/// Resolves `rel` under `root`, following symlinks but never leaving `root`.
+/// `follow_last` says whether a symlink in the last component is followed.
+pub fn resolve_in_root(root: &Path, rel: &str, follow_last: bool) -> Result<PathBuf> {
+    let mut stack: Vec<String> = Vec::new();
+    let mut todo: Vec<String> = rel
+        .split('/')
+        .rev()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    let mut links = 0;
+    while let Some(part) = todo.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                stack.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let mut cur = root.to_path_buf();
+        cur.extend(stack.iter());
+        cur.push(&part);
+        let is_last = todo.is_empty();
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(Error::Helper(format!(
+                        "too many levels of symbolic links in {rel}"
+                    )));
+                }
+                let target =
+                    fs::read_link(&cur).map_err(io_ctx(format!("readlink {}", cur.display())))?;
+                let t = target.to_string_lossy().to_string();
+                if t.starts_with('/') {
+                    stack.clear();
+                }
+                todo.extend(
+                    t.split('/')
+                        .rev()
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                );
+            }
+            _ => stack.push(part),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(stack.iter());
+    Ok(out)
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Expands COPY sources under `root`: each pattern gives the matching paths (relative,
+/// clean, sorted); a pattern matching nothing is an error, as in BuildKit.
+pub fn expand_sources(root: &Path, srcs: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for src in srcs {
+        let clean = clean_rel(src);
+        if !has_glob(&clean) {
+            let p = resolve_in_root(root, &clean, true)?;
+            if fs::symlink_metadata(&p).is_err() {
+                return Err(Error::Helper(format!(
+                    "failed to compute cache key: \"/{clean}\": not found"
+                )));
+            }
+            out.push(clean);
+            continue;
+        }
+        let mut matches = vec![String::new()];
+        for part in clean.split('/').filter(|s| !s.is_empty()) {
+            let mut next = Vec::new();
+            for m in &matches {
+                if has_glob(part) {
+                    let dir = resolve_in_root(root, m, true)?;
+                    let Ok(rd) = fs::read_dir(&dir) else { continue };
+                    let mut names: Vec<String> = rd
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().to_string())
+                        .collect();
+                    names.sort();
+                    for n in names {
+                        if kiln_frontend::lexer::glob_match(part, &n) {
+                            next.push(join_rel(m, &n));
+                        }
+                    }
+                } else {
+                    let cand = join_rel(m, part);
+                    if fs::symlink_metadata(resolve_in_root(root, &cand, true)?).is_ok() {
+                        next.push(cand);
+                    }
+                }
+            }
+            matches = next;
+        }
+        if matches.is_empty() {
+            return Err(Error::Helper(format!(
+                "failed to compute cache key: no source files were specified for {src:?}"
+            )));
+        }
+        out.extend(matches);
+    }
+    Ok(out)
+}
+
+fn join_rel(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}/{b}")
+    }
+}
+
+/// `a/./b/../c` -> `a/c`, leading `/` and `..` above the root dropped.
+pub fn clean_rel(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in Path::new(p).components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_str().unwrap_or_default()),
+            Component::ParentDir => {
+                parts.pop();
+            }
+            _ => {}
+        }
+    }
+    parts.join("/")
+}
+
+/// Owner for copied files: from `--chown`, resolved in the destination's files.
+fn chown_ids(merged: &Path, spec: &str) -> Result<(u32, u32)> {
+    let read = |f: &str| {
+        resolve_in_root(merged, f, true)
+            .ok()
+            .and_then(|p| fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    };
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let user = crate::exec::resolve_user_in(u, &read("etc/passwd"), &read("etc/group"))?;
+    let gid = match g {
+        Some(g) => {
+            crate::exec::resolve_user_in(
+                &format!("0:{g}"),
+                &read("etc/passwd"),
+                &read("etc/group"),
+            )?
+            .gid
+        }
+        // `--chown=1000` means 1000:1000; a user name brings its primary group.
+        None if u.parse::<u32>().is_ok() => user.uid,
+        None => user.gid,
+    };
+    Ok((user.uid, gid))
+}
+
+/// Performs a COPY into `merged`; `scratch` is a free directory for a read-only mount.
+pub fn copy(store: &Store, merged: &Path, scratch: &Path, c: &CopyAction) -> Result<()> {
+    let (src_root, keep_owner) = match &c.source {
+        Source::Context(p) => (p.clone(), false),
+        Source::Snapshots(ids) => {
+            fs::create_dir_all(scratch)
+                .map_err(io_ctx(format!("creating {}", scratch.display())))?;
+            overlay::mount_ro(store, ids, scratch)?;
+            (scratch.to_path_buf(), true)
+        }
+    };
+    let owner = match &c.chown {
+        Some(spec) => Some(chown_ids(merged, spec)?),
+        None if keep_owner => None,
+        None => Some((0, 0)),
+    };
+    let sources = expand_sources(&src_root, &c.srcs)?;
+    let dest_rel = clean_rel(&c.dest);
+    let dest_dir_form =
+        c.dest.ends_with('/') || sources.len() > 1 || c.srcs.iter().any(|s| has_glob(s));
+    let dest = resolve_in_root(merged, &dest_rel, true)?;
+    let opts = Opts {
+        owner,
+        chmod: c.chmod,
+    };
+    for s in &sources {
+        let from = resolve_in_root(&src_root, s, true)?;
+        let meta = fs::symlink_metadata(&from).map_err(io_ctx(format!("stat {s}")))?;
+        if meta.is_dir() {
+            mkdir_p(merged, &dest_rel)?;
+            copy_tree(&from, &dest, &opts)?;
+        } else {
+            let into_dir =
+                dest_dir_form || fs::metadata(&dest).map(|m| m.is_dir()).unwrap_or(false);
+            let target = if into_dir {
+                mkdir_p(merged, &dest_rel)?;
+                let name = Path::new(s)
+                    .file_name()
+                    .map(|n| n.to_os_string())
+                    .unwrap_or_default();
+                dest.join(name)
+            } else {
+                let parent = Path::new(&dest_rel)
+                    .parent()
+                    .map(|p| p.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                mkdir_p(merged, &parent)?;
+                dest.clone()
+            };
+            copy_entry(&from, &target, &meta, &opts)?;
+        }
+    }
+    Ok(())
+}
+
+struct Opts {
+    owner: Option<(u32, u32)>,
+    chmod: Option<u32>,
+}
+
+fn copy_tree(from: &Path, to: &Path, opts: &Opts) -> Result<()> {
+    let meta = fs::symlink_metadata(from).map_err(io_ctx(format!("stat {}", from.display())))?;
+    apply_meta(to, &meta, opts)?;
+    let mut entries: Vec<_> = fs::read_dir(from)
+        .map_err(io_ctx(format!("reading {}", from.display())))?
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let src = e.path();
+        let dst = to.join(e.file_name());
+        let m = fs::symlink_metadata(&src).map_err(io_ctx(format!("stat {}", src.display())))?;
+        if m.is_dir() {
+            if fs::symlink_metadata(&dst)
+                .map(|d| !d.is_dir())
+                .unwrap_or(false)
+            {
+                fs::remove_file(&dst).map_err(io_ctx(format!("replacing {}", dst.display())))?;
+            }
+            if !dst.exists() {
+                fs::create_dir(&dst).map_err(io_ctx(format!("creating {}", dst.display())))?;
+            }
+            copy_tree(&src, &dst, opts)?;
+        } else {
+            copy_entry(&src, &dst, &m, opts)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies one non-directory entry (file, symlink, fifo) to `to`, replacing what is there.
+fn copy_entry(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Result<()> {
+    match fs::symlink_metadata(to) {
+        Ok(m) if m.is_dir() => {
+            fs::remove_dir_all(to).map_err(io_ctx(format!("replacing {}", to.display())))?
+        }
+        Ok(_) => fs::remove_file(to).map_err(io_ctx(format!("replacing {}", to.display())))?,
+        Err(_) => {}
+    }
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let target = fs::read_link(from).map_err(io_ctx(format!("readlink {}", from.display())))?;
+        std::os::unix::fs::symlink(&target, to)
+            .map_err(io_ctx(format!("symlink {}", to.display())))?;
+    } else if ft.is_file() {
+        fs::copy(from, to).map_err(io_ctx(format!("copying to {}", to.display())))?;
+    } else {
+        return Ok(()); // sockets, fifos and devices are not copied
+    }
+    apply_meta(to, meta, opts)
+}
+
+fn apply_meta(to: &Path, meta: &fs::Metadata, opts: &Opts) -> Result<()> {
+    let (uid, gid) = opts.owner.unwrap_or((meta.uid(), meta.gid()));
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        to,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| Error::Helper(format!("chown {}:{} {}: {e}", uid, gid, to.display())))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = opts.chmod.unwrap_or(meta.mode() & 0o7777);
+    fs::set_permissions(to, fs::Permissions::from_mode(mode))
+        .map_err(io_ctx(format!("chmod {}", to.display())))?;
+    let mtime = nix::sys::time::TimeSpec::new(meta.mtime(), meta.mtime_nsec());
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        to,
+        &mtime,
+        &mtime,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| Error::Helper(format!("setting times of {}: {e}", to.display())))
+}
+
+/// `mkdir -p` of `rel` inside `root`, following symlinks within the root.
+fn mkdir_p(root: &Path, rel: &str) -> Result<PathBuf> {
+    let mut done = String::new();
+    for part in rel.split('/').filter(|s| !s.is_empty()) {
+        done = join_rel(&done, part);
+        let p = resolve_in_root(root, &done, true)?;
+        match fs::metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Helper(format!(
+                    "/{done} exists and is not a directory"
+                )))
+            }
+            Err(_) => {
+                fs::create_dir(&p).map_err(io_ctx(format!("creating /{done}")))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
+                    .map_err(io_ctx(format!("chmod /{done}")))?;
+            }
+        }
+    }
+    resolve_in_root(root, rel, true)
+}
+
+/// WORKDIR's directory.
+pub fn mkdir(merged: &Path, path: &str) -> Result<()> {
+    mkdir_p(merged, &clean_rel(path)).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn symlinks_cannot_leave_the_root() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path().join("root");
+        fs::create_dir_all(root.join("dir")).expect("mkdir");
+        symlink("/etc", root.join("abs")).expect("symlink");
+        symlink("../../../../etc", root.join("dir/rel")).expect("symlink");
+        assert_eq!(
+            resolve_in_root(&root, "abs/passwd", true).expect("resolve"),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(&root, "dir/rel/passwd", true).expect("resolve"),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(&root, "../../x", true).expect("resolve"),
+            root.join("x")
+        );
+        assert_eq!(
+            resolve_in_root(&root, "abs", false).expect("resolve"),
+            root.join("abs")
+        );
+        symlink("loop", root.join("loop")).expect("symlink");
+        assert!(resolve_in_root(&root, "loop/x", true).is_err());
+    }
+
+    #[test]
+    fn sources_expand_globs_and_missing_ones_fail() {
+        let d = tempfile::tempdir().expect("tempdir");
+        for f in ["a.py", "b.py", "c.txt", "sub/d.py"] {
+            let p = d.path().join(f);
+            fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            fs::write(p, f).expect("write");
+        }
+        let got = expand_sources(
+            d.path(),
+            &["*.py".into(), "sub/*.py".into(), "./c.txt".into()],
+        )
+        .expect("expand");
+        assert_eq!(got, ["a.py", "b.py", "sub/d.py", "c.txt"]);
+        let err = expand_sources(d.path(), &["nope".into()]).expect_err("missing");
+        assert!(err.to_string().contains("\"/nope\": not found"), "{err}");
+        assert!(expand_sources(d.path(), &["*.rs".into()]).is_err());
+    }
+
+    #[test]
+    fn copy_semantics_file_dir_and_dest_forms() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (ctx, root) = (d.path().join("ctx"), d.path().join("root"));
+        fs::create_dir_all(ctx.join("dir/inner")).expect("mkdir");
+        fs::create_dir_all(&root).expect("mkdir");
+        fs::write(ctx.join("f"), b"file").expect("write");
+        fs::write(ctx.join("dir/inner/g"), b"g").expect("write");
+        let store = Store::open(d.path().join("store")).expect("store");
+        let me = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        let own = format!("{}:{}", me.0, me.1);
+        let run = |srcs: &[&str], dest: &str| {
+            let c = CopyAction {
+                source: Source::Context(ctx.clone()),
+                srcs: srcs.iter().map(|s| s.to_string()).collect(),
+                dest: dest.into(),
+                chown: Some(own.clone()),
+                chmod: None,
+            };
+            copy(&store, &root, &d.path().join("scratch"), &c)
+        };
+        run(&["f"], "/renamed").expect("file to path");
+        assert_eq!(fs::read(root.join("renamed")).expect("read"), b"file");
+        run(&["f"], "/into/").expect("file into dir");
+        assert_eq!(fs::read(root.join("into/f")).expect("read"), b"file");
+        run(&["dir"], "/contents").expect("dir contents");
+        assert_eq!(fs::read(root.join("contents/inner/g")).expect("read"), b"g");
+        run(&["f", "dir"], "/multi").expect("several sources make a directory");
+        assert!(root.join("multi/f").is_file() && root.join("multi/inner/g").is_file());
+    }
+}

@@ -1,0 +1,291 @@
+//! The namespace helper: `kiln __helper REQUEST RESPONSE`.
+//!
+//! `unshare(CLONE_NEWUSER)` fails in a multithreaded process, and kiln runs rayon and
+//! tokio, so every operation that needs kiln's user namespace (unpacking with owners,
+//! overlay mounts, RUN, COPY, diffs of trees owned by mapped ids, deleting them) runs
+//! in a fresh exec of the kiln binary that enters the namespace first thing. The
+//! request and response travel as JSON files; the RUN's output goes to the helper's
+//! stdout/stderr, which the parent streams to progress.
+
+use crate::{exec, fileop, io_ctx, Error, Result};
+use kiln_snapshotter::diff::LayerDigests;
+use kiln_snapshotter::idmap::{self, IdMap};
+use kiln_snapshotter::{overlay, store, unpack, Store};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The hidden subcommand the binary dispatches to [`main`].
+pub const SUBCOMMAND: &str = "__helper";
+
+/// What the helper is asked to do.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Unpack a layer blob into snapshot `id`.
+    Unpack {
+        store: PathBuf,
+        blob: PathBuf,
+        id: String,
+        preserve_owners: bool,
+    },
+    /// Mount `lowers` (top-first) with a fresh upper in `dir`, do `action`, and turn the
+    /// upper into a layer blob at `layer_out` and a snapshot.
+    Step {
+        store: PathBuf,
+        lowers: Vec<String>,
+        dir: PathBuf,
+        action: Action,
+        layer_out: PathBuf,
+    },
+    /// Delete trees that may hold files owned by mapped ids.
+    Remove { paths: Vec<PathBuf> },
+}
+
+/// The operation of a step.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Action {
+    Run(kiln_frontend::RunSpec),
+    Copy(fileop::CopyAction),
+    Mkdir { path: String },
+}
+
+/// What the helper did.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    Unpacked {
+        skipped_devices: Vec<String>,
+    },
+    /// `layer` is `None` when the action failed (non-zero `exit_code`) or changed nothing.
+    Step {
+        exit_code: i32,
+        layer: Option<LayerDigests>,
+        message: Option<String>,
+    },
+    Removed,
+    Failed {
+        message: String,
+    },
+}
+
+/// The helper's entry point; returns the process exit code.
+pub fn main(args: &[String]) -> i32 {
+    let (Some(req), Some(resp)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: kiln {SUBCOMMAND} REQUEST RESPONSE");
+        return 2;
+    };
+    let response = match idmap::enter()
+        .map_err(Error::from)
+        .and_then(|_| read_request(Path::new(req)))
+        .and_then(handle)
+    {
+        Ok(r) => r,
+        Err(e) => Response::Failed {
+            message: e.to_string(),
+        },
+    };
+    let bytes = serde_json::to_vec(&response).unwrap_or_default();
+    match fs::write(resp, bytes) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("kiln helper: writing {resp}: {e}");
+            1
+        }
+    }
+}
+
+fn read_request(p: &Path) -> Result<Request> {
+    let bytes = fs::read(p).map_err(io_ctx(format!("reading {}", p.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Helper(format!("bad request: {e}")))
+}
+
+fn handle(req: Request) -> Result<Response> {
+    match req {
+        Request::Unpack {
+            store,
+            blob,
+            id,
+            preserve_owners,
+        } => {
+            let store = Store::open(store)?;
+            let tmp = store.tmp_path("unpack");
+            fs::create_dir(&tmp).map_err(io_ctx(format!("creating {}", tmp.display())))?;
+            let f = fs::File::open(&blob).map_err(io_ctx(format!("opening {}", blob.display())))?;
+            let result = unpack::unpack(f, &tmp, preserve_owners);
+            let out = match result {
+                Ok(u) => u,
+                Err(e) => {
+                    let _ = fs::remove_dir_all(&tmp);
+                    return Err(e.into());
+                }
+            };
+            place_snapshot(&store, &tmp, &id)?;
+            Ok(Response::Unpacked {
+                skipped_devices: out.skipped_devices,
+            })
+        }
+        Request::Step {
+            store,
+            lowers,
+            dir,
+            action,
+            layer_out,
+        } => {
+            let store = Store::open(store)?;
+            let r = step(&store, &lowers, &dir, &action, &layer_out);
+            let _ = fs::remove_dir_all(&dir);
+            r
+        }
+        Request::Remove { paths } => {
+            for p in paths {
+                if p.exists() {
+                    fs::remove_dir_all(&p).map_err(io_ctx(format!("removing {}", p.display())))?;
+                }
+            }
+            Ok(Response::Removed)
+        }
+    }
+}
+
+/// Moves a finished tree to `snapshots/<id>`; an existing one (same content) wins.
+fn place_snapshot(store: &Store, tmp: &Path, id: &str) -> Result<()> {
+    let dst = store.snapshot_path(id);
+    if dst.exists() {
+        let _ = fs::remove_dir_all(tmp);
+        return Ok(());
+    }
+    match fs::rename(tmp, &dst) {
+        Ok(()) => Ok(()),
+        Err(_) if dst.exists() => {
+            let _ = fs::remove_dir_all(tmp);
+            Ok(())
+        }
+        Err(e) => Err(io_ctx(format!("renaming into {}", dst.display()))(e)),
+    }
+}
+
+fn step(
+    store: &Store,
+    lowers: &[String],
+    dir: &Path,
+    action: &Action,
+    layer_out: &Path,
+) -> Result<Response> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    let sys =
+        |what: &'static str| move |e: nix::errno::Errno| Error::Helper(format!("{what}: {e}"));
+    unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unshare(CLONE_NEWNS)"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("making mounts private"))?;
+    let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+    for d in [&upper, &work, &merged] {
+        fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
+    }
+    overlay::mount_rw(store, lowers, &upper, &work, &merged)?;
+    let outcome = match action {
+        Action::Run(spec) => exec::run(&merged, spec).map(|code| (code, None)),
+        Action::Copy(c) => match fileop::copy(store, &merged, &dir.join("src"), c) {
+            Ok(()) => Ok((0, None)),
+            Err(e) => Ok((1, Some(e.to_string()))),
+        },
+        Action::Mkdir { path } => fileop::mkdir(&merged, path).map(|_| (0, None)),
+    };
+    let _ = umount2(&merged, MntFlags::MNT_DETACH);
+    let (exit_code, message) = outcome?;
+    if exit_code != 0 {
+        return Ok(Response::Step {
+            exit_code,
+            layer: None,
+            message,
+        });
+    }
+    let out =
+        fs::File::create(layer_out).map_err(io_ctx(format!("creating {}", layer_out.display())))?;
+    let digests = kiln_snapshotter::diff::write_layer(&upper, out)?;
+    if digests.entries == 0 {
+        let _ = fs::remove_file(layer_out);
+        return Ok(Response::Step {
+            exit_code: 0,
+            layer: None,
+            message: None,
+        });
+    }
+    place_snapshot(store, &upper, &store::snapshot_id(&digests.diff_id)?)?;
+    Ok(Response::Step {
+        exit_code: 0,
+        layer: Some(digests),
+        message: None,
+    })
+}
+
+/// Parent side: how to start helpers.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    /// The kiln binary (normally `/proc/self/exe`).
+    pub exe: PathBuf,
+    pub idmap: IdMap,
+    pub store: Store,
+}
+
+impl Launcher {
+    /// Runs one request in a helper; every line of its output goes to `on_line`.
+    pub fn run(&self, req: &Request, on_line: &(dyn Fn(&str) + Sync)) -> Result<Response> {
+        let base = self.store.tmp_path("helper");
+        let (req_path, resp_path) = (base.with_extension("req"), base.with_extension("resp"));
+        let bytes =
+            serde_json::to_vec(req).map_err(|e| Error::Helper(format!("encoding request: {e}")))?;
+        fs::write(&req_path, bytes).map_err(io_ctx(format!("writing {}", req_path.display())))?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg(SUBCOMMAND)
+            .arg(&req_path)
+            .arg(&resp_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let result = (|| {
+            let mut child = self.idmap.spawn(&mut cmd)?;
+            let out = child.stdout.take();
+            let err = child.stderr.take();
+            std::thread::scope(|s| {
+                if let Some(o) = out {
+                    s.spawn(move || {
+                        BufReader::new(o)
+                            .lines()
+                            .map_while(|l| l.ok())
+                            .for_each(|l| on_line(&l))
+                    });
+                }
+                if let Some(e) = err {
+                    s.spawn(move || {
+                        BufReader::new(e)
+                            .lines()
+                            .map_while(|l| l.ok())
+                            .for_each(|l| on_line(&l))
+                    });
+                }
+            });
+            let status = child
+                .wait()
+                .map_err(io_ctx("waiting for the namespace helper"))?;
+            let bytes = fs::read(&resp_path).map_err(|_| {
+                Error::Helper(format!("the helper exited ({status}) without an answer"))
+            })?;
+            serde_json::from_slice::<Response>(&bytes)
+                .map_err(|e| Error::Helper(format!("bad response: {e}")))
+        })();
+        let _ = fs::remove_file(&req_path);
+        let _ = fs::remove_file(&resp_path);
+        match result? {
+            Response::Failed { message } => Err(Error::Helper(message)),
+            r => Ok(r),
+        }
+    }
+}
