@@ -1,1 +1,318 @@
-fn main() {}
+//! `kiln`: a rootless, daemonless container image builder.
+//!
+//! The binary wires the crates together: the frontend compiles the Dockerfile (asking
+//! the registry client for base image configs), the solver runs the graph, the exporter
+//! writes or pushes the image. Its first act is to check for the hidden namespace-helper
+//! subcommand, before any thread exists.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use kiln_frontend::{BuildOptions, ImageConfig, ImageResolver, Platform, ResolvedImage};
+use kiln_registry::{Registry, Want};
+use kiln_snapshotter::idmap::IdMap;
+use kiln_snapshotter::Store;
+use kiln_solver::helper::Launcher;
+use kiln_solver::progress::{Mode, Progress};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Rootless, daemonless container image builder"
+)]
+struct Cli {
+    /// Store directory (default: $XDG_DATA_HOME/kiln).
+    #[arg(long, global = true, env = "KILN_ROOT")]
+    root: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build an image from a Dockerfile (flags as in `docker buildx build`).
+    Build(BuildArgs),
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// Name of the Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Name and optionally a tag (format: name:tag).
+    #[arg(short = 't', long = "tag")]
+    tags: Vec<String>,
+    /// Set build-time variables (KEY=VALUE, or KEY to take it from the environment).
+    #[arg(long = "build-arg")]
+    build_args: Vec<String>,
+    /// Set the target build stage to build.
+    #[arg(long)]
+    target: Option<String>,
+    /// Output destination (format: type=oci,dest=FILE or type=registry).
+    #[arg(short = 'o', long = "output")]
+    outputs: Vec<String>,
+    /// Shorthand for --output=type=registry.
+    #[arg(long)]
+    push: bool,
+    /// Do not use cache when building the image.
+    #[arg(long = "no-cache")]
+    no_cache: bool,
+    /// Set type of progress output (auto, tty, plain, quiet).
+    #[arg(long, default_value = "auto")]
+    progress: Mode,
+    /// Set target platform for build (only the host platform for now).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Build context directory.
+    context: PathBuf,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(kiln_solver::helper::SUBCOMMAND) {
+        std::process::exit(kiln_solver::helper::main(&args[2..]));
+    }
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("ERROR: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = match cli.root.or_else(Store::default_root) {
+        Some(r) => r,
+        None => bail!("cannot find a store directory: set --root, KILN_ROOT or HOME"),
+    };
+    match cli.cmd {
+        Cmd::Build(b) => build(root, b),
+    }
+}
+
+/// Resolves base images through the registry, once per name, showing each as a step.
+struct Resolver<'a> {
+    registry: &'a Registry,
+    store: &'a Store,
+    runtime: &'a tokio::runtime::Runtime,
+    progress: &'a Progress,
+    seen: Mutex<HashMap<String, ResolvedImage>>,
+}
+
+impl ImageResolver for Resolver<'_> {
+    fn resolve(&self, name: &str, p: &Platform) -> std::result::Result<ResolvedImage, String> {
+        if let Some(r) = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(r.clone());
+        }
+        let shown = kiln_registry::parse_reference(name)
+            .map(|r| r.whole())
+            .unwrap_or_else(|_| name.to_string());
+        let v = self
+            .progress
+            .vertex(&format!("[internal] load metadata for {shown}"));
+        let want = Want {
+            os: p.os.clone(),
+            architecture: p.architecture.clone(),
+            variant: p.variant.clone(),
+        };
+        let result = self
+            .runtime
+            .block_on(self.registry.resolve(name, &want, self.store))
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                let config: ImageConfig = serde_json::from_slice(&r.config)
+                    .map_err(|e| format!("bad image config of {}: {e}", r.pinned))?;
+                Ok(ResolvedImage {
+                    pinned: r.pinned,
+                    config,
+                })
+            });
+        match &result {
+            Ok(r) => {
+                v.done();
+                self.seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.to_string(), r.clone());
+            }
+            Err(e) => v.error(e),
+        }
+        result
+    }
+}
+
+enum Output {
+    Oci { dest: String },
+    Registry,
+}
+
+fn parse_output(spec: &str) -> Result<Output> {
+    let kv: BTreeMap<&str, &str> = spec.split(',').filter_map(|p| p.split_once('=')).collect();
+    match kv.get("type").copied() {
+        Some("oci") => match kv.get("dest") {
+            Some(d) => Ok(Output::Oci {
+                dest: d.to_string(),
+            }),
+            None => bail!("output {spec:?}: type=oci needs dest=FILE"),
+        },
+        Some("registry") => Ok(Output::Registry),
+        Some("image") if kv.get("push") == Some(&"true") => Ok(Output::Registry),
+        Some(other) => {
+            bail!("output type {other:?} is not supported yet (supported: oci, registry)")
+        }
+        None => bail!("output {spec:?}: expected type=oci,dest=FILE or type=registry"),
+    }
+}
+
+fn parse_build_args(raw: &[String]) -> Vec<(String, String)> {
+    raw.iter()
+        .filter_map(|a| match a.split_once('=') {
+            Some((k, v)) => Some((k.to_string(), v.to_string())),
+            // `--build-arg NAME` takes the value from the environment, if set.
+            None => std::env::var(a).ok().map(|v| (a.clone(), v)),
+        })
+        .collect()
+}
+
+fn build(root: PathBuf, b: BuildArgs) -> Result<()> {
+    let platform = Platform::host();
+    if let Some(p) = &b.platform {
+        if Platform::parse(p).as_ref() != Some(&platform) {
+            bail!("--platform {p}: only the host platform ({platform}) is supported yet");
+        }
+    }
+    let mut outputs = b
+        .outputs
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<Result<Vec<_>>>()?;
+    if b.push && !outputs.iter().any(|o| matches!(o, Output::Registry)) {
+        outputs.push(Output::Registry);
+    }
+    if outputs.iter().any(|o| matches!(o, Output::Registry)) && b.tags.is_empty() {
+        bail!("pushing needs at least one -t NAME");
+    }
+    for t in &b.tags {
+        kiln_registry::parse_reference(t).with_context(|| format!("invalid tag {t:?}"))?;
+    }
+    let context = std::fs::canonicalize(&b.context)
+        .with_context(|| format!("build context {}", b.context.display()))?;
+    if !context.is_dir() {
+        bail!("build context {} is not a directory", b.context.display());
+    }
+    let file = b.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("reading Dockerfile {}", file.display()))?;
+
+    let store = Store::open(&root).with_context(|| format!("opening store {}", root.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let progress = Progress::new(b.progress);
+    let idmap = IdMap::detect();
+    progress.note(&idmap.describe());
+    let registry = Arc::new(Registry::new());
+
+    let v = progress.vertex(&format!(
+        "[internal] load build definition from {}",
+        file.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    v.done();
+    let resolver = Resolver {
+        registry: &registry,
+        store: &store,
+        runtime: &runtime,
+        progress: &progress,
+        seen: Mutex::new(HashMap::new()),
+    };
+    let opts = BuildOptions {
+        file_name: file
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_else(|| "Dockerfile".into()),
+        build_args: parse_build_args(&b.build_args),
+        target: b.target.clone(),
+        platform,
+    };
+    let graph = kiln_frontend::compile(&text, &opts, &resolver)?;
+    for w in &graph.warnings {
+        progress.note(w);
+    }
+
+    let solver = kiln_solver::Solver {
+        store: store.clone(),
+        launcher: Launcher {
+            exe: PathBuf::from("/proc/self/exe"),
+            idmap,
+            store: store.clone(),
+        },
+        registry: registry.clone(),
+        runtime: runtime.handle().clone(),
+        context,
+        no_cache: b.no_cache,
+        progress: progress.clone(),
+    };
+    let results = kiln_solver::solve(&solver, &graph)?;
+    let image = kiln_exporter::assemble(&graph, &results)?;
+    kiln_exporter::store_image(&image, &store)?;
+
+    if outputs.is_empty() {
+        progress.note("WARNING: No output specified. The build result only remains in kiln's cache; use -o type=oci,dest=FILE or --push");
+    }
+    for o in &outputs {
+        match o {
+            Output::Oci { dest } => {
+                let v = progress.vertex(&format!("exporting to oci image format {dest}"));
+                v.log(&format!("exporting manifest {}", image.manifest_digest));
+                v.log(&format!("exporting config {}", image.config_digest));
+                match kiln_exporter::write_oci_tar(&image, &b.tags, dest, &store) {
+                    Ok(()) => v.done(),
+                    Err(e) => {
+                        v.error(&e.to_string());
+                        return Err(e.into());
+                    }
+                }
+            }
+            Output::Registry => {
+                let v = progress.vertex(&format!("pushing {}", b.tags.join(", ")));
+                let pushed =
+                    runtime.block_on(kiln_exporter::push(&image, &b.tags, &registry, &store));
+                match pushed {
+                    Ok(list) => {
+                        for p in &list {
+                            for d in &p.existing {
+                                v.log(&format!("{}: Layer already exists", &d[7..19]));
+                            }
+                            for d in &p.uploaded {
+                                v.log(&format!("{}: Pushed", &d[7..19]));
+                            }
+                        }
+                        v.done();
+                        for (t, p) in b.tags.iter().zip(&list) {
+                            println!("{t}: digest: {} size: {}", p.digest, p.size);
+                        }
+                    }
+                    Err(e) => {
+                        v.error(&e.to_string());
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+    }
+    progress.note(&format!(
+        "image {} (config {})",
+        image.manifest_digest, image.config_digest
+    ));
+    Ok(())
+}
