@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# kiln's test command (the README's): prepares the machine with scripts/setup.sh, runs
+# the unit tests, then the end-to-end tests as the unprivileged user against the local
+# registry. Run as root on a Debian 12 machine: sudo scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STATE=${KILN_CI_STATE:-/var/tmp/kiln-ci}
+TEST_USER=${KILN_TEST_USER:-kiln-ci}
+
+bash scripts/setup.sh
+
+echo "[test] unit tests"
+cargo test --workspace --quiet
+
+echo "[test] end-to-end tests as $TEST_USER"
+exe=$(cargo test --no-run --test e2e --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "e2e":
+        print(m["executable"])')
+cargo build --quiet --bin kiln
+# The checkout may sit where the test user cannot read (e.g. under /root): copy the
+# binaries somewhere it can.
+bin="$STATE/bin"
+mkdir -p "$bin"
+install -m 0755 target/debug/kiln "$bin/kiln"
+install -m 0755 "$exe" "$bin/e2e"
+scratch=$(mktemp -d "/tmp/kiln-e2e-run.XXXXXX")
+chown "$TEST_USER" "$scratch"
+runuser -u "$TEST_USER" -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  HOME="$(getent passwd "$TEST_USER" | cut -d: -f6)" TMPDIR="$scratch" \
+  KILN_BIN="$bin/kiln" KILN_E2E_REGISTRY=127.0.0.1:5000 RUST_BACKTRACE=1 \
+  "$bin/e2e" --include-ignored --test-threads=2

@@ -1,0 +1,506 @@
+//! End-to-end tests: the `kiln` binary, run as an unprivileged user, against a real
+//! registry on 127.0.0.1 with real base images, its outputs checked by skopeo, umoci
+//! and tar. `scripts/test.sh` prepares the machine (registry, user, images) and runs
+//! them; on their own they are ignored, since they need that setup.
+//!
+//! Environment: `KILN_BIN` (the binary; default: cargo's), `KILN_E2E_REGISTRY`
+//! (default 127.0.0.1:5000).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn kiln_bin() -> PathBuf {
+    std::env::var_os("KILN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kiln")))
+}
+
+fn registry() -> String {
+    std::env::var("KILN_E2E_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
+}
+
+/// A scratch directory with a context and a kiln store of its own.
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new(dockerfile: &str) -> Case {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let c = Case { dir };
+        fs::create_dir(c.ctx()).expect("mkdir ctx");
+        c.file("Dockerfile", &dockerfile.replace("REGISTRY", &registry()));
+        c
+    }
+
+    fn ctx(&self) -> PathBuf {
+        self.dir.path().join("ctx")
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn file(&self, name: &str, content: &str) {
+        let p = self.ctx().join(name);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(p, content).expect("write");
+    }
+
+    /// Runs `kiln build --root STORE --progress plain ARGS CONTEXT`.
+    fn build(&self, args: &[&str]) -> Run {
+        // Rootless is the point: these tests must never pass by running as root.
+        assert_ne!(
+            nix_uid(),
+            0,
+            "end-to-end tests must run as an unprivileged user"
+        );
+        let store = self.path("store");
+        let out = Command::new(kiln_bin())
+            .arg("build")
+            .arg("--root")
+            .arg(&store)
+            .args(["--progress", "plain"])
+            .args(args)
+            .arg(self.ctx())
+            .output()
+            .expect("run kiln");
+        Run::from(out)
+    }
+}
+
+fn nix_uid() -> u32 {
+    // The uid from /proc, to avoid a dependency for one call.
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|u| u.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into(),
+            stderr: String::from_utf8_lossy(&o.stderr).into(),
+        }
+    }
+}
+
+impl Run {
+    fn expect_ok(self) -> Run {
+        assert!(
+            self.ok,
+            "kiln failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// The image digest kiln reports at the end of a build.
+    fn image_digest(&self) -> String {
+        self.stderr
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("image "))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("an image digest line")
+            .to_string()
+    }
+}
+
+fn tool(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into()
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
+}
+
+/// Extracts an OCI archive and unpacks image `tag` with `umoci --rootless`.
+fn umoci_unpack(case: &Case, archive: &Path, tag: &str) -> PathBuf {
+    let layout = case.path("layout");
+    fs::create_dir_all(&layout).expect("mkdir");
+    tool(
+        "tar",
+        &[
+            "-xf",
+            archive.to_str().expect("utf8"),
+            "-C",
+            layout.to_str().expect("utf8"),
+        ],
+    );
+    let bundle = case.path("bundle");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:{tag}", layout.display()),
+            bundle.to_str().expect("utf8"),
+        ],
+    );
+    bundle.join("rootfs")
+}
+
+const SEED: &str = r#"
+FROM REGISTRY/library/debian:bookworm-slim AS builder
+WORKDIR /src
+COPY greeting.txt .
+RUN tr a-z A-Z < greeting.txt > /out.txt \
+    # comments inside a continuation are dropped
+    && echo built-by-run >> /out.txt \
+    && chown 1234:50 /out.txt
+
+FROM REGISTRY/library/busybox:latest AS unused
+RUN echo unused-stage-ran && exit 7
+
+FROM REGISTRY/library/busybox:latest
+WORKDIR /app
+COPY --from=builder /out.txt ./
+ENV GREETING="hello world"
+EXPOSE 8080
+CMD ["cat", "/app/out.txt"]
+"#;
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn seed_multi_stage_builds_and_exports_oci() {
+    let case = Case::new(SEED);
+    case.file("greeting.txt", "hello kiln\n");
+    let out = case.path("out.tar");
+    let tag = format!("{}/e2e/seed:1", registry());
+    let run = case
+        .build(&[
+            "-o",
+            &format!("type=oci,dest={}", out.display()),
+            "-t",
+            &tag,
+        ])
+        .expect_ok();
+    assert!(
+        !run.stderr.contains("unused-stage-ran") && !run.stderr.contains("RUN echo unused"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("identity mapping: subordinate ids"),
+        "{}",
+        run.stderr
+    );
+
+    let archive = format!("oci-archive:{}", out.display());
+    let config = json(&tool("skopeo", &["inspect", "--config", &archive]));
+    let c = &config["config"];
+    assert_eq!(c["WorkingDir"], "/app");
+    assert_eq!(c["Cmd"], serde_json::json!(["cat", "/app/out.txt"]));
+    assert!(c["Env"]
+        .as_array()
+        .expect("env")
+        .contains(&serde_json::json!("GREETING=hello world")));
+    assert!(c["ExposedPorts"].get("8080/tcp").is_some());
+    let history: Vec<String> = config["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|h| h["created_by"].as_str().map(str::to_string))
+        .collect();
+    let ours: Vec<&str> = history
+        .iter()
+        .map(String::as_str)
+        .filter(|h| !h.starts_with("umoci"))
+        .collect();
+    assert_eq!(
+        ours,
+        [
+            "WORKDIR /app",
+            "COPY --from=builder /out.txt ./ # buildkit",
+            "ENV GREETING=hello world",
+            "EXPOSE map[8080/tcp:{}]",
+            "CMD [\"cat\" \"/app/out.txt\"]"
+        ]
+    );
+    let info = json(&tool("skopeo", &["inspect", &archive]));
+    assert_eq!(info["Digest"].as_str(), Some(run.image_digest().as_str()));
+
+    let rootfs = umoci_unpack(&case, &out, "1");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("app/out.txt")).expect("out.txt"),
+        "HELLO KILN\nbuilt-by-run\n"
+    );
+    assert!(rootfs.join("bin/busybox").is_file());
+
+    // The owner set by RUN survives COPY --from into the exported layer.
+    let layers = info["Layers"].as_array().expect("layers");
+    let last = layers.last().and_then(|l| l.as_str()).expect("a layer");
+    let blob = case.path("layout").join("blobs/sha256").join(&last[7..]);
+    let listing = tool(
+        "tar",
+        &["-tvzf", blob.to_str().expect("utf8"), "--numeric-owner"],
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.contains("1234/50") && l.ends_with("app/out.txt")),
+        "{listing}"
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn push_reports_the_digest_the_registry_serves_and_skips_existing_blobs() {
+    let case = Case::new(
+        "FROM REGISTRY/library/busybox:latest\nCOPY marker /marker\nRUN cat /marker > /copy\n",
+    );
+    let unique = format!("{:?}", std::time::SystemTime::now());
+    case.file("marker", &unique);
+    let repo = format!("{}/e2e/push-{}", registry(), std::process::id());
+    let (t1, t2) = (format!("{repo}:v1"), format!("{repo}:v2"));
+    let run = case.build(&["--push", "-t", &t1, "-t", &t2]).expect_ok();
+    for t in [&t1, &t2] {
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{t}: digest: ")))
+            .unwrap_or_else(|| panic!("no digest line for {t}: {}", run.stdout));
+        let printed = line.split_whitespace().nth(2).expect("digest");
+        let info = json(&tool(
+            "skopeo",
+            &["inspect", "--tls-verify=false", &format!("docker://{t}")],
+        ));
+        assert_eq!(info["Digest"].as_str(), Some(printed), "{t}");
+        assert_eq!(printed, run.image_digest());
+    }
+    assert!(
+        run.stderr.contains(": Pushed"),
+        "new layers are uploaded: {}",
+        run.stderr
+    );
+    let again = case.build(&["--push", "-t", &t1]).expect_ok();
+    assert!(
+        !again.stderr.contains(": Pushed"),
+        "nothing is uploaded twice: {}",
+        again.stderr
+    );
+    assert!(
+        again.stderr.contains("Layer already exists"),
+        "{}",
+        again.stderr
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn failing_run_names_stage_step_and_exit_code() {
+    let case = Case::new(
+        "FROM REGISTRY/library/busybox:latest AS builder\nRUN echo preparing && echo something-broke >&2 && exit 3\nFROM builder\nRUN true\n",
+    );
+    let out = case.path("never.tar");
+    let run = case.build(&["-o", &format!("type=oci,dest={}", out.display())]);
+    assert!(!run.ok, "a failing RUN must fail the build");
+    let last = run
+        .stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("ERROR:"))
+        .expect("an ERROR line");
+    assert!(last.contains("[builder 2/2] RUN echo preparing"), "{last}");
+    assert!(
+        last.contains("(line 2)") && last.contains("exit code: 3"),
+        "{last}"
+    );
+    assert!(
+        run.stderr.contains("something-broke"),
+        "the last output is shown: {}",
+        run.stderr
+    );
+    assert!(!out.exists(), "no output is written for a failed build");
+    let leftovers: Vec<_> = fs::read_dir(case.dir.path())
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        !leftovers
+            .iter()
+            .any(|n| n.to_string_lossy().contains(".tmp")),
+        "{leftovers:?}"
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn second_build_is_all_cached_and_gives_the_same_digest() {
+    let case = Case::new(SEED);
+    case.file("greeting.txt", "cache me\n");
+    let first = case.build(&[]).expect_ok();
+    let second = case.build(&[]).expect_ok();
+    assert_eq!(first.image_digest(), second.image_digest());
+    // Every build step of the second run (FROM, WORKDIR, COPY, RUN) is CACHED.
+    let steps: Vec<&str> = second
+        .stderr
+        .lines()
+        .filter(|l| l.contains("] ") && !l.contains("[internal]"))
+        .collect();
+    assert_eq!(steps.len(), 7, "{}", second.stderr);
+    let cached = second
+        .stderr
+        .lines()
+        .filter(|l| l.ends_with(" CACHED"))
+        .count();
+    assert_eq!(cached, steps.len(), "{}", second.stderr);
+    assert!(
+        !second.stderr.lines().any(|l| l.contains(" DONE ")
+            && !l.starts_with("#1 ")
+            && steps
+                .iter()
+                .any(|s| s.split(' ').next() == l.split(' ').next())),
+        "{}",
+        second.stderr
+    );
+    // Changing an input re-runs only what depends on it.
+    case.file("greeting.txt", "changed\n");
+    let third = case.build(&[]).expect_ok();
+    assert_ne!(third.image_digest(), first.image_digest());
+    let done_steps: Vec<&str> = third
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" DONE "))
+        .collect();
+    assert!(third.stderr.contains("CACHED"), "{}", third.stderr);
+    assert!(!done_steps.is_empty());
+    // --no-cache runs the steps again.
+    let fresh = case.build(&["--no-cache"]).expect_ok();
+    let run_line = fresh
+        .stderr
+        .lines()
+        .find(|l| l.contains("[builder 4/4] RUN"))
+        .expect("RUN step");
+    let id = run_line.split(' ').next().expect("#N");
+    assert!(
+        fresh
+            .stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("{id} DONE"))),
+        "{}",
+        fresh.stderr
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn run_gets_image_env_workdir_user_and_a_sandbox() {
+    let case = Case::new(
+        r#"FROM REGISTRY/library/busybox:latest
+ARG FLAVOUR=plain
+ENV FOO=bar
+WORKDIR /work
+RUN echo "$FOO $FLAVOUR $(pwd) $(id -u)" > /work/root.txt \
+ && test -r /proc/self/status && test -c /dev/null && test -e /etc/hosts \
+ && echo "pid=$$ host=$(hostname)" > /work/sandbox.txt
+USER nobody
+RUN echo "$(id -u):$(id -g) $HOME" > /tmp/user.txt
+RUN ["/bin/sh", "-c", "echo exec-form > /tmp/exec.txt"]
+"#,
+    );
+    let out = case.path("out.tar");
+    case.build(&[
+        "--build-arg",
+        "FLAVOUR=spicy",
+        "-o",
+        &format!("type=oci,dest={}", out.display()),
+        "-t",
+        "sandbox:1",
+    ])
+    .expect_ok();
+    let rootfs = umoci_unpack(&case, &out, "1");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("work/root.txt")).expect("root.txt"),
+        "bar spicy /work 0\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("work/sandbox.txt")).expect("sandbox.txt"),
+        "pid=1 host=kiln\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("tmp/user.txt")).expect("user.txt"),
+        "65534:65534 /nonexistent\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("tmp/exec.txt")).expect("exec.txt"),
+        "exec-form\n"
+    );
+    // The mount points kiln needed are not left in the layers.
+    let config = json(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--config",
+            &format!("oci-archive:{}", out.display()),
+        ],
+    ));
+    assert!(
+        !config["config"]["Env"].to_string().contains("FLAVOUR"),
+        "build args stay out of the image"
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn context_symlinks_cannot_reach_outside_the_context() {
+    let case = Case::new("FROM REGISTRY/library/busybox:latest\nCOPY leak/passwd /stolen\n");
+    std::os::unix::fs::symlink("/etc", case.ctx().join("leak")).expect("symlink");
+    let run = case.build(&[]);
+    assert!(
+        !run.ok,
+        "a symlink to /etc must resolve inside the context, where there is no passwd"
+    );
+    assert!(run.stderr.contains("not found"), "{}", run.stderr);
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn dockerfile_errors_point_at_the_line() {
+    let case = Case::new("FROM REGISTRY/library/busybox:latest\nCOPY --chmod=9z a b\n");
+    let run = case.build(&[]);
+    assert!(!run.ok);
+    assert!(run.stderr.contains("Dockerfile:2:"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("COPY --chmod=9z a b"),
+        "the offending line is shown: {}",
+        run.stderr
+    );
+    let case = Case::new("FROM REGISTRY/library/no-such-image:1\n");
+    let run = case.build(&[]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("Dockerfile:1: failed to resolve"),
+        "{}",
+        run.stderr
+    );
+}
