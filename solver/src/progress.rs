@@ -47,6 +47,8 @@ struct Inner {
     next: AtomicUsize,
     start: Instant,
     multi: Option<MultiProgress>,
+    /// Finished bars, kept so the tty view still shows them when the build ends.
+    finished: Mutex<Vec<ProgressBar>>,
     out: Mutex<()>,
 }
 
@@ -65,6 +67,7 @@ impl Progress {
                 next: AtomicUsize::new(1),
                 start: Instant::now(),
                 multi,
+                finished: Mutex::new(Vec::new()),
                 out: Mutex::new(()),
             }),
         }
@@ -104,7 +107,6 @@ impl Progress {
         }
         Vertex {
             id,
-            name: name.to_string(),
             started: Instant::now(),
             progress: self.clone(),
             bar,
@@ -121,7 +123,6 @@ impl Progress {
 /// One step being shown.
 pub struct Vertex {
     id: usize,
-    name: String,
     started: Instant,
     progress: Progress,
     bar: Option<ProgressBar>,
@@ -180,12 +181,17 @@ impl Vertex {
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
                 b.finish_with_message(status);
+                self.progress
+                    .inner
+                    .finished
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(b.clone());
             }
             None if self.progress.inner.mode == Mode::Plain => {
                 self.progress.line(&format!("#{} {status}", self.id))
             }
             None => {}
         }
-        let _ = &self.name;
     }
 }
