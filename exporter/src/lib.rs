@@ -255,18 +255,17 @@ fn write_layout<W: Write>(
     dir(&mut tar, "blobs/sha256")?;
     let blob_name =
         |d: &str| -> Result<String> { Ok(format!("blobs/sha256/{}", digest::hex_part(d)?)) };
-    entry(
-        &mut tar,
-        &blob_name(&img.manifest_digest)?,
-        img.manifest.len() as u64,
-        &mut &img.manifest[..],
-    )?;
-    entry(
-        &mut tar,
-        &blob_name(&img.config_digest)?,
-        img.config.len() as u64,
-        &mut &img.config[..],
-    )?;
+    for (d, bytes) in [
+        (&img.manifest_digest, &img.manifest),
+        (&img.config_digest, &img.config),
+    ] {
+        entry(
+            &mut tar,
+            &blob_name(d)?,
+            bytes.len() as u64,
+            &mut &bytes[..],
+        )?;
+    }
     let mut seen = std::collections::HashSet::new();
     for l in &img.layers {
         if !seen.insert(&l.digest) {

@@ -252,20 +252,14 @@ impl Launcher {
             .stderr(Stdio::piped());
         let result = (|| {
             let mut child = self.idmap.spawn(&mut cmd)?;
-            let out = child.stdout.take();
-            let err = child.stderr.take();
+            let out: Option<Box<dyn std::io::Read + Send>> =
+                child.stdout.take().map(|o| Box::new(o) as _);
+            let err: Option<Box<dyn std::io::Read + Send>> =
+                child.stderr.take().map(|e| Box::new(e) as _);
             std::thread::scope(|s| {
-                if let Some(o) = out {
+                for pipe in [out, err].into_iter().flatten() {
                     s.spawn(move || {
-                        BufReader::new(o)
-                            .lines()
-                            .map_while(|l| l.ok())
-                            .for_each(|l| on_line(&l))
-                    });
-                }
-                if let Some(e) = err {
-                    s.spawn(move || {
-                        BufReader::new(e)
+                        BufReader::new(pipe)
                             .lines()
                             .map_while(|l| l.ok())
                             .for_each(|l| on_line(&l))
