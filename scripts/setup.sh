@@ -115,7 +115,7 @@ seed_busybox() {
   work=$(mktemp -d)
   chmod 755 "$work"
   layout="$work/oci"
-  (cd "$work" && apt-get download -qq busybox-static:amd64 busybox-static:arm64)
+  (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root busybox-static:amd64 busybox-static:arm64)
   for arch in amd64 arm64; do
     dpkg-deb -x "$work"/busybox-static_*_"$arch".deb "$work/deb-$arch"
     local root="$work/root-$arch"
@@ -161,7 +161,7 @@ seed_debian() {
   root="$work/root"
   mkdir -p "$work/debs"
   # shellcheck disable=SC2086
-  (cd "$work/debs" && apt-get download -qq $DEBIAN_PKGS)
+  (cd "$work/debs" && apt-get download -qq -o APT::Sandbox::User=root $DEBIAN_PKGS)
   for deb in "$work"/debs/*.deb; do
     dpkg-deb -x "$deb" "$root"
   done

@@ -10,8 +10,7 @@
 //! pipe, the parent runs `newuidmap`/`newgidmap` on its pid, and says "go".
 
 use crate::{sys, Context, Error, Result};
-use nix::sched::{unshare, CloneFlags};
-use nix::unistd::{getgid, getuid, pipe2, Gid, Uid, User};
+use nix::unistd::{getgid, getuid, pipe2, Uid, User};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -192,8 +191,7 @@ pub fn enter() -> Result<()> {
     let mode =
         std::env::var(ENV_MODE).map_err(|_| Error::UserNs(format!("{ENV_MODE} is not set")))?;
     let (uid, gid) = (getuid(), getgid());
-    unshare(CloneFlags::CLONE_NEWUSER)
-        .ctx(|| "unshare(CLONE_NEWUSER) (are user namespaces enabled?)".into())?;
+    sys::unshare_user()?;
     match mode.as_str() {
         "sync" => {
             let mut ready = sys::inherited(FD_READY);
@@ -210,7 +208,6 @@ pub fn enter() -> Result<()> {
             {
                 return Err(Error::UserNs("the parent did not map the namespace".into()));
             }
-            let _ = nix::unistd::setgroups(&[]);
         }
         "single" => {
             write_proc("/proc/self/setgroups", "deny")?;
@@ -219,11 +216,7 @@ pub fn enter() -> Result<()> {
         }
         other => return Err(Error::UserNs(format!("unknown {ENV_MODE}={other}"))),
     }
-    nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
-        .ctx(|| "setresgid(0)".into())?;
-    nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
-        .ctx(|| "setresuid(0)".into())?;
-    Ok(())
+    sys::become_root(mode == "sync")
 }
 
 fn write_proc(path: &str, value: &str) -> Result<()> {

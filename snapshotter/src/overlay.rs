@@ -1,8 +1,7 @@
 //! Overlay mounts of snapshot stacks, made inside kiln's user and mount namespaces
 //! with `userxattr` (unprivileged overlay, Linux 5.11+).
 
-use crate::{Context, Result, Store};
-use nix::mount::{mount, MsFlags};
+use crate::{sys, Context, Result, Store};
 use std::path::Path;
 
 /// The lowerdir option: `ids` top-first, then the store's empty snapshot, given
@@ -30,14 +29,7 @@ pub fn mount_rw(
         upper.display(),
         work.display()
     );
-    mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(opts.as_str()),
-    )
-    .ctx(|| format!("mounting overlay at {} ({opts})", target.display()))
+    sys::mount_overlay(&opts, target, false)
 }
 
 /// Mounts `ids` (top-first) read-only at `target`.
@@ -46,22 +38,8 @@ pub fn mount_ro(store: &Store, ids: &[String], target: &Path) -> Result<()> {
         .ctx(|| "entering the snapshots directory".into())?;
     if ids.is_empty() {
         let empty = store.snapshot_path("empty");
-        return mount(
-            Some(&empty),
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .ctx(|| format!("bind-mounting {}", empty.display()));
+        return sys::bind_ro(&empty, target);
     }
     let opts = format!("lowerdir={},userxattr", lowerdir(ids));
-    mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::MS_RDONLY,
-        Some(opts.as_str()),
-    )
-    .ctx(|| format!("mounting overlay at {} ({opts})", target.display()))
+    sys::mount_overlay(&opts, target, true)
 }

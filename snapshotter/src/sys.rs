@@ -1,9 +1,16 @@
-//! The storage layer's only `unsafe`: handing pipe ends to a child at fixed fd numbers
-//! and adopting those fds in the helper.
+//! The storage layer's system calls, and its only `unsafe`: handing pipe ends to a child
+//! at fixed fd numbers and adopting them in the helper, whiteout device nodes, overlay
+//! and bind mounts, entering the user namespace.
 
+use crate::{Context, Result};
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::{Gid, Uid};
 use std::fs::File;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 
 /// Makes the child see `fds[i].0` as fd `fds[i].1` (and nothing else changes).
@@ -37,4 +44,55 @@ pub(crate) fn inherited(fd: RawFd) -> File {
     // SAFETY: `fd` was installed by `pass_fds` in the parent for this process alone and
     // nothing else in the helper refers to it, so the File is its only owner.
     unsafe { File::from_raw_fd(fd) }
+}
+
+/// An overlay whiteout: a 0/0 character device (allowed unprivileged since Linux 5.8).
+pub(crate) fn mknod_whiteout(path: &Path) -> Result<()> {
+    nix::sys::stat::mknod(path, SFlag::S_IFCHR, Mode::empty(), 0)
+        .ctx(|| format!("creating whiteout {}", path.display()))
+}
+
+/// Mounts an overlay with `options` at `target`.
+pub(crate) fn mount_overlay(options: &str, target: &Path, read_only: bool) -> Result<()> {
+    let flags = if read_only {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        flags,
+        Some(options),
+    )
+    .ctx(|| format!("mounting overlay at {} ({options})", target.display()))
+}
+
+/// Bind-mounts `src` read-only at `target`.
+pub(crate) fn bind_ro(src: &Path, target: &Path) -> Result<()> {
+    mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .ctx(|| format!("bind-mounting {}", src.display()))
+}
+
+/// Enters a new user namespace (the caller must be single-threaded).
+pub(crate) fn unshare_user() -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWUSER)
+        .ctx(|| "unshare(CLONE_NEWUSER) (are user namespaces enabled?)".into())
+}
+
+/// Becomes root of the (mapped) user namespace, optionally dropping supplementary groups.
+pub(crate) fn become_root(drop_groups: bool) -> Result<()> {
+    if drop_groups {
+        let _ = nix::unistd::setgroups(&[]);
+    }
+    let (g, u) = (Gid::from_raw(0), Uid::from_raw(0));
+    nix::unistd::setresgid(g, g, g).ctx(|| "setresgid(0)".into())?;
+    nix::unistd::setresuid(u, u, u).ctx(|| "setresuid(0)".into())
 }

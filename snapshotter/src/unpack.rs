@@ -63,13 +63,7 @@ pub fn unpack(r: impl Read, dest: &Path, preserve_owners: bool) -> Result<Unpack
             let dir = mkdir_contained(dest, parent)?;
             let target = dir.join(hidden);
             remove_any(&target)?;
-            nix::sys::stat::mknod(
-                &target,
-                nix::sys::stat::SFlag::S_IFCHR,
-                nix::sys::stat::Mode::empty(),
-                0,
-            )
-            .ctx(|| format!("creating whiteout {}", target.display()))?;
+            crate::sys::mknod_whiteout(&target)?;
             continue;
         }
         match entry.header().entry_type() {

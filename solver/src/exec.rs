@@ -8,21 +8,13 @@
 
 use crate::{sys, Error, Result};
 use kiln_frontend::RunSpec;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{unshare, CloneFlags};
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{ForkResult, Gid, Uid};
-use std::ffi::CString;
+use nix::unistd::ForkResult;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-fn sys_err(what: String) -> impl FnOnce(nix::errno::Errno) -> Error {
-    move |e| Error::Helper(format!("{what}: {e}"))
-}
 
 /// A mount point kiln had to create in the rootfs, removed again after the run so that
 /// it does not end up in the layer.
@@ -79,9 +71,8 @@ pub fn run(merged: &Path, spec: &RunSpec) -> Result<i32> {
         .into_iter()
         .filter(|f| Path::new("/").join(f).exists() && created.ensure(merged, f, false))
         .collect();
-    unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
-        .map_err(sys_err("unshare(pid, ipc, uts)".into()))?;
-    let code = match sys::fork().map_err(sys_err("fork".into()))? {
+    sys::sandbox_namespaces()?;
+    let code = match sys::fork()? {
         ForkResult::Child => {
             let err = match sandbox_init(merged, spec, proc_ok, dev_ok, &etc) {
                 Ok(never) => match never {},
@@ -90,15 +81,7 @@ pub fn run(merged: &Path, spec: &RunSpec) -> Result<i32> {
             eprintln!("kiln: {err}");
             std::process::exit(127);
         }
-        ForkResult::Parent { child } => loop {
-            match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, c)) => break c,
-                Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
-                Ok(_) => continue,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(Error::Helper(format!("waiting for the RUN process: {e}"))),
-            }
-        },
+        ForkResult::Parent { child } => sys::wait_exit(child)?,
     };
     created.remove();
     Ok(code)
@@ -115,47 +98,20 @@ fn sandbox_init(
     dev_ok: bool,
     etc: &[&str],
 ) -> Result<Never> {
-    // A mount namespace of our own, so pivot_root moves only this process's root.
-    unshare(CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare(CLONE_NEWNS)".into()))?;
-    let _ = nix::unistd::sethostname("kiln");
-    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    sys::own_mount_ns()?;
+    let _ = sys::set_hostname("kiln");
     if proc_ok {
-        let target = root.join("proc");
-        if mount(Some("proc"), &target, Some("proc"), nosuid, None::<&str>).is_err() {
-            // Where a fresh procfs is refused (masked /proc), share the host's.
-            mount(
-                Some("/proc"),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(sys_err("mounting /proc".into()))?;
-        }
+        sys::mount_proc(&root.join("proc"))?;
     }
     if dev_ok {
         let dev = root.join("dev");
-        mount(
-            Some("tmpfs"),
-            &dev,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("mode=755,size=65536k"),
-        )
-        .map_err(sys_err("mounting /dev".into()))?;
+        sys::mount_tmpfs(&dev, "mode=755,size=65536k")?;
         for d in DEVICES {
             let target = dev.join(d);
             let host = Path::new("/dev").join(d);
-            if !host.exists() || fs::File::create(&target).is_err() {
-                continue;
+            if host.exists() && fs::File::create(&target).is_ok() {
+                let _ = sys::bind(&host, &target);
             }
-            let _ = mount(
-                Some(&host),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            );
         }
         for (name, target) in [
             ("fd", "/proc/self/fd"),
@@ -172,20 +128,9 @@ fn sandbox_init(
         let _ = fs::set_permissions(dev.join("shm"), fs::Permissions::from_mode(0o1777));
     }
     for f in etc {
-        let src = Path::new("/").join(f);
-        mount(
-            Some(&src),
-            &root.join(f),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(sys_err(format!("bind-mounting /{f}")))?;
+        sys::bind(&Path::new("/").join(f), &root.join(f))?;
     }
-    std::env::set_current_dir(root).map_err(crate::io_ctx("entering the rootfs"))?;
-    nix::unistd::pivot_root(".", ".").map_err(sys_err("pivot_root".into()))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(sys_err("detaching the old root".into()))?;
-    std::env::set_current_dir("/").map_err(crate::io_ctx("chdir /"))?;
+    sys::pivot_into(root)?;
 
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     if fs::create_dir_all(cwd).is_err() && !Path::new(cwd).is_dir() {
@@ -203,14 +148,7 @@ fn sandbox_init(
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", user.home));
     }
-    let gid = Gid::from_raw(user.gid);
-    let mut groups = vec![gid];
-    groups.extend(user.groups.iter().map(|g| Gid::from_raw(*g)));
-    // setgroups is denied in a single-id mapping; the user then keeps no extra groups.
-    let _ = nix::unistd::setgroups(&groups);
-    nix::unistd::setresgid(gid, gid, gid).map_err(sys_err(format!("setgid {}", user.gid)))?;
-    let uid = Uid::from_raw(user.uid);
-    nix::unistd::setresuid(uid, uid, uid).map_err(sys_err(format!("setuid {}", user.uid)))?;
+    sys::become_user(user.uid, user.gid, &user.groups)?;
 
     let Some(argv0) = spec.argv.first() else {
         return Err(Error::Helper("empty command".into()));
@@ -225,19 +163,7 @@ fn sandbox_init(
             "exec: {argv0:?}: executable file not found in $PATH"
         ))
     })?;
-    let cstr = |s: &str| CString::new(s).map_err(|_| Error::Helper(format!("NUL byte in {s:?}")));
-    let prog = cstr(&prog)?;
-    let argv = spec
-        .argv
-        .iter()
-        .map(|a| cstr(a))
-        .collect::<Result<Vec<_>>>()?;
-    let envp = env.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
-    let e = nix::unistd::execve(&prog, &argv, &envp).err();
-    Err(Error::Helper(format!(
-        "exec {argv0}: {}",
-        e.map(|e| e.to_string()).unwrap_or_default()
-    )))
+    Err(sys::exec(&prog, &spec.argv, &env))
 }
 
 /// Finds `prog` on `path` inside the sandbox, as execvp would.

@@ -172,19 +172,7 @@ fn step(
     action: &Action,
     layer_out: &Path,
 ) -> Result<Response> {
-    use nix::mount::{mount, umount2, MntFlags, MsFlags};
-    use nix::sched::{unshare, CloneFlags};
-    let sys =
-        |what: &'static str| move |e: nix::errno::Errno| Error::Helper(format!("{what}: {e}"));
-    unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unshare(CLONE_NEWNS)"))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(sys("making mounts private"))?;
+    crate::sys::private_mount_ns()?;
     let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
     for d in [&upper, &work, &merged] {
         fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
@@ -198,7 +186,7 @@ fn step(
         },
         Action::Mkdir { path } => fileop::mkdir(&merged, path).map(|_| (0, None)),
     };
-    let _ = umount2(&merged, MntFlags::MNT_DETACH);
+    let _ = crate::sys::unmount(&merged);
     let (exit_code, message) = outcome?;
     if exit_code != 0 {
         return Ok(Response::Step {

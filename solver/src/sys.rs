@@ -1,12 +1,144 @@
-//! The solver's only `unsafe`: forking the sandbox's init process.
+//! The solver's system calls, and its only `unsafe`: namespaces, mounts, the pivot into
+//! the rootfs, dropping to the RUN user, fork, exec and wait. Callers decide what to
+//! do; this module only does it and names what failed.
 
-use nix::unistd::ForkResult;
+use crate::{Error, Result};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+use std::ffi::CString;
+use std::path::Path;
+
+fn fail(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> Error {
+    let what = what.into();
+    move |e| Error::Helper(format!("{what}: {e}"))
+}
+
+/// A private mount namespace: nothing mounted here propagates to the host.
+pub(crate) fn private_mount_ns() -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(fail("unshare(CLONE_NEWNS)"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(fail("making mounts private"))
+}
+
+/// New pid, ipc and uts namespaces (the pid one applies to the next child).
+pub(crate) fn sandbox_namespaces() -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
+        .map_err(fail("unshare(pid, ipc, uts)"))
+}
+
+/// A mount namespace of the caller's own, so that a pivot moves only its root.
+pub(crate) fn own_mount_ns() -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(fail("unshare(CLONE_NEWNS)"))
+}
+
+pub(crate) fn set_hostname(name: &str) -> Result<()> {
+    nix::unistd::sethostname(name).map_err(fail("sethostname"))
+}
+
+/// A fresh procfs at `target`, or, where that is refused (a masked /proc), the host's.
+pub(crate) fn mount_proc(target: &Path) -> Result<()> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if mount(Some("proc"), target, Some("proc"), flags, None::<&str>).is_ok() {
+        return Ok(());
+    }
+    mount(
+        Some("/proc"),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(fail("mounting /proc"))
+}
+
+pub(crate) fn mount_tmpfs(target: &Path, options: &str) -> Result<()> {
+    mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(options),
+    )
+    .map_err(fail(format!("mounting tmpfs at {}", target.display())))
+}
+
+pub(crate) fn bind(src: &Path, target: &Path) -> Result<()> {
+    mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(fail(format!("bind-mounting {}", src.display())))
+}
+
+pub(crate) fn unmount(target: &Path) -> Result<()> {
+    umount2(target, MntFlags::MNT_DETACH).map_err(fail(format!("unmounting {}", target.display())))
+}
+
+/// Makes `root` the process's `/` and detaches the old root.
+pub(crate) fn pivot_into(root: &Path) -> Result<()> {
+    std::env::set_current_dir(root).map_err(crate::io_ctx("entering the rootfs"))?;
+    nix::unistd::pivot_root(".", ".").map_err(fail("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(fail("detaching the old root"))?;
+    std::env::set_current_dir("/").map_err(crate::io_ctx("chdir /"))
+}
+
+/// Becomes `uid:gid` with supplementary `groups`. In a single-id mapping setgroups is
+/// denied; the user then keeps no extra groups.
+pub(crate) fn become_user(uid: u32, gid: u32, groups: &[u32]) -> Result<()> {
+    let g = Gid::from_raw(gid);
+    let mut all = vec![g];
+    all.extend(groups.iter().map(|x| Gid::from_raw(*x)));
+    let _ = nix::unistd::setgroups(&all);
+    nix::unistd::setresgid(g, g, g).map_err(fail(format!("setgid {gid}")))?;
+    let u = Uid::from_raw(uid);
+    nix::unistd::setresuid(u, u, u).map_err(fail(format!("setuid {uid}")))
+}
+
+/// Replaces the process image; returns only on failure.
+pub(crate) fn exec(prog: &str, argv: &[String], env: &[String]) -> Error {
+    let cstr = |s: &str| CString::new(s).map_err(|_| Error::Helper(format!("NUL byte in {s:?}")));
+    let args = (|| -> Result<_> {
+        let argv = argv.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
+        let envp = env.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
+        Ok((cstr(prog)?, argv, envp))
+    })();
+    match args {
+        Ok((p, argv, envp)) => match nix::unistd::execve(&p, &argv, &envp) {
+            Err(e) => Error::Helper(format!("exec {prog}: {e}")),
+            Ok(never) => match never {},
+        },
+        Err(e) => e,
+    }
+}
 
 /// Forks. Only called from the namespace helper, which never starts threads, so the
 /// child may do anything the parent could.
-pub(crate) fn fork() -> nix::Result<ForkResult> {
+pub(crate) fn fork() -> Result<ForkResult> {
     // SAFETY: the helper process is single-threaded (it is exec'd fresh and creates no
     // threads before running a step), so no lock or allocator state can be left held by
     // another thread in the child.
-    unsafe { nix::unistd::fork() }
+    unsafe { nix::unistd::fork() }.map_err(fail("fork"))
+}
+
+/// Waits for `child`; its exit code, or 128+signal when it was killed.
+pub(crate) fn wait_exit(child: Pid) -> Result<i32> {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, c)) => return Ok(c),
+            Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::Helper(format!("waiting for the RUN process: {e}"))),
+        }
+    }
 }
