@@ -28,6 +28,9 @@ mkdir -p "$bin"
 install -m 0755 target/debug/kiln "$bin/kiln"
 install -m 0755 "$exe" "$bin/e2e"
 scratch=$(mktemp -d "/tmp/kiln-e2e-run.XXXXXX")
+# Stores hold files owned by the test user's subordinate ids, which only root can
+# remove from outside kiln's namespace.
+trap 'rm -rf "$scratch"' EXIT
 chown "$TEST_USER" "$scratch"
 runuser -u "$TEST_USER" -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   HOME="$(getent passwd "$TEST_USER" | cut -d: -f6)" TMPDIR="$scratch" \

@@ -187,6 +187,53 @@ mod tests {
     }
 
     #[test]
+    fn symlink_then_write_stays_inside() {
+        let outer = tempfile::tempdir().expect("tempdir");
+        let root = outer.path().join("root");
+        let victim = outer.path().join("victim");
+        fs::create_dir_all(&root).expect("mkdir");
+        fs::create_dir_all(&victim).expect("mkdir");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, "link", &victim)
+            .expect("symlink entry");
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(4);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "link/evil", &b"evil"[..])
+            .expect("file entry");
+        let data = b.into_inner().expect("finish");
+        assert!(
+            unpack(&data[..], &root, false).is_err(),
+            "writing through a symlink must fail"
+        );
+        assert!(
+            !victim.join("evil").exists(),
+            "nothing is written outside the root"
+        );
+    }
+
+    #[test]
+    fn absolute_paths_land_inside() {
+        let outer = tempfile::tempdir().expect("tempdir");
+        let root = outer.path().join("root");
+        fs::create_dir(&root).expect("mkdir");
+        let abs = outer.path().join("abs-target");
+        let name = abs.to_str().expect("utf8").to_string();
+        let data = layer(&[(name.as_str(), b"x")]);
+        unpack(&data[..], &root, false).expect("unpack");
+        assert!(
+            !abs.exists(),
+            "an absolute entry is not written at its absolute path"
+        );
+        assert!(root.join(name.trim_start_matches('/')).is_file());
+    }
+
+    #[test]
     fn gzip_layers_are_detected() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
