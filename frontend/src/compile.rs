@@ -400,9 +400,7 @@ impl Compiler<'_, '_> {
             return Err(self.err(at, "ARG requires a name"));
         }
         let default = match default {
-            Some(d) => Some(
-                lexer::expand_word(d, &vars.to_vec(), self.escape).map_err(|e| self.err(at, e))?,
-            ),
+            Some(d) => Some(lexer::expand_word(d, vars, self.escape).map_err(|e| self.err(at, e))?),
             None => None,
         };
         let value = self.build_arg(&name).or(default);
@@ -927,8 +925,7 @@ impl Compiler<'_, '_> {
     }
 
     fn expand(&self, s: &pd::UnescapedString<'_>, vars: &[(String, String)]) -> Result<String> {
-        lexer::expand_word(&s.value, &vars.to_vec(), self.escape)
-            .map_err(|e| self.err(s.span.start, e))
+        lexer::expand_word(&s.value, vars, self.escape).map_err(|e| self.err(s.span.start, e))
     }
 
     fn command(&self, c: &pd::Command<'_>, shell: &[String]) -> Vec<String> {
@@ -955,8 +952,7 @@ impl Compiler<'_, '_> {
         let Some(first) = words.first() else {
             return Err(self.err(at, format!("{what} requires at least one argument")));
         };
-        let vars = vars.to_vec();
-        let ex = |w: &str| lexer::expand_word(w, &vars, self.escape).map_err(|e| self.err(at, e));
+        let ex = |w: &str| lexer::expand_word(w, vars, self.escape).map_err(|e| self.err(at, e));
         if !first.contains('=') {
             // Legacy `ENV name value...`: the rest of the line is the value.
             let rest = s.value.trim_start()[first.len()..].trim();

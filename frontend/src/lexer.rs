@@ -23,16 +23,16 @@ impl Vars for Vec<(String, String)> {
     }
 }
 
-struct Lexer<'a> {
+struct Lexer<'a, V: Vars + ?Sized> {
     chars: Vec<char>,
     pos: usize,
     escape: char,
-    vars: &'a dyn Vars,
+    vars: &'a V,
 }
 
 /// Expands one word (quotes removed, escapes applied, variables substituted), like
 /// BuildKit's `ProcessWord`.
-pub fn expand_word(word: &str, vars: &dyn Vars, escape: char) -> Result<String, String> {
+pub fn expand_word<V: Vars + ?Sized>(word: &str, vars: &V, escape: char) -> Result<String, String> {
     let mut lx = Lexer {
         chars: word.chars().collect(),
         pos: 0,
@@ -44,7 +44,11 @@ pub fn expand_word(word: &str, vars: &dyn Vars, escape: char) -> Result<String, 
 }
 
 /// Expands and splits into words on unquoted whitespace, like BuildKit's `ProcessWords`.
-pub fn expand_words(word: &str, vars: &dyn Vars, escape: char) -> Result<Vec<String>, String> {
+pub fn expand_words<V: Vars + ?Sized>(
+    word: &str,
+    vars: &V,
+    escape: char,
+) -> Result<Vec<String>, String> {
     let mut lx = Lexer {
         chars: word.chars().collect(),
         pos: 0,
@@ -98,7 +102,7 @@ pub fn split_words(s: &str, escape: char) -> Vec<String> {
     words
 }
 
-impl Lexer<'_> {
+impl<V: Vars + ?Sized> Lexer<'_, V> {
     fn peek(&self) -> Option<char> {
         self.chars.get(self.pos).copied()
     }

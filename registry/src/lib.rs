@@ -326,7 +326,9 @@ impl Registry {
 async fn blob_stream(
     path: &Path,
 ) -> Result<
-    impl futures_util::Stream<Item = oci_client::errors::Result<bytes_alias::Bytes>> + Send + 'static,
+    impl futures_util::Stream<Item = oci_client::errors::Result<tokio_util::bytes::Bytes>>
+        + Send
+        + 'static,
 > {
     let f = tokio::fs::File::open(path).await.map_err(|e| {
         Error::Store(kiln_snapshotter::Error::Io {
@@ -336,10 +338,6 @@ async fn blob_stream(
     })?;
     Ok(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20)
         .map_err(oci_client::errors::OciDistributionError::from))
-}
-
-mod bytes_alias {
-    pub use tokio_util::bytes::Bytes;
 }
 
 fn media_type_of(bytes: &[u8]) -> String {

@@ -96,7 +96,11 @@ fn spawn<'s>(
             if st.error.is_some() {
                 return;
             }
-            st.done.clone()
+            // Only this vertex's inputs (its parent and COPY source), not every result.
+            g.dag
+                .neighbors_directed(n, Direction::Incoming)
+                .filter_map(|i| st.done.get(&i).map(|d| (i, d.clone())))
+                .collect::<HashMap<_, _>>()
         };
         let result = run_vertex(s, g, n, &inputs);
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
