@@ -211,6 +211,30 @@ fn build(root: PathBuf, b: BuildArgs) -> Result<()> {
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("reading Dockerfile {}", file.display()))?;
 
+    // `<Dockerfile>.dockerignore` next to the Dockerfile wins over CONTEXT/.dockerignore.
+    let mut ignore_file = file.clone().into_os_string();
+    ignore_file.push(".dockerignore");
+    let ignore_file = [PathBuf::from(ignore_file), context.join(".dockerignore")]
+        .into_iter()
+        .find(|p| p.is_file());
+    let excludes = match &ignore_file {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            kiln_frontend::dockerignore::read_patterns(&text)
+        }
+        None => Vec::new(),
+    };
+    let ignore = kiln_frontend::dockerignore::Matcher::new(&excludes).with_context(|| {
+        format!(
+            "{}: invalid pattern",
+            ignore_file
+                .as_deref()
+                .unwrap_or(std::path::Path::new(".dockerignore"))
+                .display()
+        )
+    })?;
+
     let store = Store::open(&root).with_context(|| format!("opening store {}", root.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -259,6 +283,8 @@ fn build(root: PathBuf, b: BuildArgs) -> Result<()> {
         registry: registry.clone(),
         runtime: runtime.handle().clone(),
         context,
+        excludes,
+        ignore,
         no_cache: b.no_cache,
         progress: progress.clone(),
     };

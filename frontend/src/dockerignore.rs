@@ -11,6 +11,8 @@ use regex::Regex;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadPattern(pub String);
 
+impl std::error::Error for BadPattern {}
+
 impl std::fmt::Display for BadPattern {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "syntax error in pattern {:?}", self.0)

@@ -7,6 +7,7 @@
 
 use crate::fileop;
 use crate::{io_ctx, Result};
+use kiln_frontend::dockerignore::Matcher;
 use kiln_snapshotter::Store;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -78,18 +79,22 @@ pub fn save(store: &Store, key: &str, r: &Record) -> Result<()> {
     Ok(store.write_record(key, &bytes)?)
 }
 
-/// Content hash of what `srcs` select in the context directory `root`.
-pub fn hash_context(root: &Path, srcs: &[String]) -> Result<String> {
+/// Content hash of what `srcs` select in the context directory `root`, seen through
+/// `.dockerignore` as COPY sees it.
+pub fn hash_context(root: &Path, srcs: &[String], ignore: &Matcher) -> Result<String> {
     let mut h = Sha256::new();
-    for s in fileop::expand_sources(root, srcs)? {
+    for s in fileop::expand_sources(root, srcs, ignore)? {
         let p = fileop::resolve_in_root(root, &s, true)?;
-        hash_tree(&mut h, &p, &s)?;
+        hash_tree(&mut h, &p, &s, ignore)?;
     }
     Ok(hex::encode(h.finalize()))
 }
 
-fn hash_tree(h: &mut Sha256, p: &Path, rel: &str) -> Result<()> {
+fn hash_tree(h: &mut Sha256, p: &Path, rel: &str, ignore: &Matcher) -> Result<()> {
     let m = fs::symlink_metadata(p).map_err(io_ctx(format!("stat {}", p.display())))?;
+    if ignore.excluded(rel) && !(m.is_dir() && ignore.has_exclusions()) {
+        return Ok(());
+    }
     let ft = m.file_type();
     let kind = if ft.is_dir() {
         "d"
@@ -132,7 +137,7 @@ fn hash_tree(h: &mut Sha256, p: &Path, rel: &str) -> Result<()> {
         names.sort();
         for n in names {
             let r = format!("{rel}/{}", n.to_string_lossy());
-            hash_tree(h, &p.join(&n), &r)?;
+            hash_tree(h, &p.join(&n), &r, ignore)?;
         }
     }
     Ok(())
@@ -149,19 +154,26 @@ mod tests {
         fs::write(d.path().join("src/a"), b"1").expect("write");
         fs::write(d.path().join("other"), b"x").expect("write");
         let srcs = vec!["src".to_string()];
-        let h1 = hash_context(d.path(), &srcs).expect("hash");
+        let none = Matcher::default();
+        let h1 = hash_context(d.path(), &srcs, &none).expect("hash");
         fs::write(d.path().join("other"), b"changed").expect("write");
         assert_eq!(
             h1,
-            hash_context(d.path(), &srcs).expect("hash"),
+            hash_context(d.path(), &srcs, &none).expect("hash"),
             "unselected files do not matter"
         );
         fs::write(d.path().join("src/a"), b"2").expect("write");
-        let h2 = hash_context(d.path(), &srcs).expect("hash");
+        let h2 = hash_context(d.path(), &srcs, &none).expect("hash");
         assert_ne!(h1, h2);
         fs::set_permissions(d.path().join("src/a"), fs::Permissions::from_mode(0o755))
             .expect("chmod");
-        assert_ne!(h2, hash_context(d.path(), &srcs).expect("hash"));
+        assert_ne!(h2, hash_context(d.path(), &srcs, &none).expect("hash"));
         assert_ne!(key(&["ab", "c"]), key(&["a", "bc"]));
+        // Ignored files do not change the key.
+        let ignore = Matcher::new(&["src/*.log".to_string()]).expect("patterns");
+        let h3 = hash_context(d.path(), &srcs, &ignore).expect("hash");
+        fs::write(d.path().join("src/debug.log"), b"noise").expect("write");
+        assert_eq!(h3, hash_context(d.path(), &srcs, &ignore).expect("hash"));
+        assert_ne!(h3, hash_context(d.path(), &srcs, &none).expect("hash"));
     }
 }

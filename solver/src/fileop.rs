@@ -5,6 +5,7 @@
 //! context or the rootfs can be read or written.
 
 use crate::{io_ctx, Error, Result};
+use kiln_frontend::dockerignore::Matcher;
 use kiln_snapshotter::{overlay, Store};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -14,8 +15,8 @@ use std::path::{Component, Path, PathBuf};
 /// Where COPY reads from, as the helper sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Source {
-    /// A directory on the host (the build context).
-    Context(PathBuf),
+    /// A directory on the host (the build context) and its `.dockerignore` patterns.
+    Context { dir: PathBuf, excludes: Vec<String> },
     /// A stack of snapshots (top-first), mounted read-only.
     Snapshots(Vec<String>),
 }
@@ -89,15 +90,26 @@ fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// Whether `rel` is visible through `.dockerignore`: not excluded, or an excluded
+/// directory that an exception (`!`) may re-include files under.
+fn visible(root: &Path, rel: &str, ignore: &Matcher) -> Result<bool> {
+    if !ignore.excluded(rel) {
+        return Ok(true);
+    }
+    let p = resolve_in_root(root, rel, true)?;
+    Ok(ignore.has_exclusions() && fs::metadata(p).map(|m| m.is_dir()).unwrap_or(false))
+}
+
 /// Expands COPY sources under `root`: each pattern gives the matching paths (relative,
-/// clean, sorted); a pattern matching nothing is an error, as in BuildKit.
-pub fn expand_sources(root: &Path, srcs: &[String]) -> Result<Vec<String>> {
+/// clean, sorted); a pattern matching nothing is an error, as in BuildKit. Paths that
+/// `.dockerignore` excludes do not exist for COPY.
+pub fn expand_sources(root: &Path, srcs: &[String], ignore: &Matcher) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for src in srcs {
         let clean = clean_rel(src);
         if !has_glob(&clean) {
             let p = resolve_in_root(root, &clean, true)?;
-            if fs::symlink_metadata(&p).is_err() {
+            if fs::symlink_metadata(&p).is_err() || !visible(root, &clean, ignore)? {
                 return Err(Error::Helper(format!(
                     "failed to compute cache key: \"/{clean}\": not found"
                 )));
@@ -118,13 +130,18 @@ pub fn expand_sources(root: &Path, srcs: &[String]) -> Result<Vec<String>> {
                         .collect();
                     names.sort();
                     for n in names {
-                        if kiln_frontend::lexer::glob_match(part, &n) {
-                            next.push(join_rel(m, &n));
+                        let cand = join_rel(m, &n);
+                        if kiln_frontend::lexer::glob_match(part, &n)
+                            && visible(root, &cand, ignore)?
+                        {
+                            next.push(cand);
                         }
                     }
                 } else {
                     let cand = join_rel(m, part);
-                    if fs::symlink_metadata(resolve_in_root(root, &cand, true)?).is_ok() {
+                    if fs::symlink_metadata(resolve_in_root(root, &cand, true)?).is_ok()
+                        && visible(root, &cand, ignore)?
+                    {
                         next.push(cand);
                     }
                 }
@@ -195,8 +212,13 @@ fn chown_ids(merged: &Path, spec: &str) -> Result<(u32, u32)> {
 
 /// Performs a COPY into `merged`; `scratch` is a free directory for a read-only mount.
 pub fn copy(store: &Store, merged: &Path, scratch: &Path, c: &CopyAction) -> Result<()> {
+    let mut ignore = Matcher::default();
     let (src_root, keep_owner) = match &c.source {
-        Source::Context(p) => (p.clone(), false),
+        Source::Context { dir, excludes } => {
+            ignore =
+                Matcher::new(excludes).map_err(|e| Error::Helper(format!(".dockerignore: {e}")))?;
+            (dir.clone(), false)
+        }
         Source::Snapshots(ids) => {
             fs::create_dir_all(scratch)
                 .map_err(io_ctx(format!("creating {}", scratch.display())))?;
@@ -209,7 +231,7 @@ pub fn copy(store: &Store, merged: &Path, scratch: &Path, c: &CopyAction) -> Res
         None if keep_owner => None,
         None => Some((0, 0)),
     };
-    let sources = expand_sources(&src_root, &c.srcs)?;
+    let sources = expand_sources(&src_root, &c.srcs, &ignore)?;
     let dest_rel = clean_rel(&c.dest);
     let dest_dir_form =
         c.dest.ends_with('/') || sources.len() > 1 || c.srcs.iter().any(|s| has_glob(s));
@@ -223,7 +245,7 @@ pub fn copy(store: &Store, merged: &Path, scratch: &Path, c: &CopyAction) -> Res
         let meta = fs::symlink_metadata(&from).map_err(io_ctx(format!("stat {s}")))?;
         if meta.is_dir() {
             mkdir_p(merged, &dest_rel)?;
-            copy_tree(&from, &dest, &opts)?;
+            copy_tree(&from, &dest, &opts, s, &ignore)?;
         } else {
             let into_dir =
                 dest_dir_form || fs::metadata(&dest).map(|m| m.is_dir()).unwrap_or(false);
@@ -253,7 +275,9 @@ struct Opts {
     chmod: Option<u32>,
 }
 
-fn copy_tree(from: &Path, to: &Path, opts: &Opts) -> Result<()> {
+/// Copies the contents of directory `from` (at `rel` in the source) into `to`, leaving
+/// out what `ignore` excludes; returns whether anything was copied.
+fn copy_tree(from: &Path, to: &Path, opts: &Opts, rel: &str, ignore: &Matcher) -> Result<bool> {
     let meta = fs::symlink_metadata(from).map_err(io_ctx(format!("stat {}", from.display())))?;
     apply_meta(to, &meta, opts)?;
     let mut entries: Vec<_> = fs::read_dir(from)
@@ -261,10 +285,16 @@ fn copy_tree(from: &Path, to: &Path, opts: &Opts) -> Result<()> {
         .filter_map(|e| e.ok())
         .collect();
     entries.sort_by_key(|e| e.file_name());
+    let mut copied = false;
     for e in entries {
         let src = e.path();
         let dst = to.join(e.file_name());
+        let r = join_rel(rel, &e.file_name().to_string_lossy());
         let m = fs::symlink_metadata(&src).map_err(io_ctx(format!("stat {}", src.display())))?;
+        let excluded = ignore.excluded(&r);
+        if excluded && !(m.is_dir() && ignore.has_exclusions()) {
+            continue;
+        }
         if m.is_dir() {
             if fs::symlink_metadata(&dst)
                 .map(|d| !d.is_dir())
@@ -272,15 +302,22 @@ fn copy_tree(from: &Path, to: &Path, opts: &Opts) -> Result<()> {
             {
                 fs::remove_file(&dst).map_err(io_ctx(format!("replacing {}", dst.display())))?;
             }
-            if !dst.exists() {
+            let created = !dst.exists();
+            if created {
                 fs::create_dir(&dst).map_err(io_ctx(format!("creating {}", dst.display())))?;
             }
-            copy_tree(&src, &dst, opts)?;
+            let inner = copy_tree(&src, &dst, opts, &r, ignore)?;
+            // An excluded directory only appears for the files an exception re-includes.
+            if excluded && !inner && created {
+                fs::remove_dir(&dst).map_err(io_ctx(format!("removing {}", dst.display())))?;
+                continue;
+            }
         } else {
             copy_entry(&src, &dst, &m, opts)?;
         }
+        copied = true;
     }
-    Ok(())
+    Ok(copied)
 }
 
 /// Copies one non-directory entry (file, symlink, fifo) to `to`, replacing what is there.
@@ -400,15 +437,20 @@ mod tests {
             fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
             fs::write(p, f).expect("write");
         }
-        let got = expand_sources(
-            d.path(),
-            &["*.py".into(), "sub/*.py".into(), "./c.txt".into()],
-        )
-        .expect("expand");
+        let none = Matcher::default();
+        let srcs = ["*.py".into(), "sub/*.py".into(), "./c.txt".into()];
+        let got = expand_sources(d.path(), &srcs, &none).expect("expand");
         assert_eq!(got, ["a.py", "b.py", "sub/d.py", "c.txt"]);
-        let err = expand_sources(d.path(), &["nope".into()]).expect_err("missing");
+        let err = expand_sources(d.path(), &["nope".into()], &none).expect_err("missing");
         assert!(err.to_string().contains("\"/nope\": not found"), "{err}");
-        assert!(expand_sources(d.path(), &["*.rs".into()]).is_err());
+        assert!(expand_sources(d.path(), &["*.rs".into()], &none).is_err());
+        let ignore = Matcher::new(&["b.py".into(), "sub".into()]).expect("patterns");
+        let got = expand_sources(d.path(), &["*.py".into()], &ignore).expect("expand");
+        assert_eq!(got, ["a.py"]);
+        assert!(
+            expand_sources(d.path(), &["sub/d.py".into()], &ignore).is_err(),
+            "ignored files are not found"
+        );
     }
 
     #[test]
@@ -425,9 +467,13 @@ mod tests {
             nix::unistd::getgid().as_raw(),
         );
         let own = format!("{}:{}", me.0, me.1);
-        let run = |srcs: &[&str], dest: &str| {
+        let excludes: Vec<String> = Vec::new();
+        let run = |srcs: &[&str], dest: &str, excludes: &Vec<String>| {
             let c = CopyAction {
-                source: Source::Context(ctx.clone()),
+                source: Source::Context {
+                    dir: ctx.clone(),
+                    excludes: excludes.clone(),
+                },
                 srcs: srcs.iter().map(|s| s.to_string()).collect(),
                 dest: dest.into(),
                 chown: Some(own.clone()),
@@ -435,13 +481,29 @@ mod tests {
             };
             copy(&store, &root, &d.path().join("scratch"), &c)
         };
-        run(&["f"], "/renamed").expect("file to path");
+        run(&["f"], "/renamed", &excludes).expect("file to path");
         assert_eq!(fs::read(root.join("renamed")).expect("read"), b"file");
-        run(&["f"], "/into/").expect("file into dir");
+        run(&["f"], "/into/", &excludes).expect("file into dir");
         assert_eq!(fs::read(root.join("into/f")).expect("read"), b"file");
-        run(&["dir"], "/contents").expect("dir contents");
+        run(&["dir"], "/contents", &excludes).expect("dir contents");
         assert_eq!(fs::read(root.join("contents/inner/g")).expect("read"), b"g");
-        run(&["f", "dir"], "/multi").expect("several sources make a directory");
+        run(&["f", "dir"], "/multi", &excludes).expect("several sources make a directory");
         assert!(root.join("multi/f").is_file() && root.join("multi/inner/g").is_file());
+        // .dockerignore: an excluded directory shows up only for what an exception keeps.
+        fs::write(ctx.join("dir/inner/keep"), b"k").expect("write");
+        fs::create_dir_all(ctx.join("dir/skip")).expect("mkdir");
+        fs::write(ctx.join("dir/skip/x"), b"x").expect("write");
+        let ignore = vec![
+            "dir/inner".to_string(),
+            "dir/skip".into(),
+            "!dir/inner/keep".into(),
+        ];
+        run(&["dir"], "/ignored", &ignore).expect("copy with ignore");
+        assert!(root.join("ignored/inner/keep").is_file());
+        assert!(!root.join("ignored/inner/g").exists());
+        assert!(
+            !root.join("ignored/skip").exists(),
+            "an excluded dir with nothing kept is not created"
+        );
     }
 }

@@ -25,6 +25,10 @@ pub struct Solver {
     pub runtime: tokio::runtime::Handle,
     /// The build context directory.
     pub context: PathBuf,
+    /// `.dockerignore` patterns for the context.
+    pub excludes: Vec<String>,
+    /// The compiled patterns.
+    pub ignore: kiln_frontend::dockerignore::Matcher,
     /// `--no-cache`: re-run every step (pulled images are still reused).
     pub no_cache: bool,
     pub progress: Progress,
@@ -190,8 +194,13 @@ fn run_vertex(
             let spec = format!("{:?}|{}|{:?}|{:?}", c.srcs, c.dest, c.chown, c.chmod);
             let (source, source_key) = match c.from {
                 CopyFrom::Context => {
-                    let h = cache::hash_context(&s.context, &c.srcs).map_err(|e| fail(step, e))?;
-                    (Source::Context(s.context.clone()), format!("context:{h}"))
+                    let h = cache::hash_context(&s.context, &c.srcs, &s.ignore)
+                        .map_err(|e| fail(step, e))?;
+                    let source = Source::Context {
+                        dir: s.context.clone(),
+                        excludes: s.excludes.clone(),
+                    };
+                    (source, format!("context:{h}"))
                 }
                 CopyFrom::Step(src) => {
                     let d = done
