@@ -509,7 +509,10 @@ fn dockerfile_errors_point_at_the_line() {
 #[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
 fn dockerignore_hides_files_from_copy_with_moby_semantics() {
     let case = Case::new("FROM REGISTRY/library/busybox:latest\nCOPY . /ctx\n");
-    case.file(".dockerignore", "# build noise\n**/*.log\nsecrets\n!secrets/public.txt\n");
+    case.file(
+        ".dockerignore",
+        "# build noise\n**/*.log\nsecrets\n!secrets/public.txt\n",
+    );
     case.file("app.txt", "app");
     case.file("debug.log", "noise");
     case.file("sub/deep/trace.log", "noise");
@@ -517,24 +520,59 @@ fn dockerignore_hides_files_from_copy_with_moby_semantics() {
     case.file("secrets/private.key", "secret");
     case.file("secrets/public.txt", "public");
     let out = case.path("out.tar");
-    case.build(&["-o", &format!("type=oci,dest={}", out.display()), "-t", "ignore:1"]).expect_ok();
+    case.build(&[
+        "-o",
+        &format!("type=oci,dest={}", out.display()),
+        "-t",
+        "ignore:1",
+    ])
+    .expect_ok();
     let rootfs = umoci_unpack(&case, &out, "1");
-    for kept in ["ctx/app.txt", "ctx/sub/deep/keep.txt", "ctx/secrets/public.txt", "ctx/Dockerfile"] {
+    for kept in [
+        "ctx/app.txt",
+        "ctx/sub/deep/keep.txt",
+        "ctx/secrets/public.txt",
+        "ctx/Dockerfile",
+    ] {
         assert!(rootfs.join(kept).is_file(), "{kept} is copied");
     }
-    for gone in ["ctx/debug.log", "ctx/sub/deep/trace.log", "ctx/secrets/private.key"] {
+    for gone in [
+        "ctx/debug.log",
+        "ctx/sub/deep/trace.log",
+        "ctx/secrets/private.key",
+    ] {
         assert!(!rootfs.join(gone).exists(), "{gone} is ignored");
     }
 
     // An ignored file cannot be named either.
-    case.file("Dockerfile", &format!("FROM {}/library/busybox:latest\nCOPY debug.log /x\n", registry()));
+    case.file(
+        "Dockerfile",
+        &format!(
+            "FROM {}/library/busybox:latest\nCOPY debug.log /x\n",
+            registry()
+        ),
+    );
     let run = case.build(&[]);
-    assert!(!run.ok && run.stderr.contains("\"/debug.log\": not found"), "{}", run.stderr);
+    assert!(
+        !run.ok && run.stderr.contains("\"/debug.log\": not found"),
+        "{}",
+        run.stderr
+    );
 
     // <Dockerfile>.dockerignore next to the Dockerfile wins over the context's.
-    case.file("custom.Dockerfile", &format!("FROM {}/library/busybox:latest\nCOPY debug.log app.txt /x/\n", registry()));
+    case.file(
+        "custom.Dockerfile",
+        &format!(
+            "FROM {}/library/busybox:latest\nCOPY debug.log app.txt /x/\n",
+            registry()
+        ),
+    );
     case.file("custom.Dockerfile.dockerignore", "app.txt\n");
     let custom = case.ctx().join("custom.Dockerfile");
     let run = case.build(&["-f", custom.to_str().expect("utf8")]);
-    assert!(!run.ok && run.stderr.contains("\"/app.txt\": not found"), "{}", run.stderr);
+    assert!(
+        !run.ok && run.stderr.contains("\"/app.txt\": not found"),
+        "{}",
+        run.stderr
+    );
 }
