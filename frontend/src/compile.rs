@@ -336,21 +336,6 @@ fn go_quote_list(v: &[String]) -> String {
     format!("[{}]", items.join(" "))
 }
 
-/// Cleans an absolute path like Go's `path.Clean`.
-fn clean_path(p: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for seg in p.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            s => parts.push(s),
-        }
-    }
-    format!("/{}", parts.join("/"))
-}
-
 impl Compiler<'_, '_> {
     fn pos(&self, offset: usize) -> (usize, usize) {
         let idx = match self.line_starts.binary_search(&offset) {
@@ -717,9 +702,9 @@ impl Compiler<'_, '_> {
                         &st.config.config.working_dir
                     };
                     let dir = if dir.starts_with('/') {
-                        clean_path(&dir)
+                        crate::path::clean(&dir)
                     } else {
-                        clean_path(&format!("{base}/{dir}"))
+                        crate::path::clean(&format!("{base}/{dir}"))
                     };
                     st.config.config.working_dir = dir.clone();
                     counter += 1;
@@ -878,9 +863,9 @@ impl Compiler<'_, '_> {
                         &st.config.config.working_dir
                     };
                     let mut dest = if raw_dest.starts_with('/') {
-                        clean_path(&raw_dest)
+                        crate::path::clean(&raw_dest)
                     } else {
-                        clean_path(&format!("{cwd}/{raw_dest}"))
+                        crate::path::clean(&format!("{cwd}/{raw_dest}"))
                     };
                     if (raw_dest.ends_with('/') || raw_dest == "." || raw_dest.ends_with("/."))
                         && dest != "/"

@@ -5,6 +5,7 @@
 //! `/` dropped). gitignore matchers (`ignore`, `globset`) differ on exactly these
 //! points, hence the port.
 
+use crate::path::clean;
 use regex::Regex;
 
 /// Why a pattern was rejected.
@@ -41,31 +42,6 @@ struct Pattern {
 pub struct Matcher {
     patterns: Vec<Pattern>,
     exclusions: bool,
-}
-
-/// Go's `filepath.Clean` for slash paths (`""` becomes `"."`).
-fn clean(p: &str) -> String {
-    let rooted = p.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for seg in p.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|l| *l != "..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push("..");
-                }
-            }
-            s => parts.push(s),
-        }
-    }
-    let body = parts.join("/");
-    match (rooted, body.is_empty()) {
-        (true, _) => format!("/{body}"),
-        (false, true) => ".".into(),
-        (false, false) => body,
-    }
 }
 
 /// Reads a `.dockerignore` file's text into patterns, like moby's `ignorefile.ReadAll`.

@@ -11,6 +11,7 @@ mod compile;
 pub mod dockerignore;
 pub mod image;
 pub mod lexer;
+pub mod path;
 
 pub use compile::{
     compile, BuildGraph, BuildOptions, CopyFrom, CopySpec, HistoryItem, ImageResolver, Op,

@@ -94,9 +94,7 @@ impl<W: Write> Walker<W> {
             let ft = meta.file_type();
             self.entries += 1;
             if ft.is_char_device() && meta.rdev() == 0 {
-                let mut wh = name.clone();
-                wh.clear();
-                wh.push(".wh.");
+                let mut wh = std::ffi::OsString::from(".wh.");
                 wh.push(&name);
                 let mut h = header_for(&meta, tar::EntryType::Regular);
                 h.set_mode(0o600);

@@ -10,7 +10,7 @@ use kiln_snapshotter::{overlay, Store};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// Where COPY reads from, as the helper sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,17 +168,9 @@ fn join_rel(a: &str, b: &str) -> String {
 
 /// `a/./b/../c` -> `a/c`, leading `/` and `..` above the root dropped.
 pub fn clean_rel(p: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in Path::new(p).components() {
-        match c {
-            Component::Normal(s) => parts.push(s.to_str().unwrap_or_default()),
-            Component::ParentDir => {
-                parts.pop();
-            }
-            _ => {}
-        }
-    }
-    parts.join("/")
+    kiln_frontend::path::clean(&format!("/{p}"))
+        .trim_start_matches('/')
+        .to_string()
 }
 
 /// Owner for copied files: from `--chown`, resolved in the destination's files.
