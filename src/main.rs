@@ -66,6 +66,13 @@ struct BuildArgs {
     /// Set target platform for build (only the host platform for now).
     #[arg(long)]
     platform: Option<String>,
+    /// Secret to expose to RUN --mount=type=secret (id=ID,src=FILE or id=ID,env=VAR).
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
+    /// Print the compiled build graph instead of building: `graph` (JSON) or
+    /// `graph-dot` (Graphviz).
+    #[arg(long = "print", value_parser = ["graph", "graph-dot"])]
+    print: Option<String>,
     /// Build context directory.
     context: PathBuf,
 }
@@ -181,7 +188,35 @@ fn parse_build_args(raw: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `--secret id=ID[,src=FILE|,env=VAR]` (buildx syntax; `source` and `type=file|env`
+/// are accepted too). An id alone reads the environment variable of that name.
+fn parse_secrets(raw: &[String]) -> Result<HashMap<String, kiln_solver::exec::SecretFrom>> {
+    use kiln_solver::exec::SecretFrom;
+    let mut out = HashMap::new();
+    for spec in raw {
+        let kv: BTreeMap<&str, &str> = spec.split(',').filter_map(|p| p.split_once('=')).collect();
+        let Some(id) = kv.get("id").copied().filter(|i| !i.is_empty()) else {
+            bail!("--secret {spec:?}: expected id=ID,src=FILE or id=ID,env=VAR");
+        };
+        let src = kv.get("src").or(kv.get("source")).copied();
+        let from = match (kv.get("type").copied(), src, kv.get("env").copied()) {
+            (Some("env"), s, e) => SecretFrom::Env(e.or(s).unwrap_or(id).to_string()),
+            (_, Some(f), None) => {
+                let p = std::fs::canonicalize(f)
+                    .with_context(|| format!("--secret {spec:?}: reading {f}"))?;
+                SecretFrom::File(p)
+            }
+            (_, None, Some(e)) => SecretFrom::Env(e.to_string()),
+            (_, None, None) => SecretFrom::Env(id.to_string()),
+            (_, Some(_), Some(_)) => bail!("--secret {spec:?}: give src= or env=, not both"),
+        };
+        out.insert(id.to_string(), from);
+    }
+    Ok(out)
+}
+
 fn build(root: PathBuf, b: BuildArgs) -> Result<()> {
+    let secrets = parse_secrets(&b.secrets)?;
     let platform = Platform::host();
     if let Some(p) = &b.platform {
         if Platform::parse(p).as_ref() != Some(&platform) {
@@ -272,6 +307,17 @@ fn build(root: PathBuf, b: BuildArgs) -> Result<()> {
     for w in &graph.warnings {
         progress.note(w);
     }
+    match b.print.as_deref() {
+        Some("graph") => {
+            println!("{}", serde_json::to_string_pretty(&graph.to_json())?);
+            return Ok(());
+        }
+        Some(_) => {
+            print!("{}", graph.to_dot());
+            return Ok(());
+        }
+        None => {}
+    }
 
     let solver = kiln_solver::Solver {
         store: store.clone(),
@@ -286,6 +332,7 @@ fn build(root: PathBuf, b: BuildArgs) -> Result<()> {
         excludes,
         ignore,
         no_cache: b.no_cache,
+        secrets,
         progress: progress.clone(),
     };
     let results = kiln_solver::solve(&solver, &graph)?;

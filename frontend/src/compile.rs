@@ -1,13 +1,20 @@
 //! Dockerfile -> build graph, after BuildKit's `dockerfile2llb`.
 //!
 //! Stages are compiled on demand, starting from the target: a stage that the target
-//! does not reach (through `FROM stage` or `COPY --from=stage`) is never compiled, so
-//! its base image is never resolved and its steps never run.
+//! does not reach (through `FROM stage`, `COPY --from=stage` or `RUN --mount=from=stage`)
+//! is never compiled, so its base image is never resolved and its steps never run.
+//! The image configuration and history strings follow what BuildKit writes, so an
+//! image built here inspects like one built by `docker buildx build`.
 
-use crate::image::{History, ImageConfig, Platform};
-use crate::lexer::{self, Vars};
+mod gofmt;
+mod mounts;
+
+pub use mounts::{MountKind, MountSpec, Network, Security, Sharing};
+
+use crate::image::{Healthcheck, History, ImageConfig, Platform};
+use crate::lexer::{self, Lex, Vars};
+use crate::parser::{self, Args, Instruction, Kind};
 use crate::{Error, Result};
-use parse_dockerfile as pd;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -43,17 +50,16 @@ pub trait ImageResolver {
     ) -> std::result::Result<ResolvedImage, String>;
 }
 
-/// A RUN step, fully expanded.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct RunSpec {
-    pub argv: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: String,
-    pub user: String,
+/// A file the build writes from the Dockerfile itself (a here-document).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct InlineFile {
+    pub name: String,
+    pub data: String,
+    pub mode: u32,
 }
 
-/// Where COPY reads from.
-#[derive(Debug, Clone, Copy, Serialize)]
+/// Where a mount or a COPY reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub enum CopyFrom {
     /// The build context.
     Context,
@@ -61,18 +67,64 @@ pub enum CopyFrom {
     Step(#[serde(serialize_with = "ser_node")] NodeIndex),
 }
 
-/// A COPY step, fully expanded.
+/// A `RUN --mount`, with its `from` resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunMount {
+    #[serde(flatten)]
+    pub spec: MountSpec,
+    /// For bind and cache mounts: where the content comes from (`None`: an empty cache).
+    pub from: Option<CopyFrom>,
+}
+
+/// A RUN step, fully expanded.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub mounts: Vec<RunMount>,
+    pub network: Network,
+    pub security: Security,
+    /// Files mounted read-only under `/dev/pipes/` (a here-document with a `#!` line).
+    pub files: Vec<InlineFile>,
+}
+
+/// One COPY/ADD source.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Source {
+    /// A path or wildcard pattern, relative to the source root.
+    Path(String),
+    /// A here-document written as a file named `name`.
+    Inline(InlineFile),
+    /// `ADD https://...`, with `--checksum`.
+    Url {
+        url: String,
+        checksum: Option<String>,
+        /// The file name it is saved as.
+        name: String,
+    },
+}
+
+/// A COPY or ADD step, fully expanded.
 #[derive(Debug, Clone, Serialize)]
 pub struct CopySpec {
     pub from: CopyFrom,
-    /// Source paths or patterns, relative to the source root.
-    pub srcs: Vec<String>,
+    pub srcs: Vec<Source>,
     /// Absolute destination; a trailing `/` means "a directory".
     pub dest: String,
     /// `--chown=user[:group]`, resolved in the destination's /etc/passwd.
     pub chown: Option<String>,
     /// `--chmod`, octal.
     pub chmod: Option<u32>,
+    /// `--parents`: keep the source's parent directories (up to a `/./` pivot).
+    pub parents: bool,
+    /// `--exclude` patterns.
+    pub excludes: Vec<String>,
+    /// `--link`.
+    pub link: bool,
+    /// ADD: local tar archives are unpacked into the destination.
+    pub unpack: bool,
 }
 
 /// A filesystem operation: every vertex of the graph is one.
@@ -87,9 +139,10 @@ pub enum Op {
     Scratch,
     Run(RunSpec),
     Copy(CopySpec),
-    /// `WORKDIR`'s directory creation.
+    /// `WORKDIR`'s directory creation, owned by `user` when set.
     Mkdir {
         path: String,
+        user: String,
     },
 }
 
@@ -130,6 +183,59 @@ pub struct BuildGraph {
     pub warnings: Vec<String>,
 }
 
+impl BuildGraph {
+    /// The graph as JSON: vertices (with their operations) and edges.
+    pub fn to_json(&self) -> serde_json::Value {
+        let vertices: Vec<serde_json::Value> = self
+            .dag
+            .node_indices()
+            .map(|n| {
+                let mut v = serde_json::to_value(&self.dag[n]).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("id".into(), n.index().into());
+                    let inputs: Vec<usize> = self
+                        .dag
+                        .neighbors_directed(n, petgraph::Direction::Incoming)
+                        .map(|i| i.index())
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    o.insert("inputs".into(), inputs.into());
+                }
+                v
+            })
+            .collect();
+        serde_json::json!({
+            "target": self.target.index(),
+            "vertices": vertices,
+            "config": self.config,
+        })
+    }
+
+    /// The graph in Graphviz dot.
+    pub fn to_dot(&self) -> String {
+        let mut out = String::from("digraph kiln {\n  rankdir=TB;\n  node [shape=box];\n");
+        for n in self.dag.node_indices() {
+            let label = serde_json::to_string(&self.dag[n].name).unwrap_or_default();
+            let style = if n == self.target { ", style=bold" } else { "" };
+            out.push_str(&format!("  n{} [label={label}{style}];\n", n.index()));
+        }
+        let mut edges: Vec<(usize, usize)> = self
+            .dag
+            .edge_indices()
+            .filter_map(|e| self.dag.edge_endpoints(e))
+            .map(|(a, b)| (a.index(), b.index()))
+            .collect();
+        edges.sort_unstable();
+        edges.dedup();
+        for (a, b) in edges {
+            out.push_str(&format!("  n{a} -> n{b};\n"));
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
 fn ser_node<S: serde::Serializer>(n: &NodeIndex, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_u64(n.index() as u64)
 }
@@ -146,26 +252,32 @@ fn ser_opt_node<S: serde::Serializer>(
 
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
 
+/// The state a stage hands on to stages built `FROM` it.
 #[derive(Clone)]
 struct StageResult {
     node: NodeIndex,
     config: ImageConfig,
     history: Vec<HistoryItem>,
+    /// The environment RUN sees and words expand in: the image's Env with ARG values
+    /// set in place (BuildKit's state env).
+    env: Vec<(String, String)>,
+    /// ARGs declared so far, for RUN's history string.
+    args: Vec<(String, Option<String>)>,
 }
 
-struct StageSrc<'a, 'b> {
-    from: &'b pd::FromInstruction<'a>,
-    instructions: &'b [pd::Instruction<'a>],
+struct StageSrc {
+    from: Instruction,
+    instructions: Vec<Instruction>,
     name: Option<String>,
 }
 
-struct Compiler<'a, 'b> {
+struct Compiler<'a> {
     text: &'a str,
     line_starts: Vec<usize>,
     escape: char,
     opts: &'a BuildOptions,
     resolver: &'a dyn ImageResolver,
-    stages: Vec<StageSrc<'a, 'b>>,
+    stages: Vec<StageSrc>,
     global_args: Vec<(String, String)>,
     results: Vec<Option<StageResult>>,
     in_progress: Vec<bool>,
@@ -173,10 +285,11 @@ struct Compiler<'a, 'b> {
     images: HashMap<String, NodeIndex>,
     scratch: Option<NodeIndex>,
     used_args: BTreeSet<String>,
+    warnings: Vec<String>,
 }
 
 /// Args every build has without declaring them (BuildKit's automatic platform args).
-fn automatic_args(p: &Platform) -> Vec<(String, String)> {
+fn automatic_args(p: &Platform, target_stage: &str) -> Vec<(String, String)> {
     let host = Platform::host();
     let mut v = Vec::new();
     for (prefix, pl) in [("BUILD", &host), ("TARGET", p)] {
@@ -188,10 +301,11 @@ fn automatic_args(p: &Platform) -> Vec<(String, String)> {
             pl.variant.clone().unwrap_or_default(),
         ));
     }
+    v.push(("TARGETSTAGE".into(), target_stage.to_string()));
     v
 }
 
-const PROXY_ARGS: [&str; 8] = [
+const PROXY_ARGS: [&str; 10] = [
     "HTTP_PROXY",
     "http_proxy",
     "HTTPS_PROXY",
@@ -200,7 +314,45 @@ const PROXY_ARGS: [&str; 8] = [
     "ftp_proxy",
     "NO_PROXY",
     "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
 ];
+
+/// Linux signal names `STOPSIGNAL` accepts (moby's `signal.SignalMap`).
+const SIGNALS: [&str; 31] = [
+    "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
+    "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP",
+    "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM",
+];
+
+fn valid_signal(s: &str) -> bool {
+    if let Ok(n) = s.parse::<u32>() {
+        return n > 0 && n < 65;
+    }
+    let up = s.to_ascii_uppercase();
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    if SIGNALS.contains(&name) || matches!(name, "WINCH" | "XCPU" | "XFSZ" | "RTMIN" | "RTMAX") {
+        return true;
+    }
+    let rt = |p: &str, max: u32| {
+        name.strip_prefix(p)
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| (1..=max).contains(&n))
+    };
+    rt("RTMIN+", 15) || rt("RTMAX-", 14)
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+fn is_git(s: &str) -> bool {
+    s.starts_with("git@")
+        || s.starts_with("git://")
+        || s.starts_with("ssh://")
+        || ((s.starts_with("http://") || s.starts_with("https://"))
+            && (s.contains(".git#") || s.ends_with(".git")))
+}
 
 /// Compiles `text` (the Dockerfile's contents) for `opts`, resolving base images
 /// through `resolver`.
@@ -209,44 +361,86 @@ pub fn compile(
     opts: &BuildOptions,
     resolver: &dyn ImageResolver,
 ) -> Result<BuildGraph> {
-    let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-        .collect();
-    let parsed = pd::parse(text).map_err(|e| {
-        let line = e.line();
-        Error::At {
-            file: opts.file_name.clone(),
-            line,
-            col: e.column(),
-            message: e.to_string(),
-            text: text
-                .lines()
-                .nth(line.saturating_sub(1))
-                .unwrap_or("")
-                .to_string(),
+    let parsed = parser::parse(text, &opts.file_name)?;
+    compile_parsed(text, &parsed, opts, resolver)
+}
+
+/// [`compile`] for an already parsed Dockerfile (`text` is what it was parsed from).
+pub fn compile_parsed(
+    text: &str,
+    parsed: &parser::Dockerfile,
+    opts: &BuildOptions,
+    resolver: &dyn ImageResolver,
+) -> Result<BuildGraph> {
+    let line_starts = crate::line_starts(text);
+    let err_at = |at: usize, m: String| crate::error_at(&opts.file_name, text, &line_starts, at, m);
+    if let Some(s) = &parsed.directives.syntax {
+        check_syntax(&s.value).map_err(|m| {
+            let at = line_starts.get(s.line - 1).copied().unwrap_or(0);
+            err_at(at, m)
+        })?;
+    }
+    let mut globals = Vec::new();
+    let mut stages: Vec<StageSrc> = Vec::new();
+    for ins in &parsed.instructions {
+        match ins.kind {
+            Kind::From => {
+                let words = ins.words();
+                let name = (words.len() == 3).then(|| words[2].0.to_lowercase());
+                if let Some(n) = &name {
+                    if !valid_stage_name(n) {
+                        return Err(err_at(
+                            words[2].1,
+                            format!("invalid stage name {n:?}: expected a letter followed by letters, digits, '-', '_' or '.'"),
+                        ));
+                    }
+                    if stages.iter().any(|s| s.name.as_deref() == Some(n)) {
+                        return Err(err_at(words[2].1, format!("duplicate stage name {n:?}")));
+                    }
+                }
+                stages.push(StageSrc {
+                    from: ins.clone(),
+                    instructions: Vec::new(),
+                    name,
+                });
+            }
+            _ => match stages.last_mut() {
+                Some(s) => s.instructions.push(ins.clone()),
+                None if ins.kind == Kind::Arg => globals.push(ins.clone()),
+                None => {
+                    return Err(err_at(
+                        ins.at,
+                        format!(
+                            "{} before the first FROM: only ARG may come before FROM",
+                            ins.kind
+                        ),
+                    ))
+                }
+            },
         }
-    })?;
-    let escape = parsed
-        .parser_directives
-        .escape
-        .as_ref()
-        .map_or('\\', |d| d.value.value);
-    let stages: Vec<StageSrc<'_, '_>> = parsed
-        .stages()
-        .map(|s| StageSrc {
-            from: s.from,
-            instructions: s.instructions,
-            name: s.from.as_.as_ref().map(|(_, n)| n.value.to_lowercase()),
-        })
-        .collect();
+    }
     if stages.is_empty() {
         return Err(Error::NoStages(opts.file_name.clone()));
     }
     let n = stages.len();
+    let target = match &opts.target {
+        Some(t) => {
+            let t = t.to_lowercase();
+            stages
+                .iter()
+                .position(|s| s.name.as_deref() == Some(t.as_str()))
+                .ok_or(Error::UnknownTarget(t))?
+        }
+        None => n - 1,
+    };
+    let target_name = stages[target]
+        .name
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let mut c = Compiler {
         text,
-        line_starts,
-        escape,
+        line_starts: line_starts.clone(),
+        escape: parsed.escape,
         opts,
         resolver,
         stages,
@@ -257,29 +451,19 @@ pub fn compile(
         images: HashMap::new(),
         scratch: None,
         used_args: BTreeSet::new(),
+        warnings: parsed.warnings.clone(),
     };
-    c.global_args = automatic_args(&opts.platform);
-    for arg in parsed.global_args() {
-        let words = lexer::split_words(&arg.arguments.value, escape);
-        for w in words {
-            let decl = c.arg_decl(&w, &c.global_args.clone(), arg.arguments.span.start)?;
-            if let Some(v) = decl.1 {
-                c.global_args.push((decl.0, v));
+    c.global_args = automatic_args(&opts.platform, &target_name);
+    for arg in &globals {
+        for (w, at) in arg_words(arg, c.escape) {
+            let vars = c.global_args.clone();
+            let (name, value) = c.arg_decl(&w, &vars, at)?;
+            if let Some(v) = value {
+                c.global_args.push((name, v));
             }
         }
     }
-    let target = match &opts.target {
-        Some(t) => {
-            let t = t.to_lowercase();
-            c.stages
-                .iter()
-                .position(|s| s.name.as_deref() == Some(t.as_str()))
-                .ok_or(Error::UnknownTarget(t))?
-        }
-        None => n - 1,
-    };
     let result = c.stage(target, None)?;
-    let mut warnings = Vec::new();
     let unused: Vec<&str> = opts
         .build_args
         .iter()
@@ -287,73 +471,91 @@ pub fn compile(
         .filter(|k| !c.used_args.contains(*k) && !PROXY_ARGS.contains(k))
         .collect();
     if !unused.is_empty() {
-        warnings.push(format!(
+        c.warnings.push(format!(
             "[Warning] One or more build-args [{}] were not consumed",
             unused.join(" ")
         ));
     }
+    let mut config = result.config;
+    config.history.clear();
     Ok(BuildGraph {
         dag: c.dag,
         target: result.node,
-        config: result.config,
+        config,
         history: result.history,
-        warnings,
+        warnings: c.warnings,
     })
 }
 
-/// Joins shell-form continuation lines and drops comment and blank lines inside them,
-/// as BuildKit's parser does.
-fn join_continuations(raw: &str, escape: char) -> String {
-    let mut out = String::new();
-    let mut first = true;
-    for line in raw.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if !first {
-            let t = line.trim_start();
-            if t.is_empty() || t.starts_with('#') {
-                continue;
-            }
-        }
-        first = false;
-        let trimmed = line.trim_end();
-        match trimmed.strip_suffix(escape) {
-            Some(rest) => out.push_str(rest),
-            None => {
-                out.push_str(line);
-                break;
-            }
-        }
+/// `# syntax=`: only the dockerfile:1 frontend (any 1.x, labs included) is built in.
+fn check_syntax(v: &str) -> std::result::Result<(), String> {
+    let name = v.split('@').next().unwrap_or(v);
+    let name = name.strip_prefix("docker.io/").unwrap_or(name);
+    let ok = match name.strip_prefix("docker/dockerfile") {
+        Some("") => true,
+        Some(tag) => tag
+            .strip_prefix(':')
+            .is_some_and(|t| t == "1" || t.starts_with("1.") || t.starts_with("1-") || t == "labs"),
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "unsupported syntax {v:?}: kiln builds with its own dockerfile:1 frontend and cannot run other frontends; use \"# syntax=docker/dockerfile:1\" or remove the line"
+        ))
     }
-    out.trim().to_string()
 }
 
-/// Go's `%q` of a string slice, as Docker prints CMD/ENTRYPOINT in history.
-fn go_quote_list(v: &[String]) -> String {
-    let items: Vec<String> = v
-        .iter()
-        .map(|s| serde_json::to_string(s).unwrap_or_default())
-        .collect();
-    format!("[{}]", items.join(" "))
+fn valid_stage_name(n: &str) -> bool {
+    let mut it = n.chars();
+    it.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && it.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-impl Compiler<'_, '_> {
-    fn pos(&self, offset: usize) -> (usize, usize) {
-        let idx = match self.line_starts.binary_search(&offset) {
-            Ok(i) => i,
-            Err(i) => i.saturating_sub(1),
-        };
-        (idx + 1, offset - self.line_starts[idx] + 1)
+/// An ARG instruction's `name[=default]` words with their offsets.
+fn arg_words(ins: &Instruction, escape: char) -> Vec<(String, usize)> {
+    let Args::Text(t) = &ins.args else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut search = 0;
+    for w in lexer::split_words(t, escape) {
+        let idx = t[search..].find(&w).map_or(search, |i| search + i);
+        search = idx + w.len();
+        out.push((w, ins.offset(idx)));
+    }
+    out
+}
+
+/// Summarizes a here-document for a step's name, as BuildKit does.
+fn summarize_heredoc(doc: &str) -> String {
+    let doc = doc.trim_start();
+    let mut lines = doc.lines();
+    let first = lines.next().unwrap_or("").trim_end();
+    if lines.any(|l| !l.trim().is_empty()) {
+        format!("{first}...")
+    } else {
+        first.to_string()
+    }
+}
+
+impl Compiler<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        match self.line_starts.binary_search(&offset) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        }
     }
 
     fn err(&self, offset: usize, message: impl Into<String>) -> Error {
-        let (line, col) = self.pos(offset);
-        Error::At {
-            file: self.opts.file_name.clone(),
-            line,
-            col,
-            message: message.into(),
-            text: self.text.lines().nth(line - 1).unwrap_or("").to_string(),
-        }
+        crate::error_at(
+            &self.opts.file_name,
+            self.text,
+            &self.line_starts,
+            offset,
+            message,
+        )
     }
 
     fn build_arg(&mut self, name: &str) -> Option<String> {
@@ -364,13 +566,12 @@ impl Compiler<'_, '_> {
             .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone());
-        if v.is_some() {
-            self.used_args.insert(name.to_string());
-        }
+        self.used_args.insert(name.to_string());
         v
     }
 
-    /// Parses one `NAME[=default]` of an ARG; returns the name and its value, if any.
+    /// Parses one `NAME[=default]` of an ARG; returns the name and its value: the
+    /// `--build-arg`, else the default expanded with `vars`.
     fn arg_decl(
         &mut self,
         word: &str,
@@ -382,14 +583,21 @@ impl Compiler<'_, '_> {
             None => (word.to_string(), None),
         };
         if name.is_empty() {
-            return Err(self.err(at, "ARG requires a name"));
+            return Err(self.err(at, "ARG requires a name: ARG NAME[=DEFAULT]"));
+        }
+        if let Some(v) = self.build_arg(&name) {
+            return Ok((name, Some(v)));
         }
         let default = match default {
-            Some(d) => Some(lexer::expand_word(d, vars, self.escape).map_err(|e| self.err(at, e))?),
+            Some(d) => Some(self.word(d, vars, at)?),
             None => None,
         };
-        let value = self.build_arg(&name).or(default);
-        Ok((name, value))
+        Ok((name, default))
+    }
+
+    /// Expands one word.
+    fn word(&self, w: &str, vars: &[(String, String)], at: usize) -> Result<String> {
+        lexer::expand_word(w, vars, self.escape).map_err(|e| self.err(at, e))
     }
 
     fn add(&mut self, step: Step, inputs: &[NodeIndex]) -> NodeIndex {
@@ -413,7 +621,7 @@ impl Compiler<'_, '_> {
                     let n = self.add(
                         Step {
                             name: display,
-                            line: self.pos(line_at).0,
+                            line: self.line_of(line_at),
                             op: Op::Scratch,
                             parent: None,
                         },
@@ -443,7 +651,7 @@ impl Compiler<'_, '_> {
             .resolve(name, &self.opts.platform)
             .map_err(|message| Error::Resolve {
                 file: self.opts.file_name.clone(),
-                line: self.pos(line_at).0,
+                line: self.line_of(line_at),
                 image: name.to_string(),
                 message,
             })?;
@@ -457,7 +665,7 @@ impl Compiler<'_, '_> {
                 let n = self.add(
                     Step {
                         name: display,
-                        line: self.pos(line_at).0,
+                        line: self.line_of(line_at),
                         op,
                         parent: None,
                     },
@@ -470,7 +678,7 @@ impl Compiler<'_, '_> {
         Ok((node, resolved.config))
     }
 
-    /// Finds a stage by name or index as `COPY --from` / `FROM` may name it.
+    /// Finds a stage by name (or, with `allow_index`, by index) defined before `before`.
     fn stage_ref(&self, s: &str, before: usize, allow_index: bool) -> Option<usize> {
         let lower = s.to_lowercase();
         if let Some(i) = self.stages[..before]
@@ -489,14 +697,47 @@ impl Compiler<'_, '_> {
         None
     }
 
+    /// `--from=` of COPY or a mount: a stage before `idx` (name or index) or an image.
+    fn stage_or_image(
+        &mut self,
+        val: &str,
+        idx: usize,
+        at: usize,
+        label: &str,
+    ) -> Result<NodeIndex> {
+        if let Some(i) = self.stage_ref(val, self.stages.len(), true) {
+            if i == idx {
+                return Err(self.err(at, format!("--from={val} refers to its own stage")));
+            }
+            if i > idx {
+                return Err(self.err(
+                    at,
+                    format!(
+                        "--from={val}: stage {val:?} must be defined before the stage that uses it"
+                    ),
+                ));
+            }
+            return Ok(self.stage(i, Some(at))?.node);
+        }
+        Ok(self
+            .image_node(val, at, format!("[{label}internal] FROM {val}"))?
+            .0)
+    }
+
     /// Compiles stage `idx` (memoized). `from_at` is where it was referenced, for cycles.
     fn stage(&mut self, idx: usize, from_at: Option<usize>) -> Result<StageResult> {
         if let Some(r) = &self.results[idx] {
             return Ok(r.clone());
         }
         if self.in_progress[idx] {
-            let at = from_at.unwrap_or(self.stages[idx].from.from.span.start);
-            return Err(self.err(at, format!("circular dependency detected on stage {idx}")));
+            let at = from_at.unwrap_or(self.stages[idx].from.at);
+            return Err(self.err(
+                at,
+                format!(
+                    "circular dependency detected on stage {}",
+                    self.stage_label(idx)
+                ),
+            ));
         }
         self.in_progress[idx] = true;
         let r = self.compile_stage(idx)?;
@@ -513,64 +754,41 @@ impl Compiler<'_, '_> {
     }
 
     fn compile_stage(&mut self, idx: usize) -> Result<StageResult> {
-        let src_from = self.stages[idx].from;
-        let instructions = self.stages[idx].instructions;
-        let from_at = src_from.from.span.start;
-        for f in &src_from.options {
-            if f.name.value == "platform" {
-                let v = f
-                    .value
-                    .as_ref()
-                    .map(|v| v.value.to_string())
-                    .unwrap_or_default();
-                let v = lexer::expand_word(&v, &self.global_args, self.escape)
-                    .map_err(|e| self.err(f.flag_span().start, e))?;
-                if Platform::parse(&v).as_ref() != Some(&self.opts.platform) {
-                    return Err(self.err(
-                        f.flag_span().start,
-                        format!("FROM --platform={v}: cross-platform stages are not supported yet"),
-                    ));
-                }
-            } else {
+        let from = self.stages[idx].from.clone();
+        let own = self.stages[idx].instructions.clone();
+        for f in &from.flags {
+            // The parser admits only --platform on FROM.
+            let v = f.value.clone().unwrap_or_default();
+            let v = self.word(&v, &self.global_args.clone(), f.at)?;
+            if Platform::parse(&v).as_ref() != Some(&self.opts.platform) {
                 return Err(self.err(
-                    f.flag_span().start,
-                    format!("unknown flag for FROM: --{}", f.name.value),
+                    f.at,
+                    format!(
+                        "FROM --platform={v}: building for a platform other than the target ({}) is not supported yet",
+                        self.opts.platform
+                    ),
                 ));
             }
         }
-        let image = lexer::expand_word(&src_from.image.value, &self.global_args, self.escape)
-            .map_err(|e| self.err(src_from.image.span.start, e))?;
+        let words = from.words();
+        let (raw_image, image_at) = words[0].clone();
+        let image = self.word(&raw_image, &self.global_args.clone(), image_at)?;
         if image.is_empty() {
             return Err(self.err(
-                src_from.image.span.start,
+                image_at,
                 "FROM requires an image name; it expanded to nothing",
             ));
         }
-        let total = 1 + instructions
-            .iter()
-            .filter(|i| {
-                matches!(
-                    i,
-                    pd::Instruction::Run(_)
-                        | pd::Instruction::Copy(_)
-                        | pd::Instruction::Workdir(_)
-                )
-            })
-            .count();
         let label = if self.stages.len() == 1 {
             String::new()
         } else {
             format!("{} ", self.stage_label(idx))
         };
-        let mut counter = 1;
         let mut st = match self.stage_ref(&image, idx, false) {
-            Some(parent) => {
-                // This stage continues from the parent's last vertex, config and history.
-                self.stage(parent, Some(src_from.image.span.start))?
-            }
+            // This stage continues from the parent's last vertex, config, env and args.
+            Some(parent) => self.stage(parent, Some(image_at))?,
             None => {
-                let display = format!("[{label}1/{total}] FROM {image}");
-                let (node, config) = self.image_node(&image, from_at, display)?;
+                let (node, config) = self.image_node(&image, from.at, String::new())?;
                 let history = config
                     .history
                     .iter()
@@ -582,380 +800,730 @@ impl Compiler<'_, '_> {
                     .collect();
                 StageResult {
                     node,
+                    env: config.config.env_pairs(),
                     config,
                     history,
+                    args: Vec::new(),
                 }
             }
         };
         st.config.history.clear();
         st.config.rootfs = Default::default();
-        let mut args: Vec<(String, String)> = Vec::new();
-        let mut shell: Vec<String> = DEFAULT_SHELL.iter().map(|s| s.to_string()).collect();
-        let mut cmd_set = false;
-        for ins in instructions {
-            // Variables visible to expansion: stage ARGs, overridden by ENV.
-            let mut vars = args.clone();
-            vars.extend(st.config.config.env_pairs());
-            match ins {
-                pd::Instruction::Arg(a) => {
-                    for w in lexer::split_words(&a.arguments.value, self.escape) {
-                        let (name, mut value) = self.arg_decl(&w, &vars, a.arguments.span.start)?;
-                        if value.is_none() {
-                            value = self.global_args.get(&name);
-                        }
-                        if let Some(v) = value {
-                            vars.push((name.clone(), v.clone()));
-                            args.push((name, v));
-                        }
-                    }
-                }
-                pd::Instruction::Env(e) => {
-                    let pairs = self.name_vals(&e.arguments, &vars, "ENV")?;
-                    let mut shown = Vec::new();
-                    for (k, v) in pairs {
-                        st.config.config.set_env(&k, &v);
-                        vars.push((k.clone(), v.clone()));
-                        shown.push(format!("{k}={v}"));
-                    }
-                    self.meta(&mut st, format!("ENV {}", shown.join(" ")));
-                }
-                pd::Instruction::Label(l) => {
-                    let pairs = self.name_vals(&l.arguments, &vars, "LABEL")?;
-                    let mut shown = Vec::new();
-                    for (k, v) in pairs {
-                        shown.push(format!("{k}={v}"));
-                        st.config.config.labels.insert(k, v);
-                    }
-                    self.meta(&mut st, format!("LABEL {}", shown.join(" ")));
-                }
-                pd::Instruction::Maintainer(m) => {
-                    st.config.author = Some(m.name.value.to_string());
-                    self.meta(&mut st, format!("MAINTAINER {}", m.name.value));
-                }
-                pd::Instruction::User(u) => {
-                    let user = self.expand(&u.arguments, &vars)?;
-                    st.config.config.user = user.clone();
-                    self.meta(&mut st, format!("USER {user}"));
-                }
-                pd::Instruction::Stopsignal(s) => {
-                    let sig = self.expand(&s.arguments, &vars)?;
-                    st.config.config.stop_signal = sig.clone();
-                    self.meta(&mut st, format!("STOPSIGNAL {sig}"));
-                }
-                pd::Instruction::Expose(e) => {
-                    let mut ports = BTreeMap::new();
-                    for a in &e.arguments {
-                        let p = self.expand(a, &vars)?;
-                        for port in self.expand_ports(&p, a.span.start)? {
-                            ports.insert(port, serde_json::json!({}));
-                        }
-                    }
-                    let shown: Vec<String> = ports.keys().map(|k| format!("{k}:{{}}")).collect();
-                    st.config.config.exposed_ports.extend(ports);
-                    self.meta(&mut st, format!("EXPOSE map[{}]", shown.join(" ")));
-                }
-                pd::Instruction::Volume(v) => {
-                    let items: Vec<&pd::UnescapedString<'_>> = match &v.arguments {
-                        pd::JsonOrStringArray::Json(a) => a.value.iter().collect(),
-                        pd::JsonOrStringArray::String(a) => a.iter().collect(),
-                    };
-                    let mut vols = Vec::new();
-                    for it in items {
-                        let p = self.expand(it, &vars)?;
-                        if p.is_empty() {
-                            return Err(self.err(
-                                it.span.start,
-                                "VOLUME specified can not be an empty string",
-                            ));
-                        }
-                        st.config
-                            .config
-                            .volumes
-                            .insert(p.clone(), serde_json::json!({}));
-                        vols.push(p);
-                    }
-                    self.meta(&mut st, format!("VOLUME [{}]", vols.join(" ")));
-                }
-                pd::Instruction::Shell(s) => {
-                    shell = s.arguments.iter().map(|a| a.value.to_string()).collect();
-                    self.meta(&mut st, format!("SHELL {}", go_quote_list(&shell)));
-                }
-                pd::Instruction::Cmd(c) => {
-                    let argv = self.command(&c.arguments, &shell);
-                    self.meta(&mut st, format!("CMD {}", go_quote_list(&argv)));
-                    st.config.config.cmd = Some(argv);
-                    cmd_set = true;
-                }
-                pd::Instruction::Entrypoint(e) => {
-                    let argv = self.command(&e.arguments, &shell);
-                    self.meta(&mut st, format!("ENTRYPOINT {}", go_quote_list(&argv)));
-                    st.config.config.entrypoint = Some(argv);
-                    if !cmd_set {
-                        st.config.config.cmd = None;
-                    }
-                }
-                pd::Instruction::Workdir(w) => {
-                    let dir = self.expand(&w.arguments, &vars)?;
-                    let base = if st.config.config.working_dir.is_empty() {
-                        "/"
-                    } else {
-                        &st.config.config.working_dir
-                    };
-                    let dir = if dir.starts_with('/') {
-                        crate::path::clean(&dir)
-                    } else {
-                        crate::path::clean(&format!("{base}/{dir}"))
-                    };
-                    st.config.config.working_dir = dir.clone();
-                    counter += 1;
-                    let step = Step {
-                        name: format!("[{label}{counter}/{total}] WORKDIR {dir}"),
-                        line: self.pos(w.workdir.span.start).0,
-                        op: Op::Mkdir { path: dir.clone() },
-                        parent: Some(st.node),
-                    };
-                    st.node = self.add(step, &[st.node]);
-                    self.layer(&mut st, format!("WORKDIR {dir}"));
-                }
-                pd::Instruction::Run(r) => {
-                    if let Some(f) = r.options.first() {
-                        return Err(self.err(
-                            f.flag_span().start,
-                            format!("RUN --{} is not supported yet", f.name.value),
-                        ));
-                    }
-                    let argv =
-                        match (&r.arguments, r.here_docs.as_slice()) {
-                            (_, []) => self.command(&r.arguments, &shell),
-                            (pd::Command::Shell(s), [doc]) if is_heredoc_only(s.value) => {
-                                let mut a = shell.clone();
-                                a.push(doc.value.to_string());
-                                a
-                            }
-                            _ => return Err(self.err(
-                                r.run.span.start,
-                                "RUN with here-documents passed to a command is not supported yet",
-                            )),
-                        };
-                    // Build args reach RUN's environment but not the image, unless ENV overrides them.
-                    let env_names: BTreeSet<String> = st
-                        .config
-                        .config
-                        .env_pairs()
-                        .into_iter()
-                        .map(|(k, _)| k)
-                        .collect();
-                    let run_args: Vec<&(String, String)> = args
-                        .iter()
-                        .filter(|(k, _)| !env_names.contains(k))
-                        .collect();
-                    let mut env = st.config.config.env.clone();
-                    env.extend(run_args.iter().map(|(k, v)| format!("{k}={v}")));
-                    let prefix = if run_args.is_empty() {
-                        String::new()
-                    } else {
-                        let kv: Vec<String> =
-                            run_args.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                        format!("|{} {} ", kv.len(), kv.join(" "))
-                    };
-                    let exec = matches!(r.arguments, pd::Command::Exec(_));
-                    let shown = if exec {
-                        go_quote_list(&argv)
-                    } else {
-                        argv.join(" ")
-                    };
-                    counter += 1;
-                    let cwd = if st.config.config.working_dir.is_empty() {
-                        "/".to_string()
-                    } else {
-                        st.config.config.working_dir.clone()
-                    };
-                    let text = if exec {
-                        go_quote_list(&argv)
-                    } else {
-                        argv.last().cloned().unwrap_or_default()
-                    };
-                    let step = Step {
-                        name: format!("[{label}{counter}/{total}] RUN {text}"),
-                        line: self.pos(r.run.span.start).0,
-                        op: Op::Run(RunSpec {
-                            argv,
-                            env,
-                            cwd,
-                            user: st.config.config.user.clone(),
-                        }),
-                        parent: Some(st.node),
-                    };
-                    st.node = self.add(step, &[st.node]);
-                    self.layer(&mut st, format!("RUN {prefix}{shown} # buildkit"));
-                }
-                pd::Instruction::Copy(cp) => {
-                    let mut from = CopyFrom::Context;
-                    let mut from_shown = String::new();
-                    let mut chown = None;
-                    let mut chmod = None;
-                    let mut inputs = vec![st.node];
-                    for f in &cp.options {
-                        let raw = f
-                            .value
-                            .as_ref()
-                            .map(|v| v.value.to_string())
-                            .unwrap_or_default();
-                        let val = lexer::expand_word(&raw, &vars, self.escape)
-                            .map_err(|e| self.err(f.flag_span().start, e))?;
-                        match &*f.name.value {
-                            "from" => {
-                                let node = match self.stage_ref(&val, self.stages.len(), true) {
-                                    Some(i) if i == idx => {
-                                        return Err(self.err(
-                                            f.flag_span().start,
-                                            format!("COPY --from={val} refers to its own stage"),
-                                        ))
-                                    }
-                                    Some(i) => self.stage(i, Some(f.flag_span().start))?.node,
-                                    None => {
-                                        self.image_node(
-                                            &val,
-                                            f.flag_span().start,
-                                            format!("[{label}internal] FROM {val}"),
-                                        )?
-                                        .0
-                                    }
-                                };
-                                from = CopyFrom::Step(node);
-                                from_shown = format!("--from={val} ");
-                                inputs.push(node);
-                            }
-                            "chown" => chown = Some(val),
-                            "chmod" => {
-                                chmod = Some(u32::from_str_radix(&val, 8).map_err(|_| {
-                                    self.err(
-                                        f.flag_span().start,
-                                        format!("invalid --chmod={val}: expected an octal mode"),
-                                    )
-                                })?)
-                            }
-                            "link" => {}
-                            other => {
-                                return Err(self.err(
-                                    f.flag_span().start,
-                                    format!("COPY --{other} is not supported yet"),
-                                ))
-                            }
-                        }
-                    }
-                    let mut srcs = Vec::new();
-                    for s in &cp.src {
-                        match s {
-                            pd::Source::Path(p) => srcs.push(self.expand(p, &vars)?),
-                            _ => {
-                                return Err(self.err(
-                                    cp.copy.span.start,
-                                    "COPY from a here-document is not supported yet",
-                                ))
-                            }
-                        }
-                    }
-                    let raw_dest = self.expand(&cp.dest, &vars)?;
-                    let cwd = if st.config.config.working_dir.is_empty() {
-                        "/"
-                    } else {
-                        &st.config.config.working_dir
-                    };
-                    let mut dest = if raw_dest.starts_with('/') {
-                        crate::path::clean(&raw_dest)
-                    } else {
-                        crate::path::clean(&format!("{cwd}/{raw_dest}"))
-                    };
-                    if (raw_dest.ends_with('/') || raw_dest == "." || raw_dest.ends_with("/."))
-                        && dest != "/"
-                    {
-                        dest.push('/');
-                    }
-                    counter += 1;
-                    let shown = format!("COPY {from_shown}{} {raw_dest}", srcs.join(" "));
-                    let step = Step {
-                        name: format!("[{label}{counter}/{total}] {shown}"),
-                        line: self.pos(cp.copy.span.start).0,
-                        op: Op::Copy(CopySpec {
-                            from,
-                            srcs,
-                            dest,
-                            chown,
-                            chmod,
-                        }),
-                        parent: Some(st.node),
-                    };
-                    st.node = self.add(step, &inputs);
-                    self.layer(&mut st, format!("{shown} # buildkit"));
-                }
-                pd::Instruction::Add(a) => {
-                    return Err(self.err(a.add.span.start, "ADD is not supported yet; use COPY"))
-                }
-                pd::Instruction::Healthcheck(h) => {
-                    return Err(
-                        self.err(h.healthcheck.span.start, "HEALTHCHECK is not supported yet")
-                    )
-                }
-                pd::Instruction::Onbuild(o) => {
-                    return Err(self.err(o.onbuild.span.start, "ONBUILD is not supported yet"))
-                }
-                pd::Instruction::From(f) => {
-                    return Err(self.err(f.from.span.start, "unexpected FROM"))
-                }
-                _ => return Err(self.err(from_at, "unsupported instruction")),
+        // ONBUILD triggers of the base run first, as if written right after FROM.
+        let mut instructions = Vec::new();
+        for trigger in st.config.config.on_build.take().unwrap_or_default() {
+            let parsed = parser::parse(&trigger, &self.opts.file_name).map_err(|e| {
+                self.err(
+                    from.at,
+                    format!("ONBUILD trigger {trigger:?} of {image}: {e}"),
+                )
+            })?;
+            for mut ins in parsed.instructions {
+                ins.relocate(from.at, from.line);
+                instructions.push((ins, Some(trigger.clone())));
             }
+        }
+        instructions.extend(own.into_iter().map(|i| (i, None)));
+        let total = 1 + instructions
+            .iter()
+            .filter(|(i, _)| matches!(i.kind, Kind::Run | Kind::Copy | Kind::Add | Kind::Workdir))
+            .count();
+        // The FROM vertex's display name is known only now.
+        if self.stage_ref(&image, idx, false).is_none() {
+            let w = &mut self.dag[st.node];
+            if w.name.is_empty() {
+                w.name = format!("[{label}1/{total}] FROM {image}");
+            }
+        }
+        let mut counter = 1;
+        let mut cmd_set = false;
+        for (ins, trigger) in &instructions {
+            if let Some(t) = trigger {
+                if matches!(ins.kind, Kind::Onbuild | Kind::From | Kind::Maintainer) {
+                    return Err(self.err(
+                        from.at,
+                        format!("ONBUILD trigger {t:?} of {image}: {} isn't allowed as an ONBUILD trigger", ins.kind),
+                    ));
+                }
+            }
+            let step_label = |counter: usize| format!("[{label}{counter}/{total}]");
+            self.instruction(idx, ins, &mut st, &mut counter, &mut cmd_set, &step_label)?;
         }
         Ok(st)
     }
 
-    fn expand(&self, s: &pd::UnescapedString<'_>, vars: &[(String, String)]) -> Result<String> {
-        lexer::expand_word(&s.value, vars, self.escape).map_err(|e| self.err(s.span.start, e))
+    /// Applies one instruction to the stage state `st`.
+    fn instruction(
+        &mut self,
+        idx: usize,
+        ins: &Instruction,
+        st: &mut StageResult,
+        counter: &mut usize,
+        cmd_set: &mut bool,
+        step_label: &dyn Fn(usize) -> String,
+    ) -> Result<()> {
+        let vars = st.env.clone();
+        let text = match &ins.args {
+            Args::Text(t) => t.clone(),
+            Args::Exec(_) => String::new(),
+        };
+        match ins.kind {
+            Kind::From => return Err(self.err(ins.at, "unexpected FROM")),
+            Kind::Arg => {
+                let mut shown = Vec::new();
+                for (w, at) in arg_words(ins, self.escape) {
+                    let env = st.env.clone();
+                    let (name, mut value) = self.arg_decl(&w, &env, at)?;
+                    if value.is_none() {
+                        value = self.global_args.get(&name);
+                    }
+                    if let Some(v) = &value {
+                        set_pair(&mut st.env, &name, v);
+                    }
+                    shown.push(match &value {
+                        Some(v) => format!("{name}={v}"),
+                        None => name.clone(),
+                    });
+                    st.args.push((name, value));
+                }
+                self.meta(st, format!("ARG {}", shown.join(" ")));
+            }
+            Kind::Env => {
+                let pairs = self.name_vals(ins, &text, &vars, "ENV")?;
+                let mut shown = Vec::new();
+                for (k, v) in pairs {
+                    st.config.config.set_env(&k, &v);
+                    set_pair(&mut st.env, &k, &v);
+                    shown.push(format!("{k}={v}"));
+                }
+                self.meta(st, format!("ENV {}", shown.join(" ")));
+            }
+            Kind::Label => {
+                let pairs = self.name_vals(ins, &text, &vars, "LABEL")?;
+                let mut shown = Vec::new();
+                for (k, v) in pairs {
+                    shown.push(format!("{k}={v}"));
+                    st.config.config.labels.insert(k, v);
+                }
+                self.meta(st, format!("LABEL {}", shown.join(" ")));
+            }
+            Kind::Maintainer => {
+                st.config.author = Some(text.clone());
+                self.meta(st, format!("MAINTAINER {text}"));
+            }
+            Kind::User => {
+                let user = self.word(&text, &vars, ins.args_at())?;
+                st.config.config.user = user.clone();
+                self.meta(st, format!("USER {user}"));
+            }
+            Kind::Stopsignal => {
+                let sig = self.word(&text, &vars, ins.args_at())?;
+                if !valid_signal(&sig) {
+                    return Err(self.err(
+                        ins.args_at(),
+                        format!("invalid signal {sig:?}: expected a signal name like SIGTERM or a number"),
+                    ));
+                }
+                st.config.config.stop_signal = sig.clone();
+                self.meta(st, format!("STOPSIGNAL {sig}"));
+            }
+            Kind::Expose => {
+                let mut ports = BTreeMap::new();
+                for (w, at) in ins.words() {
+                    for p in
+                        lexer::expand_words(&w, &vars, self.escape).map_err(|e| self.err(at, e))?
+                    {
+                        for port in self.expand_ports(&p, at)? {
+                            ports.insert(port, serde_json::json!({}));
+                        }
+                    }
+                }
+                let shown: Vec<String> = ports.keys().map(|k| format!("{k}:{{}}")).collect();
+                st.config.config.exposed_ports.extend(ports);
+                self.meta(st, format!("EXPOSE map[{}]", shown.join(" ")));
+            }
+            Kind::Volume => {
+                let mut vols = Vec::new();
+                for (w, at) in ins.words() {
+                    let p = self.word(&w, &vars, at)?;
+                    if p.is_empty() {
+                        return Err(self.err(at, "VOLUME specified can not be an empty string"));
+                    }
+                    st.config
+                        .config
+                        .volumes
+                        .insert(p.clone(), serde_json::json!({}));
+                    vols.push(p);
+                }
+                self.meta(st, format!("VOLUME [{}]", vols.join(" ")));
+            }
+            Kind::Shell => {
+                let Args::Exec(shell) = &ins.args else {
+                    return Err(self.err(ins.args_at(), "SHELL requires JSON form"));
+                };
+                st.config.config.shell = Some(shell.clone());
+                self.meta(st, format!("SHELL [{}]", shell.join(" ")));
+            }
+            Kind::Cmd => {
+                let argv = self.command(ins, &st.config);
+                self.meta(st, format!("CMD {}", gofmt::quote_list(&argv)));
+                st.config.config.cmd = Some(argv);
+                st.config.config.args_escaped = Some(true);
+                *cmd_set = true;
+            }
+            Kind::Entrypoint => {
+                let argv = self.command(ins, &st.config);
+                self.meta(st, format!("ENTRYPOINT {}", gofmt::quote_list(&argv)));
+                st.config.config.entrypoint = Some(argv);
+                if !*cmd_set {
+                    st.config.config.cmd = None;
+                }
+            }
+            Kind::Healthcheck => {
+                let hc = self.healthcheck(ins, &text)?;
+                let shown = format!(
+                    "HEALTHCHECK &{{{} {} {} {} {} {}}}",
+                    gofmt::quote_list(&hc.test),
+                    gofmt::quote(&gofmt::format_duration(hc.interval)),
+                    gofmt::quote(&gofmt::format_duration(hc.timeout)),
+                    gofmt::quote(&gofmt::format_duration(hc.start_period)),
+                    gofmt::quote(&gofmt::format_duration(hc.start_interval)),
+                    gofmt::quote_rune(hc.retries),
+                );
+                st.config.config.healthcheck = Some(hc);
+                self.meta(st, shown);
+            }
+            Kind::Onbuild => {
+                let Some(t) = &ins.trigger else {
+                    return Err(self.err(ins.at, "ONBUILD requires an instruction"));
+                };
+                st.config
+                    .config
+                    .on_build
+                    .get_or_insert_with(Vec::new)
+                    .push(t.to_string());
+            }
+            Kind::Workdir => {
+                let dir = self.word(&text, &vars, ins.args_at())?;
+                let base = if st.config.config.working_dir.is_empty() {
+                    "/"
+                } else {
+                    &st.config.config.working_dir
+                };
+                let dir = if dir.starts_with('/') {
+                    crate::path::clean(&dir)
+                } else {
+                    crate::path::clean(&format!("{base}/{dir}"))
+                };
+                st.config.config.working_dir = dir.clone();
+                *counter += 1;
+                if dir == "/" {
+                    self.meta(st, format!("WORKDIR {dir}"));
+                } else {
+                    let step = Step {
+                        name: format!("{} WORKDIR {dir}", step_label(*counter)),
+                        line: ins.line,
+                        op: Op::Mkdir {
+                            path: dir.clone(),
+                            user: st.config.config.user.clone(),
+                        },
+                        parent: Some(st.node),
+                    };
+                    st.node = self.add(step, &[st.node]);
+                    self.layer(st, format!("WORKDIR {dir}"));
+                }
+            }
+            Kind::Run => {
+                *counter += 1;
+                self.run(idx, ins, &text, st, step_label(*counter))?;
+            }
+            Kind::Copy | Kind::Add => {
+                *counter += 1;
+                self.copy(idx, ins, st, step_label(*counter))?;
+            }
+        }
+        Ok(())
     }
 
-    fn command(&self, c: &pd::Command<'_>, shell: &[String]) -> Vec<String> {
-        match c {
-            pd::Command::Exec(a) => a.value.iter().map(|s| s.value.to_string()).collect(),
-            pd::Command::Shell(s) => {
-                let mut v = shell.to_vec();
-                v.push(join_continuations(s.value, self.escape));
-                v
+    fn run(
+        &mut self,
+        idx: usize,
+        ins: &Instruction,
+        text: &str,
+        st: &mut StageResult,
+        label: String,
+    ) -> Result<()> {
+        let vars = st.env.clone();
+        let cwd = if st.config.config.working_dir.is_empty() {
+            "/".to_string()
+        } else {
+            st.config.config.working_dir.clone()
+        };
+        let mut mounts = Vec::new();
+        let mut network = Network::Default;
+        let mut security = Security::Sandbox;
+        let stage_label = if self.stages.len() == 1 {
+            String::new()
+        } else {
+            format!("{} ", self.stage_label(idx))
+        };
+        let mut inputs = vec![st.node];
+        for f in &ins.flags {
+            let raw = f.value.clone().unwrap_or_default();
+            match f.name.as_str() {
+                "mount" => {
+                    let expand = |v: &str| lexer::expand_word(v, &vars, self.escape);
+                    let mut spec = mounts::parse_mount(&raw, &expand)
+                        .map_err(|e| self.err(f.at, format!("--mount={raw}: {e}")))?;
+                    if !spec.target.starts_with('/') {
+                        spec.target = crate::path::clean(&format!("{cwd}/{}", spec.target));
+                    }
+                    let from = match (spec.kind, spec.from.clone()) {
+                        (MountKind::Bind, None) => Some(CopyFrom::Context),
+                        (MountKind::Bind | MountKind::Cache, Some(v)) => {
+                            let node = self.stage_or_image(&v, idx, f.at, &stage_label)?;
+                            inputs.push(node);
+                            Some(CopyFrom::Step(node))
+                        }
+                        _ => None,
+                    };
+                    mounts.push(RunMount { spec, from });
+                }
+                "network" => {
+                    network = mounts::parse_network(&raw).map_err(|e| self.err(f.at, e))?
+                }
+                "security" => {
+                    security = mounts::parse_security(&raw).map_err(|e| self.err(f.at, e))?
+                }
+                other => return Err(self.err(f.at, format!("RUN --{other} is not supported yet"))),
             }
-            _ => Vec::new(),
+        }
+        let mut files = Vec::new();
+        let mut display = self.display(ins, &vars);
+        let shell = shell_of(&st.config);
+        let argv = match (&ins.args, ins.heredocs.as_slice()) {
+            (Args::Exec(v), _) => v.clone(),
+            (Args::Text(_), []) => with_shell(&shell, text),
+            (Args::Text(_), docs) => {
+                let first = &docs[0];
+                match parser::heredoc_opener(text) {
+                    Some(_) if docs.len() == 1 => {
+                        display.push_str(&format!(" ({})", summarize_heredoc(&first.content)));
+                        let data = first.text();
+                        if data.starts_with("#!") {
+                            files.push(InlineFile {
+                                name: first.name.clone(),
+                                data,
+                                mode: 0o755,
+                            });
+                            with_shell(&shell, &format!("/dev/pipes/{}", first.name))
+                        } else {
+                            with_shell(&shell, &data)
+                        }
+                    }
+                    _ => {
+                        let mut full = text.to_string();
+                        for d in docs {
+                            full.push('\n');
+                            full.push_str(&d.content);
+                            full.push_str(&d.name);
+                        }
+                        with_shell(&shell, &full)
+                    }
+                }
+            }
+        };
+        // RUN sees the state env (image Env with ARG values) and proxy build args.
+        let mut env_pairs = st.env.clone();
+        for k in PROXY_ARGS {
+            if env_pairs.iter().any(|(n, _)| n == k) {
+                continue;
+            }
+            if let Some((_, v)) = self.opts.build_args.iter().rev().find(|(n, _)| n == k) {
+                env_pairs.push((k.to_string(), v.clone()));
+            }
+        }
+        let env: Vec<String> = env_pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // History: `RUN |N K=V ... argv # buildkit`, each declared ARG with its current
+        // value (an ENV of the same name wins), as BuildKit's runCommandString.
+        let mut hist_args: Vec<(String, String)> = Vec::new();
+        for (k, v) in &st.args {
+            let val = st
+                .env
+                .get(k)
+                .unwrap_or_else(|| v.clone().unwrap_or_default());
+            match hist_args.iter_mut().find(|(n, _)| n == k) {
+                Some(slot) => slot.1 = val,
+                None => hist_args.push((k.clone(), val)),
+            }
+        }
+        let mut parts: Vec<String> = Vec::new();
+        if !hist_args.is_empty() {
+            parts.push(format!("|{}", hist_args.len()));
+            parts.extend(hist_args.iter().map(|(k, v)| format!("{k}={v}")));
+        }
+        parts.extend(argv.iter().cloned());
+        let step = Step {
+            name: format!("{label} {display}"),
+            line: ins.line,
+            op: Op::Run(RunSpec {
+                argv,
+                env,
+                cwd,
+                user: st.config.config.user.clone(),
+                mounts,
+                network,
+                security,
+                files,
+            }),
+            parent: Some(st.node),
+        };
+        st.node = self.add(step, &inputs);
+        self.layer(st, format!("RUN {} # buildkit", parts.join(" ")));
+        Ok(())
+    }
+
+    /// The instruction as progress shows it: the original text, variables expanded.
+    fn display(&self, ins: &Instruction, vars: &[(String, String)]) -> String {
+        let lex = Lex {
+            escape: self.escape,
+            raw_quotes: true,
+            raw_escapes: true,
+            skip_unset: true,
+            skip_quotes: false,
+        };
+        let shown = lex
+            .process(&ins.original, vars)
+            .map(|r| r.0)
+            .unwrap_or_else(|_| ins.original.clone());
+        match shown.split_once(char::is_whitespace) {
+            Some((kw, rest)) => format!("{} {rest}", kw.to_ascii_uppercase()),
+            None => shown.to_ascii_uppercase(),
+        }
+    }
+
+    fn copy(
+        &mut self,
+        idx: usize,
+        ins: &Instruction,
+        st: &mut StageResult,
+        label: String,
+    ) -> Result<()> {
+        let vars = st.env.clone();
+        let is_add = ins.kind == Kind::Add;
+        let stage_label = if self.stages.len() == 1 {
+            String::new()
+        } else {
+            format!("{} ", self.stage_label(idx))
+        };
+        let mut from = CopyFrom::Context;
+        let mut chown = None;
+        let mut chmod_raw = None;
+        let mut chmod = None;
+        let mut parents = false;
+        let mut link = false;
+        let mut excludes = Vec::new();
+        let mut checksum = None;
+        let mut unpack = true;
+        let mut inputs = vec![st.node];
+        for f in &ins.flags {
+            let raw = f.value.clone().unwrap_or_default();
+            let val = self.word(&raw, &vars, f.at)?;
+            let flag_bool = |v: &Option<String>| -> Result<bool> {
+                match v.as_deref() {
+                    None | Some("") | Some("true") => Ok(true),
+                    Some("false") => Ok(false),
+                    Some(o) => {
+                        Err(self.err(f.at, format!("--{}={o}: expected true or false", f.name)))
+                    }
+                }
+            };
+            match f.name.as_str() {
+                "from" => {
+                    let node = self.stage_or_image(&val, idx, f.at, &stage_label)?;
+                    from = CopyFrom::Step(node);
+                    inputs.push(node);
+                }
+                "chown" => chown = Some(val),
+                "chmod" => {
+                    let m = u32::from_str_radix(&val, 8).ok().filter(|m| *m <= 0o7777);
+                    chmod = Some(m.ok_or_else(|| {
+                        self.err(
+                            f.at,
+                            format!("invalid chmod parameter: '{val}'. it should be octal string and between 0 and 07777"),
+                        )
+                    })?);
+                    chmod_raw = Some(val);
+                }
+                "link" => link = flag_bool(&f.value)?,
+                "parents" => parents = flag_bool(&f.value)?,
+                "exclude" => excludes.push(val),
+                "checksum" => checksum = Some(val),
+                "keep-git-dir" => {
+                    flag_bool(&f.value)?;
+                }
+                "unpack" => unpack = flag_bool(&f.value)?,
+                other => {
+                    return Err(self.err(f.at, format!("{} --{other} is not supported", ins.kind)))
+                }
+            }
+        }
+        let words = ins.words();
+        let Some(((raw_dest, dest_at), src_words)) = words.split_last() else {
+            return Err(self.err(
+                ins.args_at(),
+                format!("{} requires sources and a destination", ins.kind),
+            ));
+        };
+        let mut docs = ins.heredocs.iter();
+        let mut srcs = Vec::new();
+        let mut shown_paths = Vec::new();
+        let mut shown_docs = Vec::new();
+        for (w, at) in src_words {
+            let is_doc = matches!(ins.args, Args::Text(_)) && parser::heredoc_opener(w).is_some();
+            if is_doc {
+                let Some(d) = docs.next() else {
+                    return Err(self.err(*at, "here-document without content"));
+                };
+                let mut data = d.text();
+                if d.expand {
+                    let lex = Lex {
+                        skip_quotes: true,
+                        ..Lex::new(self.escape)
+                    };
+                    data = lex.process(&data, &vars).map_err(|e| self.err(*at, e))?.0;
+                }
+                shown_docs.push(format!("<<{}", d.name));
+                srcs.push(Source::Inline(InlineFile {
+                    name: d.name.clone(),
+                    data,
+                    mode: 0o644,
+                }));
+                continue;
+            }
+            let p = self.word(w, &vars, *at)?;
+            shown_paths.push(p.clone());
+            if is_url(&p) || is_git(&p) {
+                if !is_add {
+                    return Err(self.err(
+                        *at,
+                        format!("source can't be a URL for COPY: {p} (use ADD)"),
+                    ));
+                }
+                if is_git(&p) {
+                    return Err(self.err(
+                        *at,
+                        format!("ADD from a git repository ({p}) is not supported yet"),
+                    ));
+                }
+                let name = p
+                    .split(['?', '#'])
+                    .next()
+                    .and_then(|u| u.splitn(4, '/').nth(3))
+                    .and_then(|path| path.rsplit('/').next())
+                    .filter(|b| !b.is_empty() && *b != ".")
+                    .unwrap_or("__unnamed__")
+                    .to_string();
+                srcs.push(Source::Url {
+                    url: p,
+                    checksum: None,
+                    name,
+                });
+            } else {
+                srcs.push(Source::Path(p));
+            }
+        }
+        if let Some(sum) = checksum {
+            let at = ins.flag("checksum").map_or(ins.at, |f| f.at);
+            let urls = srcs
+                .iter()
+                .filter(|s| matches!(s, Source::Url { .. }))
+                .count();
+            if srcs.len() != 1 {
+                return Err(self.err(at, "checksum can't be specified for multiple sources"));
+            }
+            if urls != 1 {
+                return Err(self.err(at, "checksum can't be specified for non-HTTP(S) sources"));
+            }
+            let Some(hex) = sum
+                .strip_prefix("sha256:")
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            else {
+                return Err(self.err(
+                    at,
+                    format!("invalid checksum {sum:?}: expected sha256:<64 hex digits>"),
+                ));
+            };
+            if let Some(Source::Url { checksum, .. }) = srcs.first_mut() {
+                *checksum = Some(format!("sha256:{}", hex.to_ascii_lowercase()));
+            }
+        }
+        let raw_dest = self.word(raw_dest, &vars, *dest_at)?;
+        let cwd = if st.config.config.working_dir.is_empty() {
+            "/"
+        } else {
+            &st.config.config.working_dir
+        };
+        let mut dest = if raw_dest.starts_with('/') {
+            crate::path::clean(&raw_dest)
+        } else {
+            crate::path::clean(&format!("{cwd}/{raw_dest}"))
+        };
+        if (raw_dest.ends_with('/')
+            || raw_dest == "."
+            || raw_dest.ends_with("/.")
+            || raw_dest.is_empty())
+            && dest != "/"
+        {
+            dest.push('/');
+        }
+        let mut hist = String::from(if is_add { "ADD" } else { "COPY" });
+        if parents {
+            hist.push_str(" --parents");
+        }
+        if let Some(c) = &chown {
+            hist.push_str(&format!(" --chown={c}"));
+        }
+        if let Some(c) = &chmod_raw {
+            hist.push_str(&format!(" --chmod={c}"));
+        }
+        for s in shown_paths.iter().chain(&shown_docs) {
+            hist.push(' ');
+            hist.push_str(s);
+        }
+        hist.push_str(&format!(" {raw_dest}"));
+        let step = Step {
+            name: format!("{label} {}", self.display(ins, &vars)),
+            line: ins.line,
+            op: Op::Copy(CopySpec {
+                from,
+                srcs,
+                dest,
+                chown,
+                chmod,
+                parents,
+                excludes,
+                link,
+                unpack: is_add && unpack,
+            }),
+            parent: Some(st.node),
+        };
+        st.node = self.add(step, &inputs);
+        self.layer(st, format!("{hist} # buildkit"));
+        Ok(())
+    }
+
+    fn healthcheck(&self, ins: &Instruction, text: &str) -> Result<Healthcheck> {
+        let mut hc = Healthcheck::default();
+        let trimmed = text.trim_start();
+        let kw_len = trimmed.find(char::is_whitespace).unwrap_or(trimmed.len());
+        let kw = trimmed[..kw_len].to_ascii_uppercase();
+        if kw == "NONE" {
+            hc.test = vec!["NONE".into()];
+            return Ok(hc);
+        }
+        let rest = trimmed[kw_len..].trim();
+        hc.test = match parser::maybe_json(rest) {
+            Some(v) if v.is_empty() => {
+                return Err(self.err(ins.args_at(), "missing command after HEALTHCHECK CMD"))
+            }
+            Some(v) => std::iter::once("CMD".to_string()).chain(v).collect(),
+            None => vec!["CMD-SHELL".into(), rest.to_string()],
+        };
+        for f in &ins.flags {
+            let v = f.value.clone().unwrap_or_default();
+            if f.name == "retries" {
+                let n: i64 = v.parse().map_err(|_| {
+                    self.err(f.at, format!("--retries={v}: expected a whole number"))
+                })?;
+                if n < 0 {
+                    return Err(self.err(f.at, format!("--retries cannot be negative ({n})")));
+                }
+                hc.retries = n;
+                continue;
+            }
+            let d = if v.is_empty() {
+                0
+            } else {
+                gofmt::parse_duration(&v)
+                    .map_err(|e| self.err(f.at, format!("--{}: {e}", f.name)))?
+            };
+            if d < 0 {
+                return Err(self.err(f.at, format!("--{}={v} cannot be negative", f.name)));
+            }
+            if d != 0 && d < 1_000_000 {
+                return Err(self.err(f.at, format!("--{}={v} cannot be less than 1ms", f.name)));
+            }
+            match f.name.as_str() {
+                "interval" => hc.interval = d,
+                "timeout" => hc.timeout = d,
+                "start-period" => hc.start_period = d,
+                _ => hc.start_interval = d,
+            }
+        }
+        Ok(hc)
+    }
+
+    fn command(&self, ins: &Instruction, config: &ImageConfig) -> Vec<String> {
+        match &ins.args {
+            Args::Exec(v) => v.clone(),
+            Args::Text(t) => with_shell(&shell_of(config), t),
         }
     }
 
     /// `ENV`/`LABEL` arguments: `k=v k2="v 2"` or the legacy `k v w`.
     fn name_vals(
         &self,
-        s: &pd::UnescapedString<'_>,
+        ins: &Instruction,
+        text: &str,
         vars: &[(String, String)],
         what: &str,
     ) -> Result<Vec<(String, String)>> {
-        let words = lexer::split_words(&s.value, self.escape);
-        let at = s.span.start;
+        let words = lexer::split_words(text, self.escape);
+        let at = ins.args_at();
         let Some(first) = words.first() else {
             return Err(self.err(at, format!("{what} requires at least one argument")));
         };
-        let ex = |w: &str| lexer::expand_word(w, vars, self.escape).map_err(|e| self.err(at, e));
         if !first.contains('=') {
             // Legacy `ENV name value...`: the rest of the line is the value.
-            let rest = s.value.trim_start()[first.len()..].trim();
+            let rest = text.trim_start()[first.len()..].trim();
             if rest.is_empty() {
-                return Err(self.err(at, format!("{what} names {first} but gives it no value")));
+                return Err(self.err(
+                    at,
+                    format!(
+                        "{what} names {first} but gives it no value: expected {what} {first}=VALUE"
+                    ),
+                ));
             }
-            return Ok(vec![(ex(first)?, ex(rest)?)]);
+            return Ok(vec![(
+                self.word(first, vars, at)?,
+                self.word(rest, vars, at)?,
+            )]);
         }
         let mut out = Vec::new();
+        let mut search = 0;
         for w in &words {
+            let idx = text[search..]
+                .find(w.as_str())
+                .map_or(search, |i| search + i);
+            search = idx + w.len();
+            let wat = ins.offset(idx);
             let Some((k, v)) = w.split_once('=') else {
-                return Err(self.err(at, format!("{what}: expected name=value, got {w:?}")));
+                return Err(self.err(
+                    wat,
+                    format!(
+                        "Syntax error - can't find = in {w:?}. Must be of the form: name=value"
+                    ),
+                ));
             };
-            let k = ex(k)?;
+            // ENV values see the pairs before them on the same line.
+            let mut scope = vars.to_vec();
+            scope.extend(out.iter().cloned());
+            let k = self.word(k, &scope, wat)?;
             if k.is_empty() {
-                return Err(self.err(at, format!("{what}: empty name in {w:?}")));
+                return Err(self.err(wat, format!("{what} names can not be blank")));
             }
-            out.push((k, ex(v)?));
+            out.push((k, self.word(v, &scope, wat)?));
         }
         Ok(out)
     }
@@ -995,6 +1563,7 @@ impl Compiler<'_, '_> {
         st.history.push(HistoryItem {
             entry: History {
                 created_by: Some(created_by),
+                comment: Some("buildkit.dockerfile.v0".into()),
                 empty_layer: true,
                 ..Default::default()
             },
@@ -1008,6 +1577,7 @@ impl Compiler<'_, '_> {
         st.history.push(HistoryItem {
             entry: History {
                 created_by: Some(created_by),
+                comment: Some("buildkit.dockerfile.v0".into()),
                 ..Default::default()
             },
             layer: Some(st.node),
@@ -1016,10 +1586,26 @@ impl Compiler<'_, '_> {
     }
 }
 
-/// `RUN <<EOF` alone: the here-document is the script.
-fn is_heredoc_only(cmd: &str) -> bool {
-    let t = cmd.trim();
-    t.starts_with("<<") && !t.contains(char::is_whitespace)
+/// The image's SHELL, or the default `/bin/sh -c`.
+fn shell_of(config: &ImageConfig) -> Vec<String> {
+    match &config.config.shell {
+        Some(s) if !s.is_empty() => s.clone(),
+        _ => DEFAULT_SHELL.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn with_shell(shell: &[String], cmd: &str) -> Vec<String> {
+    let mut v = shell.to_vec();
+    v.push(cmd.to_string());
+    v
+}
+
+/// Sets `k=v` in an ordered environment, in place when `k` is there already.
+fn set_pair(env: &mut Vec<(String, String)>, k: &str, v: &str) {
+    match env.iter_mut().find(|(n, _)| n == k) {
+        Some(slot) => slot.1 = v.to_string(),
+        None => env.push((k.to_string(), v.to_string())),
+    }
 }
 
 #[cfg(test)]

@@ -68,9 +68,46 @@ pub struct ContainerConfig {
         skip_serializing_if = "String::is_empty"
     )]
     pub stop_signal: String,
+    #[serde(
+        rename = "ArgsEscaped",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub args_escaped: Option<bool>,
+    #[serde(
+        rename = "Healthcheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub healthcheck: Option<Healthcheck>,
+    #[serde(rename = "OnBuild", default, skip_serializing_if = "Option::is_none")]
+    pub on_build: Option<Vec<String>>,
+    #[serde(rename = "Shell", default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
     /// Fields kiln carries through unchanged.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
+}
+
+/// `HEALTHCHECK`: durations in nanoseconds, as Docker stores them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    #[serde(rename = "Test", default, skip_serializing_if = "Vec::is_empty")]
+    pub test: Vec<String>,
+    #[serde(rename = "Interval", default, skip_serializing_if = "is_zero")]
+    pub interval: i64,
+    #[serde(rename = "Timeout", default, skip_serializing_if = "is_zero")]
+    pub timeout: i64,
+    #[serde(rename = "StartPeriod", default, skip_serializing_if = "is_zero")]
+    pub start_period: i64,
+    #[serde(rename = "StartInterval", default, skip_serializing_if = "is_zero")]
+    pub start_interval: i64,
+    #[serde(rename = "Retries", default, skip_serializing_if = "is_zero")]
+    pub retries: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,7 +228,7 @@ mod tests {
 
     #[test]
     fn unknown_config_fields_survive() {
-        let raw = r#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"],"Healthcheck":{"Test":["NONE"]}},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let raw = r#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"],"Healthcheck":{"Test":["NONE"]},"Domainname":"x"},"rootfs":{"type":"layers","diff_ids":[]}}"#;
         let cfg: ImageConfig = serde_json::from_str(raw).expect("parses");
         assert_eq!(cfg.config.env, vec!["A=1"]);
         let out = serde_json::to_string(&cfg).expect("serializes");
@@ -199,6 +236,7 @@ mod tests {
             out.contains("\"Healthcheck\":{\"Test\":[\"NONE\"]}"),
             "{out}"
         );
+        assert!(out.contains("\"Domainname\":\"x\""), "{out}");
     }
 
     #[test]

@@ -11,13 +11,15 @@ mod compile;
 pub mod dockerignore;
 pub mod image;
 pub mod lexer;
+pub mod parser;
 pub mod path;
 
 pub use compile::{
-    compile, BuildGraph, BuildOptions, CopyFrom, CopySpec, HistoryItem, ImageResolver, Op,
-    ResolvedImage, RunSpec, Step,
+    compile, compile_parsed, BuildGraph, BuildOptions, CopyFrom, CopySpec, HistoryItem,
+    ImageResolver, InlineFile, MountKind, MountSpec, Network, Op, ResolvedImage, RunMount, RunSpec,
+    Security, Sharing, Source, Step,
 };
-pub use image::{ContainerConfig, History, ImageConfig, Platform, RootFs};
+pub use image::{ContainerConfig, Healthcheck, History, ImageConfig, Platform, RootFs};
 
 /// Everything that can be wrong with a Dockerfile or how it is built.
 #[derive(Debug, thiserror::Error)]
@@ -49,3 +51,36 @@ pub enum Error {
 
 /// Result alias for the frontend.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Byte offsets where each line of `text` starts.
+pub(crate) fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
+/// An [`Error::At`] for byte `offset` of `text`.
+pub(crate) fn error_at(
+    file: &str,
+    text: &str,
+    line_starts: &[usize],
+    offset: usize,
+    message: impl Into<String>,
+) -> Error {
+    let offset = offset.min(text.len());
+    let idx = match line_starts.binary_search(&offset) {
+        Ok(i) => i,
+        Err(i) => i.saturating_sub(1),
+    };
+    let start = line_starts.get(idx).copied().unwrap_or(0);
+    let end = text[start..].find('\n').map_or(text.len(), |e| start + e);
+    let line_text = text[start..end].trim_end_matches('\r');
+    let col = text.get(start..offset).map_or(1, |s| s.chars().count() + 1);
+    Error::At {
+        file: file.to_string(),
+        line: idx + 1,
+        col,
+        message: message.into(),
+        text: line_text.to_string(),
+    }
+}

@@ -4,14 +4,100 @@
 //! The command runs as pid 1 of new pid, ipc, uts and mount namespaces, pivoted into
 //! the overlay, with /proc, a minimal /dev (bind mounts of the host's null, zero,
 //! full, random, urandom and tty), and the host's /etc/resolv.conf and /etc/hosts.
-//! The network namespace is the host's, as with `buildah --isolation chroot`.
+//! The network namespace is the host's, as with `buildah --isolation chroot`, unless
+//! the step asks for `--network=none`: then it gets one of its own with only loopback.
+//!
+//! `RUN --mount`s are mounted before the pivot: binds of the context or of another
+//! vertex's filesystem, persistent cache directories of the store, tmpfs, and secrets
+//! (read by the helper from a file or its environment, kept on a private tmpfs, never
+//! in the request, the cache key or the layer).
 
-use crate::{sys, Error, Result};
-use kiln_frontend::RunSpec;
+use crate::{io_ctx, sys, Error, Result};
+use kiln_frontend::InlineFile;
 use nix::unistd::ForkResult;
+use serde::{Deserialize, Serialize};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+/// A RUN, ready for the helper.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunAction {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub mounts: Vec<Mount>,
+    /// `--network=none`.
+    pub no_network: bool,
+    /// Here-document scripts for `/dev/pipes/`.
+    pub files: Vec<InlineFile>,
+}
+
+/// A `RUN --mount`, resolved to what the helper mounts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Mount {
+    /// Absolute path in the container.
+    pub target: String,
+    pub kind: MountSource,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MountSource {
+    /// A host directory or file (inside the build context), read-only.
+    Host(PathBuf),
+    /// `subpath` of a stack of snapshots (top-first), read-only.
+    Snapshots {
+        ids: Vec<String>,
+        subpath: String,
+    },
+    /// A persistent cache directory; `lock` serializes users (sharing=locked/private).
+    Cache {
+        dir: PathBuf,
+        lock: bool,
+        readonly: bool,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Tmpfs {
+        size: Option<u64>,
+    },
+    /// A secret from a host file or the helper's environment, as a file.
+    Secret {
+        from: SecretFrom,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    /// A secret as an environment variable of the command.
+    SecretEnv {
+        from: SecretFrom,
+        name: String,
+    },
+}
+
+/// Where a secret's value lives on the host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SecretFrom {
+    File(PathBuf),
+    Env(String),
+}
+
+impl SecretFrom {
+    fn read(&self) -> Result<Vec<u8>> {
+        match self {
+            SecretFrom::File(p) => {
+                fs::read(p).map_err(io_ctx(format!("reading secret {}", p.display())))
+            }
+            SecretFrom::Env(v) => std::env::var_os(v)
+                .map(|s| s.into_encoded_bytes())
+                .ok_or_else(|| {
+                    Error::Helper(format!("secret environment variable {v} is not set"))
+                }),
+        }
+    }
+}
 
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -63,7 +149,13 @@ impl Created {
 }
 
 /// Runs `spec` in the sandbox; returns the exit code (128+signal when killed).
-pub fn run(merged: &Path, spec: &RunSpec) -> Result<i32> {
+/// `scratch` is a free directory of the helper for mount sources.
+pub fn run(
+    store: &kiln_snapshotter::Store,
+    merged: &Path,
+    scratch: &Path,
+    spec: &RunAction,
+) -> Result<i32> {
     let mut created = Created(Vec::new());
     let proc_ok = created.ensure(merged, "proc", true);
     let dev_ok = created.ensure(merged, "dev", true);
@@ -71,10 +163,112 @@ pub fn run(merged: &Path, spec: &RunSpec) -> Result<i32> {
         .into_iter()
         .filter(|f| Path::new("/").join(f).exists() && created.ensure(merged, f, false))
         .collect();
+    // Mount sources are prepared here, in the helper's mount namespace; the targets
+    // are created in the rootfs (and removed afterwards).
+    let mut spec = spec.clone();
+    let mut prepared = Vec::new();
+    let mut _locks = Vec::new();
+    for (i, m) in spec.mounts.iter().enumerate() {
+        let rel = m.target.trim_start_matches('/').to_string();
+        let (src, is_dir, readonly) = match &m.kind {
+            MountSource::Host(p) => {
+                let is_dir = fs::metadata(p)
+                    .map_err(io_ctx(format!("mount source {}", p.display())))?
+                    .is_dir();
+                (Some(p.clone()), is_dir, true)
+            }
+            MountSource::Snapshots { ids, subpath } => {
+                let dir = scratch.join(format!("mount-{i}"));
+                fs::create_dir_all(&dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
+                kiln_snapshotter::overlay::mount_ro(store, ids, &dir)?;
+                let p = crate::fileop::resolve_in_root(&dir, subpath, true)?;
+                let is_dir = fs::metadata(&p)
+                    .map_err(|_| {
+                        Error::Helper(format!("mount source {subpath:?} not found in its stage"))
+                    })?
+                    .is_dir();
+                (Some(p), is_dir, true)
+            }
+            MountSource::Cache {
+                dir,
+                lock,
+                readonly,
+                mode,
+                uid,
+                gid,
+            } => {
+                if !dir.exists() {
+                    let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+                    fs::create_dir_all(&tmp)
+                        .map_err(io_ctx(format!("creating {}", tmp.display())))?;
+                    fs::set_permissions(&tmp, fs::Permissions::from_mode(*mode))
+                        .map_err(io_ctx("chmod cache mount"))?;
+                    nix::unistd::chown(&tmp, Some((*uid).into()), Some((*gid).into()))
+                        .map_err(|e| Error::Helper(format!("chown cache mount: {e}")))?;
+                    if fs::rename(&tmp, dir).is_err() {
+                        let _ = fs::remove_dir(&tmp);
+                    }
+                }
+                if *lock {
+                    let f = fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(dir.with_extension("lock"))
+                        .map_err(io_ctx("opening a cache lock"))?;
+                    _locks.push(sys::lock_exclusive(f)?);
+                }
+                (Some(dir.clone()), true, *readonly)
+            }
+            MountSource::Tmpfs { .. } => (None, true, false),
+            MountSource::Secret {
+                from,
+                mode,
+                uid,
+                gid,
+            } => {
+                let dir = scratch.join(format!("secret-{i}"));
+                fs::create_dir_all(&dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
+                sys::mount_tmpfs(&dir, "mode=700,size=1m", false)?;
+                let file = dir.join("value");
+                fs::write(&file, from.read()?).map_err(io_ctx("writing a secret"))?;
+                fs::set_permissions(&file, fs::Permissions::from_mode(*mode))
+                    .map_err(io_ctx("chmod secret"))?;
+                nix::unistd::chown(&file, Some((*uid).into()), Some((*gid).into()))
+                    .map_err(|e| Error::Helper(format!("chown secret: {e}")))?;
+                (Some(file), false, true)
+            }
+            MountSource::SecretEnv { from, name } => {
+                let v = String::from_utf8(from.read()?)
+                    .map_err(|_| Error::Helper(format!("secret for {name} is not UTF-8")))?;
+                spec.env.push(format!("{name}={v}"));
+                continue;
+            }
+        };
+        if !created.ensure(merged, &rel, is_dir) {
+            return Err(Error::Helper(format!(
+                "cannot create mount point {} in the rootfs (a symlink or a file of the other kind is in the way)",
+                m.target
+            )));
+        }
+        let size = match &m.kind {
+            MountSource::Tmpfs { size } => *size,
+            _ => None,
+        };
+        prepared.push(Prepared {
+            target: merged.join(&rel),
+            src,
+            readonly,
+            size,
+        });
+    }
+    if spec.no_network {
+        sys::own_net_ns()?;
+    }
     sys::sandbox_namespaces()?;
     let code = match sys::fork()? {
         ForkResult::Child => {
-            let err = match sandbox_init(merged, spec, proc_ok, dev_ok, &etc) {
+            let err = match sandbox_init(merged, &spec, proc_ok, dev_ok, &etc, &prepared) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -89,14 +283,24 @@ pub fn run(merged: &Path, spec: &RunSpec) -> Result<i32> {
 
 enum Never {}
 
+/// A mount ready to be made in the sandbox.
+struct Prepared {
+    target: PathBuf,
+    /// `None`: a tmpfs.
+    src: Option<PathBuf>,
+    readonly: bool,
+    size: Option<u64>,
+}
+
 /// In the forked child (pid 1 of the new pid namespace): set up mounts, pivot, drop to
 /// the user, exec. Returns only on failure.
 fn sandbox_init(
     root: &Path,
-    spec: &RunSpec,
+    spec: &RunAction,
     proc_ok: bool,
     dev_ok: bool,
     etc: &[&str],
+    mounts: &[Prepared],
 ) -> Result<Never> {
     sys::own_mount_ns()?;
     let _ = sys::set_hostname("kiln");
@@ -105,7 +309,7 @@ fn sandbox_init(
     }
     if dev_ok {
         let dev = root.join("dev");
-        sys::mount_tmpfs(&dev, "mode=755,size=65536k")?;
+        sys::mount_tmpfs(&dev, "mode=755,size=65536k", true)?;
         for d in DEVICES {
             let target = dev.join(d);
             let host = Path::new("/dev").join(d);
@@ -126,6 +330,43 @@ fn sandbox_init(
             let _ = fs::create_dir(dev.join(d));
         }
         let _ = fs::set_permissions(dev.join("shm"), fs::Permissions::from_mode(0o1777));
+        if !spec.files.is_empty() {
+            let pipes = dev.join("pipes");
+            fs::create_dir(&pipes).map_err(io_ctx("creating /dev/pipes"))?;
+            for f in &spec.files {
+                if f.name.contains('/') || f.name.is_empty() || f.name == ".." {
+                    return Err(Error::Helper(format!(
+                        "bad here-document name {:?}",
+                        f.name
+                    )));
+                }
+                let p = pipes.join(&f.name);
+                fs::write(&p, &f.data).map_err(io_ctx(format!("writing /dev/pipes/{}", f.name)))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(f.mode))
+                    .map_err(io_ctx("chmod /dev/pipes file"))?;
+            }
+        }
+    } else if !spec.files.is_empty() {
+        return Err(Error::Helper(
+            "/dev cannot be set up for a here-document script".into(),
+        ));
+    }
+    for m in mounts {
+        match &m.src {
+            Some(src) => {
+                sys::bind(src, &m.target)?;
+                if m.readonly {
+                    sys::remount_ro(&m.target)?;
+                }
+            }
+            None => {
+                let opts = match m.size {
+                    Some(n) => format!("mode=1777,size={n}"),
+                    None => "mode=1777".into(),
+                };
+                sys::mount_tmpfs(&m.target, &opts, true)?;
+            }
+        }
     }
     for f in etc {
         sys::bind(&Path::new("/").join(f), &root.join(f))?;

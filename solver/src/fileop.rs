@@ -21,14 +21,29 @@ pub enum Source {
     Snapshots(Vec<String>),
 }
 
-/// A COPY, ready for the helper.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A COPY or ADD, ready for the helper.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CopyAction {
     pub source: Source,
+    /// Path sources (wildcards allowed), relative to the source root.
     pub srcs: Vec<String>,
+    /// Here-documents, written as files.
+    pub inline: Vec<kiln_frontend::InlineFile>,
     pub dest: String,
     pub chown: Option<String>,
     pub chmod: Option<u32>,
+    /// `--parents`: keep each source's path (below a `/./` pivot) under the destination.
+    pub parents: bool,
+    /// `--exclude` patterns.
+    pub excludes: Vec<String>,
+    /// ADD: unpack local tar archives (plain, gzip or zstd) into the destination.
+    pub unpack: bool,
+}
+
+impl Default for Source {
+    fn default() -> Self {
+        Source::Snapshots(Vec::new())
+    }
 }
 
 const MAX_LINKS: usize = 255;
@@ -131,9 +146,9 @@ pub fn expand_sources(root: &Path, srcs: &[String], ignore: &Matcher) -> Result<
                     names.sort();
                     for n in names {
                         let cand = join_rel(m, &n);
-                        if kiln_frontend::lexer::glob_match(part, &n)
-                            && visible(root, &cand, ignore)?
-                        {
+                        let hit = kiln_frontend::path::glob_match(part, &n)
+                            .map_err(|e| Error::Helper(format!("COPY source {src:?}: {e}")))?;
+                        if hit && visible(root, &cand, ignore)? {
                             next.push(cand);
                         }
                     }
@@ -223,24 +238,96 @@ pub fn copy(store: &Store, merged: &Path, scratch: &Path, c: &CopyAction) -> Res
         None if keep_owner => None,
         None => Some((0, 0)),
     };
-    let sources = expand_sources(&src_root, &c.srcs, &ignore)?;
+    // With --parents, a source `a/./b/*` keeps `b/...` below the destination.
+    let mut pivots = Vec::new();
+    let mut srcs = Vec::new();
+    for s in &c.srcs {
+        match s.split_once("/./") {
+            Some((pivot, rest)) if c.parents => {
+                pivots.push(Some(clean_rel(pivot)));
+                srcs.push(format!("{pivot}/{rest}"));
+            }
+            _ => {
+                pivots.push(None);
+                srcs.push(s.clone());
+            }
+        }
+    }
+    let mut sources = Vec::new();
+    for (s, pivot) in srcs.iter().zip(&pivots) {
+        for m in expand_sources(&src_root, std::slice::from_ref(s), &ignore)? {
+            sources.push((m, pivot.clone()));
+        }
+    }
+    let excludes =
+        Matcher::new(&c.excludes).map_err(|e| Error::Helper(format!("--exclude: {e}")))?;
+    sources.retain(|(s, _)| !excludes.excluded(s));
     let dest_rel = clean_rel(&c.dest);
+    let count = sources.len() + c.inline.len();
     let dest_dir_form =
-        c.dest.ends_with('/') || sources.len() > 1 || c.srcs.iter().any(|s| has_glob(s));
+        c.dest.ends_with('/') || count > 1 || c.parents || c.srcs.iter().any(|s| has_glob(s));
     let dest = resolve_in_root(merged, &dest_rel, true)?;
     let opts = Opts {
         owner,
         chmod: c.chmod,
+        excludes,
     };
-    for s in &sources {
+    for f in &c.inline {
+        if f.name.is_empty() || f.name.contains('/') || f.name == ".." || f.name == "." {
+            return Err(Error::Helper(format!(
+                "bad here-document name {:?}",
+                f.name
+            )));
+        }
+        let into_dir = dest_dir_form || fs::metadata(&dest).map(|m| m.is_dir()).unwrap_or(false);
+        let target = if into_dir {
+            mkdir_p(merged, &dest_rel)?.join(&f.name)
+        } else {
+            let parent = Path::new(&dest_rel)
+                .parent()
+                .map(|p| p.to_string_lossy().to_string())
+                .unwrap_or_default();
+            mkdir_p(merged, &parent)?;
+            dest.clone()
+        };
+        write_inline(&target, f, &opts)?;
+    }
+    for (s, pivot) in &sources {
         let from = resolve_in_root(&src_root, s, true)?;
         let meta = fs::symlink_metadata(&from).map_err(io_ctx(format!("stat {s}")))?;
+        // --parents: the destination gains the source's own path (below the pivot).
+        let (dest_rel, dest) = if c.parents {
+            let keep = match pivot {
+                Some(p) if !p.is_empty() => s
+                    .strip_prefix(p.as_str())
+                    .unwrap_or(s)
+                    .trim_start_matches('/'),
+                _ => s.as_str(),
+            };
+            let keep = if meta.is_dir() {
+                keep.to_string()
+            } else {
+                Path::new(keep)
+                    .parent()
+                    .map(|p| p.to_string_lossy().to_string())
+                    .unwrap_or_default()
+            };
+            let r = clean_rel(&format!("{dest_rel}/{keep}"));
+            let d = resolve_in_root(merged, &r, true)?;
+            (r, d)
+        } else {
+            (dest_rel.clone(), dest.clone())
+        };
         if meta.is_dir() {
             mkdir_p(merged, &dest_rel)?;
             copy_tree(&from, &dest, &opts, s, &ignore)?;
+        } else if c.unpack && meta.is_file() && is_tar_archive(&from) {
+            let d = mkdir_p(merged, &dest_rel)?;
+            unpack_archive(&from, &d, s)?;
         } else {
-            let into_dir =
-                dest_dir_form || fs::metadata(&dest).map(|m| m.is_dir()).unwrap_or(false);
+            let into_dir = c.parents
+                || dest_dir_form
+                || fs::metadata(&dest).map(|m| m.is_dir()).unwrap_or(false);
             let target = if into_dir {
                 mkdir_p(merged, &dest_rel)?;
                 let name = Path::new(s)
@@ -265,6 +352,85 @@ pub fn copy(store: &Store, merged: &Path, scratch: &Path, c: &CopyAction) -> Res
 struct Opts {
     owner: Option<(u32, u32)>,
     chmod: Option<u32>,
+    /// `--exclude`, matched against paths below each copied directory.
+    excludes: Matcher,
+}
+
+/// Writes a here-document file.
+fn write_inline(to: &Path, f: &kiln_frontend::InlineFile, opts: &Opts) -> Result<()> {
+    if let Ok(m) = fs::symlink_metadata(to) {
+        if m.is_dir() {
+            fs::remove_dir_all(to).map_err(io_ctx(format!("replacing {}", to.display())))?;
+        } else {
+            fs::remove_file(to).map_err(io_ctx(format!("replacing {}", to.display())))?;
+        }
+    }
+    fs::write(to, &f.data).map_err(io_ctx(format!("writing {}", to.display())))?;
+    let (uid, gid) = opts.owner.unwrap_or((0, 0));
+    nix::unistd::chown(to, Some(uid.into()), Some(gid.into()))
+        .map_err(|e| Error::Helper(format!("chown {}: {e}", to.display())))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(opts.chmod.unwrap_or(f.mode)))
+        .map_err(io_ctx(format!("chmod {}", to.display())))
+}
+
+/// Whether `p` is a tar archive, plain or gzip/zstd-compressed (BuildKit's ADD also
+/// knows bzip2 and xz; kiln copies those as files).
+fn is_tar_archive(p: &Path) -> bool {
+    use std::io::Read;
+    let Ok(f) = fs::File::open(p) else {
+        return false;
+    };
+    let Ok(r) = kiln_snapshotter::unpack::decompress(f) else {
+        return false;
+    };
+    let mut head = [0u8; 512];
+    let mut n = 0;
+    let mut r = r;
+    while n < head.len() {
+        match r.read(&mut head[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    n == 512 && &head[257..262] == b"ustar"
+}
+
+/// ADD's extraction of a local archive into `dest`; entries that would land outside
+/// it (`..`, absolute paths, through symlinks) are refused.
+fn unpack_archive(from: &Path, dest: &Path, name: &str) -> Result<()> {
+    let f = fs::File::open(from).map_err(io_ctx(format!("opening {name}")))?;
+    let mut ar = tar::Archive::new(kiln_snapshotter::unpack::decompress(f)?);
+    ar.set_preserve_permissions(true);
+    ar.set_preserve_ownerships(true);
+    ar.set_overwrite(true);
+    ar.set_unpack_xattrs(false);
+    for entry in ar
+        .entries()
+        .map_err(io_ctx(format!("reading archive {name}")))?
+    {
+        let mut e = entry.map_err(io_ctx(format!("reading archive {name}")))?;
+        let path = e.path().map(|p| p.to_path_buf()).unwrap_or_default();
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(Error::Helper(format!(
+                "archive {name}: entry {} leaves the destination",
+                path.display()
+            )));
+        }
+        let ok = e.unpack_in(dest).map_err(io_ctx(format!(
+            "archive {name}: unpacking {}",
+            path.display()
+        )))?;
+        if !ok {
+            return Err(Error::Helper(format!(
+                "archive {name}: entry {} leaves the destination",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Copies the contents of directory `from` (at `rel` in the source) into `to`, leaving
@@ -283,6 +449,10 @@ fn copy_tree(from: &Path, to: &Path, opts: &Opts, rel: &str, ignore: &Matcher) -
         let dst = to.join(e.file_name());
         let r = join_rel(rel, &e.file_name().to_string_lossy());
         let m = fs::symlink_metadata(&src).map_err(io_ctx(format!("stat {}", src.display())))?;
+        let below = r.strip_prefix(rel).unwrap_or(&r).trim_start_matches('/');
+        if opts.excludes.excluded(below) {
+            continue;
+        }
         let excluded = ignore.excluded(&r);
         if excluded && !(m.is_dir() && ignore.has_exclusions()) {
             continue;
@@ -363,6 +533,11 @@ fn apply_meta(to: &Path, meta: &fs::Metadata, opts: &Opts) -> Result<()> {
 
 /// `mkdir -p` of `rel` inside `root`, following symlinks within the root.
 fn mkdir_p(root: &Path, rel: &str) -> Result<PathBuf> {
+    mkdir_owned(root, rel, None)
+}
+
+/// `mkdir -p`, giving the directories it creates to `owner`.
+fn mkdir_owned(root: &Path, rel: &str, owner: Option<(u32, u32)>) -> Result<PathBuf> {
     let mut done = String::new();
     for part in rel.split('/').filter(|s| !s.is_empty()) {
         done = join_rel(&done, part);
@@ -378,15 +553,24 @@ fn mkdir_p(root: &Path, rel: &str) -> Result<PathBuf> {
                 fs::create_dir(&p).map_err(io_ctx(format!("creating /{done}")))?;
                 fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
                     .map_err(io_ctx(format!("chmod /{done}")))?;
+                if let Some((uid, gid)) = owner {
+                    nix::unistd::chown(&p, Some(uid.into()), Some(gid.into()))
+                        .map_err(|e| Error::Helper(format!("chown /{done}: {e}")))?;
+                }
             }
         }
     }
     resolve_in_root(root, rel, true)
 }
 
-/// WORKDIR's directory.
-pub fn mkdir(merged: &Path, path: &str) -> Result<()> {
-    mkdir_p(merged, &clean_rel(path)).map(|_| ())
+/// WORKDIR's directory, owned by the stage's USER when one is set (as BuildKit does).
+pub fn mkdir(merged: &Path, path: &str, user: &str) -> Result<()> {
+    let owner = if user.is_empty() {
+        None
+    } else {
+        Some(chown_ids(merged, user)?)
+    };
+    mkdir_owned(merged, &clean_rel(path), owner).map(|_| ())
 }
 
 #[cfg(test)]
@@ -469,7 +653,7 @@ mod tests {
                 srcs: srcs.iter().map(|s| s.to_string()).collect(),
                 dest: dest.into(),
                 chown: Some(own.clone()),
-                chmod: None,
+                ..Default::default()
             };
             copy(&store, &root, &d.path().join("scratch"), &c)
         };

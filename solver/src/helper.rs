@@ -22,6 +22,7 @@ pub const SUBCOMMAND: &str = "__helper";
 
 /// What the helper is asked to do.
 #[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // one request per helper process
 pub enum Request {
     /// Unpack a layer blob into snapshot `id`.
     Unpack {
@@ -46,9 +47,9 @@ pub enum Request {
 /// The operation of a step.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Action {
-    Run(kiln_frontend::RunSpec),
+    Run(exec::RunAction),
     Copy(fileop::CopyAction),
-    Mkdir { path: String },
+    Mkdir { path: String, user: String },
 }
 
 /// What the helper did.
@@ -179,14 +180,23 @@ fn step(
     }
     overlay::mount_rw(store, lowers, &upper, &work, &merged)?;
     let outcome = match action {
-        Action::Run(spec) => exec::run(&merged, spec).map(|code| (code, None)),
+        Action::Run(spec) => {
+            exec::run(store, &merged, &dir.join("mounts"), spec).map(|code| (code, None))
+        }
         Action::Copy(c) => match fileop::copy(store, &merged, &dir.join("src"), c) {
             Ok(()) => Ok((0, None)),
             Err(e) => Ok((1, Some(e.to_string()))),
         },
-        Action::Mkdir { path } => fileop::mkdir(&merged, path).map(|_| (0, None)),
+        Action::Mkdir { path, user } => fileop::mkdir(&merged, path, user).map(|_| (0, None)),
     };
     let _ = crate::sys::unmount(&merged);
+    // Mount sources of RUN --mount (read-only overlays, secret tmpfs) go too, so that
+    // the step directory can be removed.
+    if let Ok(rd) = fs::read_dir(dir.join("mounts")) {
+        for e in rd.flatten() {
+            let _ = crate::sys::unmount(&e.path());
+        }
+    }
     let (exit_code, message) = outcome?;
     if exit_code != 0 {
         return Ok(Response::Step {

@@ -3,11 +3,15 @@
 //! concurrent downloads.
 
 use crate::cache::{self, Layer, Record};
+use crate::exec::{Mount, MountSource, RunAction};
 use crate::fileop::{CopyAction, Source};
 use crate::helper::{Action, Launcher, Request, Response};
 use crate::progress::{Progress, Vertex};
 use crate::{Error, Result};
-use kiln_frontend::{BuildGraph, CopyFrom, Op, Step};
+use kiln_frontend::{
+    BuildGraph, CopyFrom, MountKind, Network, Op, RunSpec, Security, Sharing, Source as SrcKind,
+    Step,
+};
 use kiln_registry::Registry;
 use kiln_snapshotter::{diff, store, Store};
 use petgraph::graph::NodeIndex;
@@ -31,6 +35,8 @@ pub struct Solver {
     pub ignore: kiln_frontend::dockerignore::Matcher,
     /// `--no-cache`: re-run every step (pulled images are still reused).
     pub no_cache: bool,
+    /// `--secret id=...`: where each secret's value is on the host.
+    pub secrets: HashMap<String, crate::exec::SecretFrom>,
     pub progress: Progress,
 }
 
@@ -178,23 +184,50 @@ fn run_vertex(
             }
         }
         Op::Run(spec) => {
+            let (action, inputs_key) = run_action(s, step, spec, done)?;
             let spec_json = serde_json::to_string(spec).unwrap_or_default();
-            let key = cache::key(&["run", parent_key, &spec_json]);
+            let key = cache::key(&["run", parent_key, &spec_json, &inputs_key]);
             cached_or(s, step, key, parent_layers, |v, lowers| {
-                execute(s, step, v, lowers, Action::Run(spec.clone()))
+                execute(s, step, v, lowers, Action::Run(action))
             })
         }
-        Op::Mkdir { path } => {
-            let key = cache::key(&["mkdir", parent_key, path]);
+        Op::Mkdir { path, user } => {
+            let key = cache::key(&["mkdir", parent_key, path, user]);
             cached_or(s, step, key, parent_layers, |v, lowers| {
-                execute(s, step, v, lowers, Action::Mkdir { path: path.clone() })
+                execute(
+                    s,
+                    step,
+                    v,
+                    lowers,
+                    Action::Mkdir {
+                        path: path.clone(),
+                        user: user.clone(),
+                    },
+                )
             })
         }
         Op::Copy(c) => {
-            let spec = format!("{:?}|{}|{:?}|{:?}", c.srcs, c.dest, c.chown, c.chmod);
+            let mut paths = Vec::new();
+            let mut inline = Vec::new();
+            for src in &c.srcs {
+                match src {
+                    SrcKind::Path(p) => paths.push(p.clone()),
+                    SrcKind::Inline(f) => inline.push(f.clone()),
+                    SrcKind::Url { url, .. } => {
+                        return Err(fail(
+                            step,
+                            format!("ADD from a URL ({url}) is not supported yet; download it in a RUN step or into the context"),
+                        ))
+                    }
+                }
+            }
+            let spec = serde_json::to_string(c).unwrap_or_default();
             let (source, source_key) = match c.from {
+                CopyFrom::Context if paths.is_empty() => {
+                    (Source::Snapshots(Vec::new()), "inline".to_string())
+                }
                 CopyFrom::Context => {
-                    let h = cache::hash_context(&s.context, &c.srcs, &s.ignore)
+                    let h = cache::hash_context(&s.context, &paths, &s.ignore)
                         .map_err(|e| fail(step, e))?;
                     let source = Source::Context {
                         dir: s.context.clone(),
@@ -215,16 +248,128 @@ fn run_vertex(
             let key = cache::key(&["copy", parent_key, &source_key, &spec]);
             let action = CopyAction {
                 source,
-                srcs: c.srcs.clone(),
+                srcs: paths,
+                inline,
                 dest: c.dest.clone(),
                 chown: c.chown.clone(),
                 chmod: c.chmod,
+                parents: c.parents,
+                excludes: c.excludes.clone(),
+                unpack: c.unpack,
             };
             cached_or(s, step, key, parent_layers, |v, lowers| {
                 execute(s, step, v, lowers, Action::Copy(action.clone()))
             })
         }
     }
+}
+
+/// Turns a RUN's mounts into what the helper mounts, refusing what kiln cannot do yet;
+/// returns the action and the part of the cache key its mounts' contents make.
+fn run_action(
+    s: &Solver,
+    step: &Step,
+    spec: &RunSpec,
+    done: &HashMap<NodeIndex, Done>,
+) -> Result<(RunAction, String)> {
+    if spec.security == Security::Insecure {
+        return Err(fail(
+            step,
+            "RUN --security=insecure is not supported yet: kiln runs rootless and cannot grant extra privileges",
+        ));
+    }
+    let mut mounts = Vec::new();
+    let mut keys = Vec::new();
+    for m in &spec.mounts {
+        let sp = &m.spec;
+        let kind = match sp.kind {
+            MountKind::Ssh => {
+                return Err(fail(step, format!("RUN --mount=type=ssh (target {}) is not supported yet", sp.target)))
+            }
+            MountKind::Bind if !sp.readonly => {
+                return Err(fail(
+                    step,
+                    format!("RUN --mount=type=bind,rw (target {}) is not supported yet; use a read-only bind", sp.target),
+                ))
+            }
+            MountKind::Bind => match m.from {
+                Some(CopyFrom::Step(n)) => {
+                    let d = done.get(&n).ok_or_else(|| fail(step, "mount source was not built"))?;
+                    keys.push(format!("step:{}:{}", d.key, sp.source));
+                    MountSource::Snapshots {
+                        ids: d.record.lowers(),
+                        subpath: sp.source.clone(),
+                    }
+                }
+                _ => {
+                    let src = if sp.source.is_empty() { "." } else { &sp.source };
+                    let h = cache::hash_context(&s.context, &[src.to_string()], &s.ignore)
+                        .map_err(|e| fail(step, format!("--mount source {src:?}: {e}")))?;
+                    keys.push(format!("context:{h}"));
+                    let p = crate::fileop::resolve_in_root(&s.context, src, true)?;
+                    MountSource::Host(p)
+                }
+            },
+            MountKind::Cache => {
+                if m.from.is_some() {
+                    return Err(fail(step, format!("RUN --mount=type=cache,from=... (target {}) is not supported yet", sp.target)));
+                }
+                let id = cache::key(&["cache-mount", &sp.id]);
+                MountSource::Cache {
+                    dir: s.store.root().join("cache-mounts").join(&id[..24]),
+                    lock: sp.sharing != Sharing::Shared,
+                    readonly: sp.readonly,
+                    mode: sp.mode.unwrap_or(0o755),
+                    uid: sp.uid.unwrap_or(0),
+                    gid: sp.gid.unwrap_or(0),
+                }
+            }
+            MountKind::Tmpfs => MountSource::Tmpfs { size: sp.size },
+            MountKind::Secret => {
+                let Some(from) = s.secrets.get(&sp.id) else {
+                    if sp.required {
+                        return Err(fail(
+                            step,
+                            format!("secret {} is required but was not provided (kiln build --secret id={},src=FILE)", sp.id, sp.id),
+                        ));
+                    }
+                    continue;
+                };
+                if let Some(name) = &sp.env {
+                    mounts.push(Mount {
+                        target: sp.target.clone(),
+                        kind: MountSource::SecretEnv {
+                            from: from.clone(),
+                            name: name.clone(),
+                        },
+                    });
+                    if sp.target.is_empty() {
+                        continue;
+                    }
+                }
+                MountSource::Secret {
+                    from: from.clone(),
+                    mode: sp.mode.unwrap_or(0o400),
+                    uid: sp.uid.unwrap_or(0),
+                    gid: sp.gid.unwrap_or(0),
+                }
+            }
+        };
+        mounts.push(Mount {
+            target: sp.target.clone(),
+            kind,
+        });
+    }
+    let action = RunAction {
+        argv: spec.argv.clone(),
+        env: spec.env.clone(),
+        cwd: spec.cwd.clone(),
+        user: spec.user.clone(),
+        mounts,
+        no_network: spec.network == Network::None,
+        files: spec.files.clone(),
+    };
+    Ok((action, keys.join("|")))
 }
 
 fn fail(step: &Step, e: impl std::fmt::Display) -> Error {

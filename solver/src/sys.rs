@@ -59,15 +59,14 @@ pub(crate) fn mount_proc(target: &Path) -> Result<()> {
     .map_err(fail("mounting /proc"))
 }
 
-pub(crate) fn mount_tmpfs(target: &Path, options: &str) -> Result<()> {
-    mount(
-        Some("tmpfs"),
-        target,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some(options),
-    )
-    .map_err(fail(format!("mounting tmpfs at {}", target.display())))
+/// A tmpfs at `target`; `exec` allows running programs from it.
+pub(crate) fn mount_tmpfs(target: &Path, options: &str, exec: bool) -> Result<()> {
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if !exec {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(options))
+        .map_err(fail(format!("mounting tmpfs at {}", target.display())))
 }
 
 pub(crate) fn bind(src: &Path, target: &Path) -> Result<()> {
@@ -79,6 +78,29 @@ pub(crate) fn bind(src: &Path, target: &Path) -> Result<()> {
         None::<&str>,
     )
     .map_err(fail(format!("bind-mounting {}", src.display())))
+}
+
+/// Makes the bind mount at `target` read-only.
+pub(crate) fn remount_ro(target: &Path) -> Result<()> {
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(fail(format!("making {} read-only", target.display())))
+}
+
+/// A network namespace of its own: only a loopback interface, no route out.
+pub(crate) fn own_net_ns() -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWNET).map_err(fail("unshare(CLONE_NEWNET)"))
+}
+
+/// Holds an exclusive lock on `file` until the returned handle is dropped.
+pub(crate) fn lock_exclusive(file: std::fs::File) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::Helper(format!("locking a cache mount: {e}")))
 }
 
 pub(crate) fn unmount(target: &Path) -> Result<()> {

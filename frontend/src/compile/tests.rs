@@ -135,7 +135,7 @@ fn seed_multi_stage_prunes_unused_stage() {
         [
             "base",
             "WORKDIR /app",
-            "COPY --from=builder /out ./ # buildkit",
+            "COPY /out ./ # buildkit",
             "ENV GREETING=hello world PORT=8080",
             "EXPOSE map[8080/tcp:{} 9000/udp:{}]",
             "CMD [\"cat\" \"/app/out\"]"
@@ -167,17 +167,22 @@ fn run_forms_continuations_and_build_args() {
     assert!(!g.config.config.env.iter().any(|e| e.starts_with("V=")));
     assert_eq!(
         g.warnings,
-        ["[Warning] One or more build-args [EXTRA] were not consumed"]
+        [
+            "[WARNING]: Empty continuation line found in:\n    RUN echo a   && echo \"$V\"",
+            "[Warning] One or more build-args [EXTRA] were not consumed"
+        ]
     );
     let by: Vec<String> = g
         .history
         .iter()
         .filter_map(|h| h.entry.created_by.clone())
         .collect();
+    assert_eq!(by[1], "ARG V=2");
     assert_eq!(
-        by[1],
+        by[2],
         "RUN |1 V=2 /bin/sh -c echo a   && echo \"$V\" # buildkit"
     );
+    assert_eq!(by[3], "RUN |1 V=2 echo x y # buildkit");
 }
 
 #[test]
@@ -226,7 +231,27 @@ fn copy_from_index_and_image() {
 fn errors_name_file_line_and_column() {
     let cases = [
         ("FROM busybox\nFORM x\n", 2),
-        ("FROM busybox\nRUN --mount=type=cache,target=/x true\n", 2),
+        ("FROM busybox\nRUN --mount=type=nfs,target=/x true\n", 2),
+        ("FROM busybox\nRUN --network=bridge true\n", 2),
+        ("FROM busybox\nRUN --device=/dev/fuse true\n", 2),
+        ("FROM busybox\nCOPY --chmod=10000 a b\n", 2),
+        ("FROM busybox\nCOPY http://127.0.0.1/x /x\n", 2),
+        ("FROM busybox\nADD --checksum=sha256:00 http://127.0.0.1/x /x\n", 2),
+        ("FROM busybox\nADD --checksum=md5:00 a /x\n", 2),
+        ("FROM busybox\nADD https://127.0.0.1/r.git /x\n", 2),
+        ("FROM busybox\nSTOPSIGNAL SIGWHAT\n", 2),
+        ("FROM busybox\nHEALTHCHECK --interval=1x CMD true\n", 2),
+        ("FROM busybox\nHEALTHCHECK --retries=-1 CMD true\n", 2),
+        ("FROM busybox\nHEALTHCHECK --timeout=10us CMD true\n", 2),
+        ("FROM busybox\nENV A=1 B\n", 2),
+        ("FROM busybox\nENV A=${X\n", 2),
+        ("FROM busybox AS b\nCOPY --from=c /x /y\nFROM busybox AS c\nFROM b\n", 2),
+        ("FROM busybox AS 1bad\n", 1),
+        ("FROM busybox AS a\nFROM busybox AS A\n", 2),
+        ("# syntax=example.com/other/frontend\nFROM busybox\n", 1),
+        ("FROM busybox AS x\nRUN --mount=type=bind,from=a,target=/x true\nFROM busybox AS a\nFROM x\n", 2),
+        ("FROM busybox\nFROM --platform=linux/s390x busybox\n", 2),
+        ("RUN true\nFROM busybox\n", 1),
         ("FROM busybox\nCOPY --chmod=9z a b\n", 2),
         ("FROM busybox\nEXPOSE 80/foo\n", 2),
         ("FROM busybox\n\nENV A=\"unterminated\n", 3),
@@ -250,4 +275,356 @@ fn errors_name_file_line_and_column() {
 #[test]
 fn no_from_is_an_error() {
     assert!(build("ARG X=1\n", &[], None).0.is_err());
+}
+
+fn history(g: &BuildGraph) -> Vec<String> {
+    g.history
+        .iter()
+        .filter(|h| h.own)
+        .filter_map(|h| h.entry.created_by.clone())
+        .collect()
+}
+
+fn copies(g: &BuildGraph) -> Vec<CopySpec> {
+    g.dag
+        .node_weights()
+        .filter_map(|s| match &s.op {
+            Op::Copy(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn run_heredoc_forms_follow_buildkit() {
+    let df = "FROM busybox\n\
+RUN <<EOF\necho one\necho two\nEOF\n\
+RUN <<-EOF\n\techo tabbed\n\tEOF\n\
+RUN <<EOF\n#!/bin/sh -e\necho script\nEOF\n\
+RUN cat <<A > /a && cat <<'B' > /b\n$HOME\nA\n$HOME\nB\n\
+RUN python3 <<EOF\nprint(1)\nEOF\n";
+    let g = ok(df);
+    let r = runs(&g);
+    assert_eq!(r[0].argv, ["/bin/sh", "-c", "echo one\necho two\n"]);
+    assert_eq!(r[1].argv, ["/bin/sh", "-c", "echo tabbed\n"]);
+    assert_eq!(r[2].argv, ["/bin/sh", "-c", "/dev/pipes/EOF"]);
+    assert_eq!(
+        r[2].files,
+        [InlineFile {
+            name: "EOF".into(),
+            data: "#!/bin/sh -e\necho script\n".into(),
+            mode: 0o755
+        }]
+    );
+    assert_eq!(
+        r[3].argv,
+        [
+            "/bin/sh",
+            "-c",
+            "cat <<A > /a && cat <<'B' > /b\n$HOME\nA\n$HOME\nB"
+        ]
+    );
+    assert_eq!(r[4].argv, ["/bin/sh", "-c", "python3 <<EOF\nprint(1)\nEOF"]);
+    let names: Vec<String> = g
+        .dag
+        .node_weights()
+        .filter(|s| matches!(s.op, Op::Run(_)))
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(names[0], "[2/6] RUN <<EOF (echo one...)");
+}
+
+#[test]
+fn copy_heredocs_expand_unless_quoted() {
+    let df = "FROM busybox\nENV WHO=world\nCOPY <<A <<'B' /etc/\nhello \"$WHO\"\nA\nraw $WHO\nB\nCOPY --chmod=755 <<-EOF /run.sh\n\t#!/bin/sh\nEOF\n";
+    let g = ok(df);
+    let c = copies(&g);
+    assert_eq!(
+        c[0].srcs,
+        [
+            Source::Inline(InlineFile {
+                name: "A".into(),
+                data: "hello \"world\"\n".into(),
+                mode: 0o644
+            }),
+            Source::Inline(InlineFile {
+                name: "B".into(),
+                data: "raw $WHO\n".into(),
+                mode: 0o644
+            })
+        ]
+    );
+    assert_eq!(c[0].dest, "/etc/");
+    assert_eq!(c[1].chmod, Some(0o755));
+    let h = history(&g);
+    assert_eq!(h[1], "COPY <<A <<B /etc/ # buildkit");
+    assert_eq!(h[2], "COPY --chmod=755 <<EOF /run.sh # buildkit");
+}
+
+#[test]
+fn config_matches_buildx_for_each_instruction() {
+    let df = "FROM busybox\n\
+SHELL [\"/bin/ash\", \"-eo\", \"pipefail\", \"-c\"]\n\
+CMD echo hi\n\
+ENTRYPOINT [\"/entry\"]\n\
+HEALTHCHECK --interval=5m --timeout=3s --retries=3 CMD curl -f http://localhost/ || exit 1\n\
+STOPSIGNAL SIGQUIT\n\
+VOLUME [\"/data\", \"/logs\"]\n\
+LABEL a=1 \"b c\"=\"d e\"\n\
+MAINTAINER someone\n\
+ONBUILD RUN echo triggered\n\
+ONBUILD COPY . /app\n\
+USER nobody\n\
+EXPOSE 80 443/tcp 53/udp 8000-8002\n";
+    let g = ok(df);
+    let c = &g.config.config;
+    assert_eq!(
+        c.shell,
+        Some(vec![
+            "/bin/ash".into(),
+            "-eo".into(),
+            "pipefail".into(),
+            "-c".into()
+        ])
+    );
+    // CMD before ENTRYPOINT in the same stage survives it.
+    assert_eq!(
+        c.cmd,
+        Some(vec![
+            "/bin/ash".into(),
+            "-eo".into(),
+            "pipefail".into(),
+            "-c".into(),
+            "echo hi".into()
+        ])
+    );
+    assert_eq!(c.args_escaped, Some(true));
+    assert_eq!(c.entrypoint, Some(vec!["/entry".to_string()]));
+    let hc = c.healthcheck.clone().expect("healthcheck");
+    assert_eq!(
+        hc.test,
+        ["CMD-SHELL", "curl -f http://localhost/ || exit 1"]
+    );
+    assert_eq!(
+        (hc.interval, hc.timeout, hc.retries),
+        (300_000_000_000, 3_000_000_000, 3)
+    );
+    assert_eq!(c.stop_signal, "SIGQUIT");
+    assert_eq!(c.volumes.keys().collect::<Vec<_>>(), ["/data", "/logs"]);
+    assert_eq!(c.labels.get("b c").map(String::as_str), Some("d e"));
+    assert_eq!(g.config.author.as_deref(), Some("someone"));
+    assert_eq!(
+        c.on_build,
+        Some(vec!["RUN echo triggered".into(), "COPY . /app".into()])
+    );
+    assert_eq!(c.user, "nobody");
+    let ports: Vec<&String> = c.exposed_ports.keys().collect();
+    assert_eq!(
+        ports,
+        ["443/tcp", "53/udp", "80/tcp", "8000/tcp", "8001/tcp", "8002/tcp"]
+    );
+    assert_eq!(
+        history(&g),
+        [
+            "SHELL [/bin/ash -eo pipefail -c]",
+            "CMD [\"/bin/ash\" \"-eo\" \"pipefail\" \"-c\" \"echo hi\"]",
+            "ENTRYPOINT [\"/entry\"]",
+            "HEALTHCHECK &{[\"CMD-SHELL\" \"curl -f http://localhost/ || exit 1\"] \"5m0s\" \"3s\" \"0s\" \"0s\" '\\x03'}",
+            "STOPSIGNAL SIGQUIT",
+            "VOLUME [/data /logs]",
+            "LABEL a=1 b c=d e",
+            "MAINTAINER someone",
+            "USER nobody",
+            "EXPOSE map[443/tcp:{} 53/udp:{} 80/tcp:{} 8000/tcp:{} 8001/tcp:{} 8002/tcp:{}]",
+        ]
+    );
+    let g = ok("FROM busybox\nHEALTHCHECK NONE\nHEALTHCHECK CMD [\"/bin/check\", \"-q\"]\n");
+    assert_eq!(
+        g.config.config.healthcheck.map(|h| h.test),
+        Some(vec!["CMD".to_string(), "/bin/check".into(), "-q".into()])
+    );
+}
+
+/// A resolver whose image carries ONBUILD triggers.
+struct OnbuildImage;
+
+impl ImageResolver for OnbuildImage {
+    fn resolve(&self, name: &str, _p: &Platform) -> std::result::Result<ResolvedImage, String> {
+        let mut config = ImageConfig::default();
+        if name == "parent" {
+            config.config.on_build = Some(vec![
+                "RUN echo from-trigger > /t".into(),
+                "ENV TRIGGERED=yes".into(),
+            ]);
+        }
+        if name == "broken" {
+            config.config.on_build = Some(vec!["FROM x".into()]);
+        }
+        Ok(ResolvedImage {
+            pinned: format!("{name}@sha256:00"),
+            config,
+        })
+    }
+}
+
+fn build_with(df: &str, r: &dyn ImageResolver) -> Result<BuildGraph> {
+    let opts = BuildOptions {
+        file_name: "Dockerfile".into(),
+        build_args: Vec::new(),
+        target: None,
+        platform: Platform::host(),
+    };
+    compile(df, &opts, r)
+}
+
+#[test]
+fn onbuild_triggers_run_after_from_and_are_cleared() {
+    let g = build_with("FROM parent\nRUN echo own\n", &OnbuildImage).expect("compiles");
+    let r = runs(&g);
+    assert_eq!(r[0].argv, ["/bin/sh", "-c", "echo from-trigger > /t"]);
+    assert_eq!(r[1].argv, ["/bin/sh", "-c", "echo own"]);
+    assert!(r[1].env.contains(&"TRIGGERED=yes".to_string()));
+    assert_eq!(g.config.config.on_build, None);
+    // Triggers defined in one stage fire in a stage built FROM it.
+    let g = build_with(
+        "FROM scratch AS base\nONBUILD ENV FIRED=1\nFROM base\n",
+        &OnbuildImage,
+    )
+    .expect("compiles");
+    assert!(g.config.config.env.contains(&"FIRED=1".to_string()));
+    let e = build_with("FROM broken\n", &OnbuildImage)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.starts_with("Dockerfile:1:1:") && e.contains("isn't allowed as an ONBUILD trigger"),
+        "{e}"
+    );
+}
+
+#[test]
+fn arg_scoping_across_stages() {
+    let df = "ARG V=global\nARG ONLY=g\nFROM busybox AS a\nARG V\nARG L=local-$V\nRUN echo a\nFROM a AS b\nRUN echo b\nFROM busybox\nARG ONLY\nRUN echo $V\nCOPY --from=b /x /x\n";
+    let (g, _) = build(df, &[("V", "cli")], None);
+    let g = g.expect("compiles");
+    let all = runs(&g);
+    let find = |cmd: &str| {
+        all.iter()
+            .find(|r| r.argv.last().map(String::as_str) == Some(cmd))
+            .cloned()
+            .expect("run")
+    };
+    let r = [find("echo a"), find("echo b"), find("echo $V")];
+    // Stage a re-declares V (the --build-arg wins) and derives L from it.
+    assert!(r[0].env.contains(&"V=cli".to_string()));
+    assert!(r[0].env.contains(&"L=local-cli".to_string()));
+    // Stage b inherits a's args.
+    assert!(r[1].env.contains(&"L=local-cli".to_string()));
+    // The last stage declared only ONLY: V is not visible there.
+    assert!(r[2].env.contains(&"ONLY=g".to_string()));
+    assert!(!r[2].env.iter().any(|e| e.starts_with("V=")));
+    let by = history(&g);
+    assert!(
+        by.contains(&"RUN |1 ONLY=g /bin/sh -c echo $V # buildkit".to_string()),
+        "{by:?}"
+    );
+}
+
+#[test]
+fn automatic_platform_args() {
+    let df = "FROM busybox\nARG TARGETOS\nARG TARGETARCH\nARG BUILDPLATFORM\nARG TARGETSTAGE\nENV T=$TARGETOS/$TARGETARCH B=$BUILDPLATFORM S=$TARGETSTAGE\n";
+    let g = ok(df);
+    let host = Platform::host();
+    assert!(g
+        .config
+        .config
+        .env
+        .contains(&format!("T={}/{}", host.os, host.architecture)));
+    assert!(g.config.config.env.contains(&format!("B={host}")));
+    assert!(g.config.config.env.contains(&"S=default".to_string()));
+}
+
+#[test]
+fn run_mounts_network_and_security_reach_the_graph() {
+    let df = "FROM busybox AS deps\nRUN echo > /lock\nFROM busybox\nWORKDIR /w\nRUN --mount=type=cache,target=cache,id=c --mount=type=bind,from=deps,source=/lock,target=/lock --mount=type=tmpfs,target=/tmp --mount=type=secret,id=tok --network=none --security=insecure make\n";
+    let g = ok(df);
+    let r = runs(&g).pop().expect("run");
+    assert_eq!(r.network, Network::None);
+    assert_eq!(r.security, Security::Insecure);
+    let kinds: Vec<(MountKind, &str)> = r
+        .mounts
+        .iter()
+        .map(|m| (m.spec.kind, m.spec.target.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (MountKind::Cache, "/w/cache"),
+            (MountKind::Bind, "/lock"),
+            (MountKind::Tmpfs, "/tmp"),
+            (MountKind::Secret, "/run/secrets/tok")
+        ]
+    );
+    // The bind mount's stage is an input of the RUN vertex.
+    let run = g
+        .dag
+        .node_indices()
+        .rfind(|&n| matches!(g.dag[n].op, Op::Run(_)))
+        .expect("run");
+    let inputs = g
+        .dag
+        .neighbors_directed(run, petgraph::Direction::Incoming)
+        .count();
+    assert_eq!(inputs, 2);
+}
+
+#[test]
+fn add_and_copy_flags() {
+    let df = "FROM busybox\nADD --checksum=sha256:24454f830cdb571e2c4ad15481119c43b3cafd48dd869a9b2945d1036d1dc68d https://127.0.0.1:8000/dir/file.txt?x=1 /d/\nADD --unpack=false a.tar /t/\nCOPY --parents --exclude=*.md --exclude=tmp --link ./src/./a/*.rs /dst/\n";
+    let g = ok(df);
+    let c = copies(&g);
+    assert_eq!(
+        c[0].srcs,
+        [Source::Url {
+            url: "https://127.0.0.1:8000/dir/file.txt?x=1".into(),
+            checksum: Some(
+                "sha256:24454f830cdb571e2c4ad15481119c43b3cafd48dd869a9b2945d1036d1dc68d".into()
+            ),
+            name: "file.txt".into()
+        }]
+    );
+    assert!(c[0].unpack && !c[1].unpack);
+    assert!(c[2].parents && c[2].link && !c[2].unpack);
+    assert_eq!(c[2].excludes, ["*.md", "tmp"]);
+    assert_eq!(
+        history(&g)[2],
+        "COPY --parents ./src/./a/*.rs /dst/ # buildkit"
+    );
+}
+
+#[test]
+fn escape_directive_and_syntax_directive() {
+    let g = ok("# syntax=docker/dockerfile:1.7-labs\n# escape=`\nFROM busybox\nRUN echo a `\n  b\nENV P=C:\\dir\n");
+    assert_eq!(runs(&g)[0].argv, ["/bin/sh", "-c", "echo a   b"]);
+    assert!(g.config.config.env.contains(&"P=C:\\dir".to_string()));
+}
+
+#[test]
+fn graph_prints_as_json_and_dot() {
+    let g = ok(SEED);
+    let j = g.to_json();
+    let vertices = j["vertices"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(vertices, g.dag.node_count());
+    let dot = g.to_dot();
+    assert!(dot.starts_with("digraph kiln {"));
+    assert_eq!(dot.matches(" -> ").count(), {
+        let mut e: Vec<_> = g
+            .dag
+            .edge_indices()
+            .filter_map(|e| g.dag.edge_endpoints(e))
+            .collect();
+        e.sort();
+        e.dedup();
+        e.len()
+    });
 }
