@@ -186,6 +186,8 @@ pub struct Instruction {
     map: Vec<usize>,
     /// The instruction line as written, continuations joined (BuildKit's `Original`).
     pub original: String,
+    /// The file's escape character.
+    pub escape: char,
 }
 
 impl PartialEq for Instruction {
@@ -748,6 +750,7 @@ impl Parser<'_> {
             at,
             map: rest_map,
             original: trimmed.to_string(),
+            escape,
         };
         let need = |ins: &Instruction, n: usize, what: &str| -> Result<(), Error> {
             if ins.words().len() < n {
@@ -850,7 +853,6 @@ impl Parser<'_> {
             | Kind::User
             | Kind::Workdir => need(&ins, 1, "at least one argument")?,
         }
-        let _ = escape;
         Ok(ins)
     }
 }
@@ -909,7 +911,14 @@ impl Instruction {
                 if t.starts_with("--") {
                     f.write_str(" --")?;
                 }
-                write!(f, " {t}")
+                write!(f, " {t}")?;
+                // A text that ends in the escape character came from a line where a
+                // vertical tab (which the argument trim drops, but the continuation
+                // check does not skip) followed it; without one it would continue.
+                if !trim_continuation(t, self.escape).1 {
+                    f.write_str("\u{b}")?;
+                }
+                Ok(())
             }
         }
     }
