@@ -239,7 +239,7 @@ fn seed_multi_stage_builds_and_exports_oci() {
         ours,
         [
             "WORKDIR /app",
-            "COPY --from=builder /out.txt ./ # buildkit",
+            "COPY /out.txt ./ # buildkit",
             "ENV GREETING=hello world",
             "EXPOSE map[8080/tcp:{}]",
             "CMD [\"cat\" \"/app/out.txt\"]"
@@ -574,5 +574,393 @@ fn dockerignore_hides_files_from_copy_with_moby_semantics() {
         !run.ok && run.stderr.contains("\"/app.txt\": not found"),
         "{}",
         run.stderr
+    );
+}
+
+/// The raw config of the image in `archive` (`skopeo inspect --config` without
+/// `--raw` re-encodes it with the OCI fields only, dropping Healthcheck, OnBuild and
+/// Shell), and its history `created_by` rows that kiln wrote.
+fn own_history(archive: &str) -> (serde_json::Value, Vec<String>) {
+    let config = json(&tool("skopeo", &["inspect", "--raw", "--config", archive]));
+    let history = config["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|h| h["comment"] == "buildkit.dockerfile.v0")
+        .filter_map(|h| h["created_by"].as_str().map(str::to_string))
+        .collect();
+    (config, history)
+}
+
+const HEREDOCS: &str = r#"# syntax=docker/dockerfile:1
+FROM REGISTRY/library/busybox:latest
+SHELL ["/bin/sh", "-ec"]
+ARG WHO=world
+RUN <<EOF
+echo "hello $WHO" > /greeting
+EOF
+RUN <<-EOF
+	echo tabs-stripped > /chomped
+	EOF
+RUN <<EOF
+#!/bin/sh
+echo "script via $0" > /script
+EOF
+RUN cat <<A > /a && cat <<'B' > /b
+x $WHO
+A
+y $WHO
+B
+COPY <<EOF <<'RAW' /etc/app/
+who=$WHO
+EOF
+raw=$WHO
+RAW
+COPY --exclude=*.md --exclude=skip src/ /src/
+ADD bundle.tar.gz /unpacked/
+RUN --mount=type=tmpfs,target=/scratch \
+    --mount=type=cache,target=/cache,id=e2e \
+    --mount=type=bind,source=src,target=/ctx \
+    --mount=type=secret,id=token,required \
+    --mount=type=secret,id=token,env=TOKEN \
+    --network=none \
+    sh -c 'echo x > /scratch/f && echo run >> /cache/runs && cat /ctx/keep.txt > /from-bind \
+      && test "$TOKEN" = "$(cat /run/secrets/token)" \
+      && cat /run/secrets/token | wc -c > /secret-len && grep -c : /proc/net/dev > /netdevs \
+      && ls /scratch /ctx > /listing'
+"#;
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn heredocs_shell_copy_flags_add_tar_and_run_mounts() {
+    let case = Case::new(HEREDOCS);
+    case.file("src/keep.txt", "kept\n");
+    case.file("src/README.md", "excluded\n");
+    case.file("src/skip/x", "excluded\n");
+    // A local tar archive for ADD, made with tar(1).
+    fs::create_dir_all(case.path("tarsrc/dir")).expect("mkdir");
+    fs::write(case.path("tarsrc/dir/inside.txt"), "from the archive\n").expect("write");
+    tool(
+        "tar",
+        &[
+            "-czf",
+            case.ctx().join("bundle.tar.gz").to_str().expect("utf8"),
+            "-C",
+            case.path("tarsrc").to_str().expect("utf8"),
+            "dir",
+        ],
+    );
+    let secret = case.path("token.txt");
+    fs::write(&secret, "s3cret-value").expect("write");
+    let out = case.path("out.tar");
+    let secret_arg = format!("id=token,src={}", secret.display());
+    let run = case
+        .build(&[
+            "--secret",
+            &secret_arg,
+            "-o",
+            &format!("type=oci,dest={}", out.display()),
+            "-t",
+            "e2e/heredocs:1",
+        ])
+        .expect_ok();
+    assert!(
+        run.stderr.contains("RUN <<EOF (echo \"hello $WHO\""),
+        "{}",
+        run.stderr
+    );
+
+    let rootfs = umoci_unpack(&case, &out, "1");
+    let read = |p: &str| fs::read_to_string(rootfs.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("greeting"), "hello world\n");
+    assert_eq!(read("chomped"), "tabs-stripped\n");
+    assert_eq!(read("script"), "script via /dev/pipes/EOF\n");
+    assert_eq!(read("a"), "x world\n");
+    assert_eq!(read("b"), "y $WHO\n");
+    assert_eq!(read("etc/app/EOF"), "who=world\n");
+    assert_eq!(read("etc/app/RAW"), "raw=$WHO\n");
+    assert_eq!(read("src/keep.txt"), "kept\n");
+    assert!(!rootfs.join("src/README.md").exists() && !rootfs.join("src/skip").exists());
+    assert_eq!(read("unpacked/dir/inside.txt"), "from the archive\n");
+    assert_eq!(read("from-bind"), "kept\n");
+    assert_eq!(read("secret-len").trim(), "12");
+    // --network=none: /proc/net/dev lists only the loopback device.
+    assert_eq!(read("netdevs"), "1\n");
+    assert_eq!(
+        read("listing"),
+        "/ctx:\nREADME.md\nkeep.txt\nskip\n\n/scratch:\nf\n"
+    );
+    // Mounts leave nothing behind in the image, and the secret is in no blob.
+    for p in ["scratch", "cache", "ctx", "run/secrets", "dev/pipes"] {
+        assert!(!rootfs.join(p).exists(), "{p} leaked into the image");
+    }
+    let blobs = case.path("layout/blobs/sha256");
+    for e in fs::read_dir(&blobs).expect("blobs") {
+        let p = e.expect("entry").path();
+        let shown = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "gzip -dc '{0}' 2>/dev/null || cat '{0}'",
+                p.display()
+            ))
+            .output()
+            .expect("read blob");
+        let text = String::from_utf8_lossy(&shown.stdout);
+        assert!(
+            !text.contains("s3cret-value"),
+            "the secret is in blob {}",
+            p.display()
+        );
+    }
+    let (config, history) = own_history(&format!("oci-archive:{}", out.display()));
+    assert_eq!(
+        config["config"]["Shell"],
+        serde_json::json!(["/bin/sh", "-ec"])
+    );
+    assert!(
+        history.contains(&"COPY <<EOF <<RAW /etc/app/ # buildkit".to_string()),
+        "{history:?}"
+    );
+    assert!(
+        history.contains(&"ADD bundle.tar.gz /unpacked/ # buildkit".to_string()),
+        "{history:?}"
+    );
+
+    // The cache mount persists across builds: a rebuild without the layer cache runs
+    // the step again and finds the first run's file.
+    let cached = Case::new(
+        "FROM REGISTRY/library/busybox:latest\nRUN --mount=type=cache,target=/c,id=e2e-count sh -c 'echo run >> /c/n; wc -l < /c/n > /count'\n",
+    );
+    let out2 = cached.path("out.tar");
+    let dest = format!("type=oci,dest={}", out2.display());
+    cached
+        .build(&["-t", "e2e/cache:1", "-o", &dest])
+        .expect_ok();
+    cached
+        .build(&["--no-cache", "-t", "e2e/cache:1", "-o", &dest])
+        .expect_ok();
+    let rootfs = umoci_unpack(&cached, &out2, "1");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("count"))
+            .expect("count")
+            .trim(),
+        "2"
+    );
+
+    // A required secret that was not given fails before the step runs.
+    let missing = Case::new(
+        "FROM REGISTRY/library/busybox:latest\nRUN --mount=type=secret,id=nope,required true\n",
+    );
+    let run = missing.build(&[]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains("secret nope is required but was not provided"),
+        "{}",
+        run.stderr
+    );
+}
+
+const ONBUILD_PARENT: &str = r#"FROM REGISTRY/library/busybox:latest
+ONBUILD RUN echo "trigger ran in the child as $(id -u)" > /tmp/triggered
+ONBUILD ENV FROM_TRIGGER=yes
+HEALTHCHECK --interval=5m --timeout=3s --start-period=1s --retries=3 CMD wget -q -O- http://localhost/ || exit 1
+STOPSIGNAL SIGQUIT
+VOLUME ["/data"]
+LABEL org.example.kind=parent "with space"="a b"
+EXPOSE 80 53/udp 9000-9001
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD echo from-cmd
+USER nobody
+"#;
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn onbuild_healthcheck_and_config_like_buildx() {
+    let parent = Case::new(ONBUILD_PARENT);
+    let tag = format!("{}/e2e/onbuild-parent:1", registry());
+    let out = parent.path("out.tar");
+    parent
+        .build(&[
+            "-t",
+            &tag,
+            "--push",
+            "-o",
+            &format!("type=oci,dest={}", out.display()),
+        ])
+        .expect_ok();
+    let (config, history) = own_history(&format!("oci-archive:{}", out.display()));
+    let c = &config["config"];
+    assert_eq!(
+        c["OnBuild"],
+        serde_json::json!([
+            "RUN echo \"trigger ran in the child as $(id -u)\" > /tmp/triggered",
+            "ENV FROM_TRIGGER=yes"
+        ])
+    );
+    assert_eq!(
+        c["Healthcheck"],
+        serde_json::json!({
+            "Test": ["CMD-SHELL", "wget -q -O- http://localhost/ || exit 1"],
+            "Interval": 300_000_000_000u64, "Timeout": 3_000_000_000u64,
+            "StartPeriod": 1_000_000_000u64, "Retries": 3
+        })
+    );
+    assert_eq!(c["StopSignal"], "SIGQUIT");
+    assert!(c["Volumes"].get("/data").is_some());
+    assert_eq!(c["Labels"]["with space"], "a b");
+    let ports: Vec<&String> = c["ExposedPorts"]
+        .as_object()
+        .expect("ports")
+        .keys()
+        .collect();
+    assert_eq!(ports, ["53/udp", "80/tcp", "9000/tcp", "9001/tcp"]);
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    assert_eq!(
+        c["Cmd"],
+        serde_json::json!(["/bin/sh", "-c", "echo from-cmd"])
+    );
+    assert_eq!(c["User"], "nobody");
+    assert_eq!(
+        history,
+        [
+            "HEALTHCHECK &{[\"CMD-SHELL\" \"wget -q -O- http://localhost/ || exit 1\"] \"5m0s\" \"3s\" \"1s\" \"0s\" '\\x03'}",
+            "STOPSIGNAL SIGQUIT",
+            "VOLUME [/data]",
+            "LABEL org.example.kind=parent with space=a b",
+            "EXPOSE map[53/udp:{} 80/tcp:{} 9000/tcp:{} 9001/tcp:{}]",
+            "ENTRYPOINT [\"/bin/sh\" \"-c\"]",
+            "CMD [\"/bin/sh\" \"-c\" \"echo from-cmd\"]",
+            "USER nobody",
+        ]
+    );
+
+    // A child built FROM the pushed image runs its triggers first (as the parent's
+    // USER, like Docker) and does not pass
+    // them on.
+    let child = Case::new(&format!(
+        "FROM {tag}\nUSER root\nRUN echo \"child: $FROM_TRIGGER\" > /child\n"
+    ));
+    let out = child.path("out.tar");
+    let run = child
+        .build(&[
+            "-t",
+            "e2e/onbuild-child:1",
+            "-o",
+            &format!("type=oci,dest={}", out.display()),
+        ])
+        .expect_ok();
+    assert!(
+        run.stderr
+            .contains("RUN echo \"trigger ran in the child as"),
+        "{}",
+        run.stderr
+    );
+    let rootfs = umoci_unpack(&child, &out, "1");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("tmp/triggered")).expect("triggered"),
+        "trigger ran in the child as 65534\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("child")).expect("child"),
+        "child: yes\n"
+    );
+    let (config, _) = own_history(&format!("oci-archive:{}", out.display()));
+    assert!(config["config"].get("OnBuild").is_none(), "{config}");
+}
+
+const STAGES: &str = r#"ARG BASE=REGISTRY/library/busybox
+ARG TAG=latest
+FROM ${BASE}:${TAG} AS tools
+ARG TAG
+ARG FLAVOR=plain
+RUN echo "tools $TAG $FLAVOR" > /tools
+
+FROM tools AS app
+ARG EXTRA=${FLAVOR}-extra
+RUN echo "app $TAG $FLAVOR $EXTRA" > /app
+
+FROM ${BASE}:${TAG} AS never
+RUN echo never-ran && exit 9
+
+FROM ${BASE}:${TAG}
+COPY --from=app /app /tools /
+"#;
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn arg_scoping_across_stages_target_pruning_and_graph_printing() {
+    let case = Case::new(STAGES);
+    let out = case.path("out.tar");
+    let run = case
+        .build(&[
+            "--build-arg",
+            "FLAVOR=spicy",
+            "--build-arg",
+            "UNUSED=1",
+            "--target",
+            "APP",
+            "-t",
+            "e2e/stages:1",
+            "-o",
+            &format!("type=oci,dest={}", out.display()),
+        ])
+        .expect_ok();
+    assert!(!run.stderr.contains("never-ran"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("[Warning] One or more build-args [UNUSED] were not consumed"),
+        "{}",
+        run.stderr
+    );
+    let rootfs = umoci_unpack(&case, &out, "1");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("tools")).expect("tools"),
+        "tools latest spicy\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("app")).expect("app"),
+        "app latest spicy spicy-extra\n"
+    );
+    let (_, history) = own_history(&format!("oci-archive:{}", out.display()));
+    assert_eq!(
+        history,
+        [
+            "ARG TAG=latest",
+            "ARG FLAVOR=spicy",
+            "RUN |2 TAG=latest FLAVOR=spicy /bin/sh -c echo \"tools $TAG $FLAVOR\" > /tools # buildkit",
+            "ARG EXTRA=spicy-extra",
+            "RUN |3 TAG=latest FLAVOR=spicy EXTRA=spicy-extra /bin/sh -c echo \"app $TAG $FLAVOR $EXTRA\" > /app # buildkit",
+        ]
+    );
+
+    // --print shows the compiled graph without running it.
+    let g = case.build(&["--print", "graph"]).expect_ok();
+    let graph = json(&g.stdout);
+    let names: Vec<&str> = graph["vertices"]
+        .as_array()
+        .expect("vertices")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.contains("COPY --from=app /app /tools /")),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.contains("never-ran")), "{names:?}");
+    assert!(
+        !g.stderr.contains("RUN echo") && !g.stderr.contains("exporting"),
+        "{}",
+        g.stderr
+    );
+    let dot = case
+        .build(&["--print", "graph-dot", "--target", "app"])
+        .expect_ok();
+    assert!(
+        dot.stdout.starts_with("digraph kiln {") && dot.stdout.contains(" -> "),
+        "{}",
+        dot.stdout
     );
 }

@@ -1075,7 +1075,7 @@ impl Compiler<'_> {
                     let expand = |v: &str| lexer::expand_word(v, &vars, self.escape);
                     let mut spec = mounts::parse_mount(&raw, &expand)
                         .map_err(|e| self.err(f.at, format!("--mount={raw}: {e}")))?;
-                    if !spec.target.starts_with('/') {
+                    if !spec.target.is_empty() && !spec.target.starts_with('/') {
                         spec.target = crate::path::clean(&format!("{cwd}/{}", spec.target));
                     }
                     let from = match (spec.kind, spec.from.clone()) {
