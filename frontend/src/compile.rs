@@ -746,6 +746,15 @@ impl Compiler<'_> {
         Ok(r)
     }
 
+    /// `"name "` before a step's counter in progress (nothing in a one-stage file).
+    fn progress_prefix(&self, idx: usize) -> String {
+        if self.stages.len() == 1 {
+            String::new()
+        } else {
+            format!("{} ", self.stage_label(idx))
+        }
+    }
+
     fn stage_label(&self, idx: usize) -> String {
         match &self.stages[idx].name {
             Some(n) => n.clone(),
@@ -779,12 +788,9 @@ impl Compiler<'_> {
                 "FROM requires an image name; it expanded to nothing",
             ));
         }
-        let label = if self.stages.len() == 1 {
-            String::new()
-        } else {
-            format!("{} ", self.stage_label(idx))
-        };
-        let mut st = match self.stage_ref(&image, idx, false) {
+        let label = self.progress_prefix(idx);
+        let parent_stage = self.stage_ref(&image, idx, false);
+        let mut st = match parent_stage {
             // This stage continues from the parent's last vertex, config, env and args.
             Some(parent) => self.stage(parent, Some(image_at))?,
             None => {
@@ -829,7 +835,7 @@ impl Compiler<'_> {
             .filter(|(i, _)| matches!(i.kind, Kind::Run | Kind::Copy | Kind::Add | Kind::Workdir))
             .count();
         // The FROM vertex's display name is known only now.
-        if self.stage_ref(&image, idx, false).is_none() {
+        if parent_stage.is_none() {
             let w = &mut self.dag[st.node];
             if w.name.is_empty() {
                 w.name = format!("[{label}1/{total}] FROM {image}");
@@ -1062,11 +1068,7 @@ impl Compiler<'_> {
         let mut mounts = Vec::new();
         let mut network = Network::Default;
         let mut security = Security::Sandbox;
-        let stage_label = if self.stages.len() == 1 {
-            String::new()
-        } else {
-            format!("{} ", self.stage_label(idx))
-        };
+        let stage_label = self.progress_prefix(idx);
         let mut inputs = vec![st.node];
         for f in &ins.flags {
             let raw = f.value.clone().unwrap_or_default();
@@ -1211,11 +1213,7 @@ impl Compiler<'_> {
     ) -> Result<()> {
         let vars = st.env.clone();
         let is_add = ins.kind == Kind::Add;
-        let stage_label = if self.stages.len() == 1 {
-            String::new()
-        } else {
-            format!("{} ", self.stage_label(idx))
-        };
+        let stage_label = self.progress_prefix(idx);
         let mut from = CopyFrom::Context;
         let mut chown = None;
         let mut chmod_raw = None;

@@ -280,16 +280,7 @@ pub fn copy(store: &Store, merged: &Path, scratch: &Path, c: &CopyAction) -> Res
             )));
         }
         let into_dir = dest_dir_form || fs::metadata(&dest).map(|m| m.is_dir()).unwrap_or(false);
-        let target = if into_dir {
-            mkdir_p(merged, &dest_rel)?.join(&f.name)
-        } else {
-            let parent = Path::new(&dest_rel)
-                .parent()
-                .map(|p| p.to_string_lossy().to_string())
-                .unwrap_or_default();
-            mkdir_p(merged, &parent)?;
-            dest.clone()
-        };
+        let target = file_target(merged, &dest_rel, &dest, into_dir, f.name.as_ref())?;
         write_inline(&target, f, &opts)?;
     }
     for (s, pivot) in &sources {
@@ -328,25 +319,32 @@ pub fn copy(store: &Store, merged: &Path, scratch: &Path, c: &CopyAction) -> Res
             let into_dir = c.parents
                 || dest_dir_form
                 || fs::metadata(&dest).map(|m| m.is_dir()).unwrap_or(false);
-            let target = if into_dir {
-                mkdir_p(merged, &dest_rel)?;
-                let name = Path::new(s)
-                    .file_name()
-                    .map(|n| n.to_os_string())
-                    .unwrap_or_default();
-                dest.join(name)
-            } else {
-                let parent = Path::new(&dest_rel)
-                    .parent()
-                    .map(|p| p.to_string_lossy().to_string())
-                    .unwrap_or_default();
-                mkdir_p(merged, &parent)?;
-                dest.clone()
-            };
+            let name = Path::new(s).file_name().unwrap_or_default();
+            let target = file_target(merged, &dest_rel, &dest, into_dir, name)?;
             copy_entry(&from, &target, &meta, &opts)?;
         }
     }
     Ok(())
+}
+
+/// Where a single file source lands: `dest/name` when the destination is a directory
+/// (created as needed), else `dest` itself (its parent created as needed).
+fn file_target(
+    merged: &Path,
+    dest_rel: &str,
+    dest: &Path,
+    into_dir: bool,
+    name: &std::ffi::OsStr,
+) -> Result<PathBuf> {
+    if into_dir {
+        return Ok(mkdir_p(merged, dest_rel)?.join(name));
+    }
+    let parent = Path::new(dest_rel)
+        .parent()
+        .map(|p| p.to_string_lossy().to_string())
+        .unwrap_or_default();
+    mkdir_p(merged, &parent)?;
+    Ok(dest.to_path_buf())
 }
 
 struct Opts {
