@@ -76,61 +76,6 @@ pub fn read_patterns(text: &str) -> Vec<String> {
     out
 }
 
-/// Go's `filepath.Match` pattern syntax check (it is what moby uses to reject patterns).
-fn valid_glob(p: &str) -> bool {
-    let c: Vec<char> = p.chars().collect();
-    let mut i = 0;
-    // One class member (possibly escaped); `None` when the syntax is bad.
-    let esc = |i: &mut usize| -> Option<()> {
-        match c.get(*i) {
-            None | Some('-') | Some(']') => return None,
-            Some('\\') => {
-                *i += 1;
-                c.get(*i)?;
-            }
-            _ => {}
-        }
-        *i += 1;
-        c.get(*i).map(|_| ())
-    };
-    while i < c.len() {
-        match c[i] {
-            '\\' => {
-                i += 1;
-                if i >= c.len() {
-                    return false;
-                }
-                i += 1;
-            }
-            '[' => {
-                i += 1;
-                if c.get(i) == Some(&'^') {
-                    i += 1;
-                }
-                let mut n = 0;
-                loop {
-                    if c.get(i) == Some(&']') && n > 0 {
-                        i += 1;
-                        break;
-                    }
-                    if esc(&mut i).is_none() {
-                        return false;
-                    }
-                    if c.get(i) == Some(&'-') {
-                        i += 1;
-                        if esc(&mut i).is_none() {
-                            return false;
-                        }
-                    }
-                    n += 1;
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    true
-}
-
 fn compile(p: &str) -> Result<Kind, BadPattern> {
     let bad = || BadPattern(p.to_string());
     let chars: Vec<char> = p.chars().collect();
@@ -232,7 +177,8 @@ impl Matcher {
                 p.remove(0);
                 m.exclusions = true;
             }
-            if !valid_glob(&p) {
+            // moby rejects what Go's filepath.Match calls a bad pattern.
+            if crate::path::glob_match(&p, ".").is_err() {
                 return Err(BadPattern(p));
             }
             let kind = compile(&p)?;

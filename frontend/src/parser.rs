@@ -636,38 +636,22 @@ fn extract_flags(line: &str) -> (Vec<(String, usize)>, usize) {
                     k += 1;
                     continue;
                 }
-                let mut c = ch;
-                if ch == '\\' {
-                    if k + 1 == b.len() {
-                        k += 1;
-                        continue;
-                    }
-                    k += 1;
-                    c = b[k].1;
-                }
-                word.push(c);
-                k += 1;
             }
-            Phase::Quote(q) => {
-                if ch == q {
-                    phase = Phase::Word;
-                    k += 1;
-                    continue;
-                }
-                let mut c = ch;
-                if ch == '\\' {
-                    if k + 1 == b.len() {
-                        phase = Phase::Word;
-                        k += 1;
-                        continue;
-                    }
-                    k += 1;
-                    c = b[k].1;
-                }
-                word.push(c);
+            Phase::Quote(q) if ch == q => {
+                phase = Phase::Word;
                 k += 1;
+                continue;
             }
-            Phase::Spaces => {}
+            Phase::Quote(_) | Phase::Spaces => {}
+        }
+        // A character of the word, in or out of quotes; `\` takes the next one as is
+        // (and is dropped at the very end of the line).
+        k += 1;
+        if ch != '\\' {
+            word.push(ch);
+        } else if k < b.len() {
+            word.push(b[k].1);
+            k += 1;
         }
     }
     (words, line.len())
