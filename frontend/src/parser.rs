@@ -881,10 +881,6 @@ impl Instruction {
                 None => write!(f, " --{}", fl.name)?,
             }
         }
-        if let Some(t) = &self.trigger {
-            f.write_str(" ")?;
-            return t.write_line(f);
-        }
         match &self.args {
             Args::Exec(v) => {
                 let json = serde_json::to_string(v).map_err(|_| fmt::Error)?;
