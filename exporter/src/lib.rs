@@ -5,7 +5,7 @@
 //! (`--push` / `-o type=registry`). Files are written to a temp file next to the
 //! destination, fsynced and renamed, so a failed export leaves no half-written output.
 
-use kiln_frontend::BuildGraph;
+use kiln_frontend::{BuildGraph, History};
 use kiln_registry::{Blob, Pushed, Registry};
 use kiln_snapshotter::{digest, Store};
 use kiln_solver::cache::{Layer, Record};
@@ -52,6 +52,35 @@ pub struct Image {
     pub layers: Vec<Layer>,
 }
 
+/// Makes the history's non-empty rows match the layers, as BuildKit's
+/// `normalizeLayersAndHistory` does, for base images whose history does not (images
+/// made by tools that write none): missing rows are added for the base's layers
+/// (before this build's own rows, `own_start`, so those still describe their layers);
+/// surplus rows become empty from the bottom up.
+fn normalize_history(history: &mut Vec<History>, own_start: Option<usize>, layers: usize) {
+    let rows = history.iter().filter(|h| !h.empty_layer).count();
+    if rows < layers {
+        let at = own_start.unwrap_or(history.len()).min(history.len());
+        let created = history[..at].iter().rev().find_map(|h| h.created.clone());
+        let filler = History {
+            created,
+            comment: Some("buildkit.exporter.image.v0".into()),
+            ..History::default()
+        };
+        history.splice(at..at, std::iter::repeat_n(filler, layers - rows));
+    } else if rows > layers {
+        let mut seen = 0;
+        for h in history.iter_mut() {
+            if seen >= layers {
+                h.empty_layer = true;
+            }
+            if !h.empty_layer {
+                seen += 1;
+            }
+        }
+    }
+}
+
 /// Builds the image of `graph`'s target from the solved `results`.
 pub fn assemble(graph: &BuildGraph, results: &HashMap<NodeIndex, Record>) -> Result<Image> {
     let target = results
@@ -77,14 +106,11 @@ pub fn assemble(graph: &BuildGraph, results: &HashMap<NodeIndex, Record>) -> Res
         config.history.push(h);
     }
     config.created = last;
-    let layers_in_history = config.history.iter().filter(|h| !h.empty_layer).count();
-    if layers_in_history != target.layers.len() {
-        return Err(Error::Assemble(format!(
-            "{} layers but {} non-empty history rows (the base image's history does not match its layers)",
-            target.layers.len(),
-            layers_in_history
-        )));
-    }
+    normalize_history(
+        &mut config.history,
+        graph.history.iter().position(|i| i.own),
+        target.layers.len(),
+    );
     let config_bytes = serde_json::to_vec(&config).map_err(|e| Error::Assemble(e.to_string()))?;
     let config_digest = digest::of(&config_bytes);
     let desc = |media: MediaType, d: &str, size: u64| {

@@ -266,7 +266,7 @@ impl Registry {
             let _ = std::fs::remove_file(&tmp);
             return Err(Error::Registry {
                 op: "fetching blob",
-                reference: format!("{}@{digest}", r.repository()),
+                reference: format!("{}/{}@{digest}", r.registry(), r.repository()),
                 message: e.to_string(),
             });
         }
