@@ -5,6 +5,9 @@
 //! writes or pushes the image. Its first act is to check for the hidden namespace-helper
 //! subcommand, before any thread exists.
 
+mod info;
+mod store_cmds;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use kiln_frontend::{BuildOptions, ImageConfig, ImageResolver, Platform, ResolvedImage};
@@ -35,6 +38,12 @@ struct Cli {
 enum Cmd {
     /// Build an image from a Dockerfile (flags as in `docker buildx build`).
     Build(BuildArgs),
+    /// Show the store's disk usage (as `docker buildx du`).
+    Du(store_cmds::DuArgs),
+    /// Remove build cache (as `docker buildx prune`).
+    Prune(store_cmds::PruneArgs),
+    /// Check what this machine offers kiln, and how to fix what is missing.
+    Info,
 }
 
 #[derive(clap::Args)]
@@ -90,12 +99,18 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Cmd::Info = cli.cmd {
+        return info::info(cli.root);
+    }
     let root = match cli.root.or_else(Store::default_root) {
         Some(r) => r,
         None => bail!("cannot find a store directory: set --root, KILN_ROOT or HOME"),
     };
     match cli.cmd {
         Cmd::Build(b) => build(root, b),
+        Cmd::Du(a) => store_cmds::du(root, a),
+        Cmd::Prune(a) => store_cmds::prune(root, a),
+        Cmd::Info => unreachable!("handled above"),
     }
 }
 
@@ -271,13 +286,35 @@ fn build(root: PathBuf, b: BuildArgs) -> Result<()> {
     })?;
 
     let store = Store::open(&root).with_context(|| format!("opening store {}", root.display()))?;
+    let progress = Progress::new(b.progress);
+    let idmap = IdMap::detect();
+    progress.note(&idmap.describe());
+    let launcher = Launcher {
+        exe: PathBuf::from("/proc/self/exe"),
+        idmap: idmap.clone(),
+        store: store.clone(),
+    };
+    // Shared with other builds; a build that finds itself alone first clears what
+    // killed builds left in tmp/.
+    let _lock = store.lock_shared(
+        || progress.note("waiting for a kiln prune on this store to finish"),
+        |_| {
+            let n = kiln_solver::housekeeping::clear_tmp(&launcher).map_err(|e| {
+                kiln_snapshotter::Error::Io {
+                    context: "clearing leftovers of interrupted builds".into(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?;
+            if n > 0 {
+                progress.note(&format!("removed {n} leftovers of interrupted builds"));
+            }
+            Ok(())
+        },
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let progress = Progress::new(b.progress);
-    let idmap = IdMap::detect();
-    progress.note(&idmap.describe());
     let registry = Arc::new(Registry::new());
 
     let v = progress.vertex(&format!(
@@ -321,11 +358,7 @@ fn build(root: PathBuf, b: BuildArgs) -> Result<()> {
 
     let solver = kiln_solver::Solver {
         store: store.clone(),
-        launcher: Launcher {
-            exe: PathBuf::from("/proc/self/exe"),
-            idmap,
-            store: store.clone(),
-        },
+        launcher,
         registry: registry.clone(),
         runtime: runtime.handle().clone(),
         context,

@@ -6,7 +6,7 @@
 //! The image configuration and history strings follow what BuildKit writes, so an
 //! image built here inspects like one built by `docker buildx build`.
 
-mod gofmt;
+pub(crate) mod gofmt;
 mod mounts;
 
 pub use mounts::{MountKind, MountSpec, Network, Security, Sharing};

@@ -68,12 +68,19 @@ struct Walker<W: Write> {
     entries: u64,
 }
 
-fn header_for(meta: &fs::Metadata, kind: tar::EntryType) -> tar::Header {
+/// A header for the file at `path`; its owner is the emulated one when it has the
+/// `user.rootlesscontainers` xattr.
+fn header_for(path: &Path, meta: &fs::Metadata, kind: tar::EntryType) -> tar::Header {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(kind);
     h.set_mode(meta.mode() & 0o7777);
-    h.set_uid(meta.uid().into());
-    h.set_gid(meta.gid().into());
+    let (uid, gid) = if meta.file_type().is_symlink() || !crate::owner::emulating() {
+        (meta.uid(), meta.gid())
+    } else {
+        crate::owner::of(path, (meta.uid(), meta.gid()))
+    };
+    h.set_uid(uid.into());
+    h.set_gid(gid.into());
     h.set_mtime(meta.mtime().max(0) as u64);
     h.set_size(0);
     h
@@ -96,19 +103,19 @@ impl<W: Write> Walker<W> {
             if ft.is_char_device() && meta.rdev() == 0 {
                 let mut wh = std::ffi::OsString::from(".wh.");
                 wh.push(&name);
-                let mut h = header_for(&meta, tar::EntryType::Regular);
+                let mut h = header_for(&a, &meta, tar::EntryType::Regular);
                 h.set_mode(0o600);
                 self.tar
                     .append_data(&mut h, rel.join(wh), std::io::empty())
                     .ctx(|| format!("writing whiteout {}", r.display()))?;
             } else if ft.is_dir() {
-                let mut h = header_for(&meta, tar::EntryType::Directory);
+                let mut h = header_for(&a, &meta, tar::EntryType::Directory);
                 self.xattrs(&a)?;
                 self.tar
                     .append_data(&mut h, &r, std::io::empty())
                     .ctx(|| format!("writing {}", r.display()))?;
                 if xattr::get(&a, OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y") {
-                    let mut h = header_for(&meta, tar::EntryType::Regular);
+                    let mut h = header_for(&a, &meta, tar::EntryType::Regular);
                     h.set_mode(0o600);
                     self.tar
                         .append_data(&mut h, r.join(".wh..wh..opq"), std::io::empty())
@@ -117,14 +124,14 @@ impl<W: Write> Walker<W> {
                 self.dir(&a, &r)?;
             } else if ft.is_symlink() {
                 let target = fs::read_link(&a).ctx(|| format!("readlink {}", a.display()))?;
-                let mut h = header_for(&meta, tar::EntryType::Symlink);
+                let mut h = header_for(&a, &meta, tar::EntryType::Symlink);
                 self.tar
                     .append_link(&mut h, &r, &target)
                     .ctx(|| format!("writing {}", r.display()))?;
             } else if ft.is_file() {
                 if meta.nlink() > 1 {
                     if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
-                        let mut h = header_for(&meta, tar::EntryType::Link);
+                        let mut h = header_for(&a, &meta, tar::EntryType::Link);
                         let first = first.clone();
                         self.tar
                             .append_link(&mut h, &r, &first)
@@ -133,7 +140,7 @@ impl<W: Write> Walker<W> {
                     }
                     self.links.insert((meta.dev(), meta.ino()), r.clone());
                 }
-                let mut h = header_for(&meta, tar::EntryType::Regular);
+                let mut h = header_for(&a, &meta, tar::EntryType::Regular);
                 h.set_size(meta.len());
                 self.xattrs(&a)?;
                 let f = File::open(&a).ctx(|| format!("opening {}", a.display()))?;
@@ -151,7 +158,7 @@ impl<W: Write> Walker<W> {
                     self.entries -= 1;
                     continue; // sockets are not layer content
                 };
-                let mut h = header_for(&meta, kind);
+                let mut h = header_for(&a, &meta, kind);
                 let rdev = meta.rdev();
                 h.set_device_major(nix::sys::stat::major(rdev) as u32)
                     .ctx(|| "device major".into())?;
@@ -173,7 +180,10 @@ impl<W: Write> Walker<W> {
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         for n in names {
             let n = n.to_string_lossy().to_string();
-            if n.starts_with("user.overlay.") || n.starts_with("trusted.overlay.") {
+            if n.starts_with("user.overlay.")
+                || n.starts_with("trusted.overlay.")
+                || n == crate::owner::XATTR
+            {
                 continue;
             }
             if let Ok(Some(v)) = xattr::get(p, &n) {

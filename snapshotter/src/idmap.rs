@@ -2,8 +2,9 @@
 //!
 //! With a subordinate id range in `/etc/subuid` and `/etc/subgid` (and Debian's
 //! `newuidmap`/`newgidmap`), the namespace maps root to the caller and ids 1..N to the
-//! range, so layers keep every owner. Without one, only the caller is mapped (to root)
-//! and files owned by anyone else cannot be created.
+//! range, so layers keep every owner. Without one, only the caller is mapped (to root);
+//! other owners are then emulated with the `user.rootlesscontainers` xattr
+//! ([`crate::owner`]).
 //!
 //! The namespace is entered by a freshly exec'd helper process (it must be single
 //! threaded for `unshare(CLONE_NEWUSER)`): the helper unshares, tells the parent over a
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 const ENV_MODE: &str = "KILN_USERNS";
+const ENV_PARENT: &str = "KILN_USERNS_PARENT";
 const FD_GO: i32 = 3;
 const FD_READY: i32 = 4;
 
@@ -35,10 +37,14 @@ pub enum IdMap {
 }
 
 impl IdMap {
-    /// Detects the best mapping available to the calling user.
+    /// Detects the best mapping available to the calling user; `KILN_IDMAP=single`
+    /// forces the single-id mapping (for a broken newuidmap, or to test that mode).
     pub fn detect() -> IdMap {
         let uid = getuid().as_raw();
         let gid = getgid().as_raw();
+        if std::env::var("KILN_IDMAP").as_deref() == Ok("single") {
+            return IdMap::Single { uid, gid };
+        }
         let name = User::from_uid(Uid::from_raw(uid))
             .ok()
             .flatten()
@@ -74,13 +80,14 @@ impl IdMap {
                 )
             }
             IdMap::Single { uid, .. } => {
-                format!("identity mapping: single id (0 -> {uid}); no /etc/subuid range, files keep no other owners")
+                format!("identity mapping: single id (0 -> {uid}); no /etc/subuid range, other owners are kept in the user.rootlesscontainers xattr")
             }
         }
     }
 
     /// Spawns `cmd`, whose program must call [`enter`] first, and maps its namespace.
     pub fn spawn(&self, cmd: &mut Command) -> Result<Child> {
+        cmd.env(ENV_PARENT, std::process::id().to_string());
         let IdMap::Subordinate {
             uid,
             gid,
@@ -157,7 +164,7 @@ fn run_map(tool: &str, pid: &str, own: u32, range: (u32, u32)) -> Result<()> {
     Ok(())
 }
 
-fn find_tool(name: &str) -> Option<PathBuf> {
+pub fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
@@ -210,13 +217,18 @@ pub fn enter() -> Result<()> {
             }
         }
         "single" => {
+            crate::owner::set_emulating(true);
             write_proc("/proc/self/setgroups", "deny")?;
             write_proc("/proc/self/uid_map", &format!("0 {} 1", uid.as_raw()))?;
             write_proc("/proc/self/gid_map", &format!("0 {} 1", gid.as_raw()))?;
         }
         other => return Err(Error::UserNs(format!("unknown {ENV_MODE}={other}"))),
     }
-    sys::become_root(mode == "sync")
+    sys::become_root(mode == "sync")?;
+    // Changing credentials cleared any parent-death signal, so it is set here: a kiln
+    // killed mid-build takes its helpers (and their RUN steps) with it.
+    let parent = std::env::var(ENV_PARENT).ok().and_then(|p| p.parse().ok());
+    sys::die_with_parent(parent)
 }
 
 fn write_proc(path: &str, value: &str) -> Result<()> {

@@ -4,12 +4,18 @@
 //! the entry into kiln's user namespace ([`idmap`]), unpacking layers into snapshot
 //! directories in overlayfs format ([`unpack`]), producing a layer from an overlay
 //! upper directory in one streaming pass ([`diff`]), and mounting overlay snapshots
-//! ([`overlay`]). Raw syscalls and `unsafe` live in [`sys`] only.
+//! ([`overlay`]), file owners real or emulated ([`owner`]), the build records that say
+//! which layers a cached step or a pulled image holds ([`records`]), and deciding what
+//! `kiln prune` removes and `kiln du` reports ([`gc`]). Raw syscalls and `unsafe` live
+//! in [`sys`] only.
 
 pub mod diff;
 pub mod digest;
+pub mod gc;
 pub mod idmap;
 pub mod overlay;
+pub mod owner;
+pub mod records;
 pub mod store;
 mod sys;
 pub mod unpack;

@@ -1,17 +1,33 @@
 //! The content store: blobs by digest, snapshot directories, cache records, temp space.
 //!
 //! Layout under the root: `blobs/sha256/<hex>`, `snapshots/<id>/` (one layer's
-//! filesystem diff in overlay format each, plus `empty/`), `cache/<key>.json`, `tmp/`.
+//! filesystem diff in overlay format each, plus `empty/`), `cache/<key>.json` (build
+//! records), `cache-mounts/`, `tmp/`, and `lock`.
 //! Every write goes to a temp file in the same filesystem, is fsynced and renamed, so
-//! readers never see a partial blob or record.
+//! readers never see a partial blob or record; snapshots appear by renaming a finished
+//! tree and leave by being renamed into `tmp/` before they are deleted.
+//!
+//! Concurrency: every kiln process holds `lock` with `flock`, shared for builds and
+//! `du`, exclusive for `prune`, so builds run side by side and a prune waits for them
+//! (and they for it). Everything a build writes is either content-addressed (two
+//! builds writing the same blob or snapshot write the same thing, and the first
+//! rename wins) or private to it (`tmp/` names carry the pid and a counter). Leftovers
+//! of killed builds in `tmp/` are removed by the next kiln that finds itself alone.
 
 use crate::{digest, Context, Error, Result};
+use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A held store lock; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct StoreLock {
+    _lock: Flock<File>,
+}
 
 /// A store rooted at one directory.
 #[derive(Debug, Clone)]
@@ -23,11 +39,91 @@ impl Store {
     /// Opens (creating as needed) the store at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
-        for d in ["blobs/sha256", "snapshots/empty", "cache", "tmp"] {
+        for d in [
+            "blobs/sha256",
+            "snapshots/empty",
+            "cache",
+            "cache-mounts",
+            "tmp",
+        ] {
             let p = root.join(d);
             fs::create_dir_all(&p).ctx(|| format!("creating {}", p.display()))?;
         }
         Ok(Store { root })
+    }
+
+    fn lock_file(&self) -> Result<File> {
+        let p = self.root.join("lock");
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .ctx(|| format!("opening {}", p.display()))
+    }
+
+    /// Takes the store for a build (or `du`): shared with other builds, waiting while
+    /// a prune runs (`on_wait` is called first). When no other kiln holds the store,
+    /// `alone` runs first, under the exclusive lock, to clear what killed builds left.
+    pub fn lock_shared(
+        &self,
+        on_wait: impl FnOnce(),
+        alone: impl FnOnce(&Store) -> Result<()>,
+    ) -> Result<StoreLock> {
+        let f = self.lock_file()?;
+        let f = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => {
+                alone(self)?;
+                l.relock(FlockArg::LockShared)
+                    .ctx(|| "downgrading the store lock".into())?;
+                return Ok(StoreLock { _lock: l });
+            }
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) => f,
+            Err((_, e)) => return Err(e).ctx(|| "locking the store".into()),
+        };
+        let f = match Flock::lock(f, FlockArg::LockSharedNonblock) {
+            Ok(l) => return Ok(StoreLock { _lock: l }),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) => f,
+            Err((_, e)) => return Err(e).ctx(|| "locking the store".into()),
+        };
+        on_wait();
+        match Flock::lock(f, FlockArg::LockShared) {
+            Ok(l) => Ok(StoreLock { _lock: l }),
+            Err((_, e)) => Err(e).ctx(|| "locking the store".into()),
+        }
+    }
+
+    /// Takes the store alone (for `prune`), waiting for running builds.
+    pub fn lock_exclusive(&self, on_wait: impl FnOnce()) -> Result<StoreLock> {
+        let f = self.lock_file()?;
+        let f = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(StoreLock { _lock: l }),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) => f,
+            Err((_, e)) => return Err(e).ctx(|| "locking the store".into()),
+        };
+        on_wait();
+        match Flock::lock(f, FlockArg::LockExclusive) {
+            Ok(l) => Ok(StoreLock { _lock: l }),
+            Err((_, e)) => Err(e).ctx(|| "locking the store".into()),
+        }
+    }
+
+    /// Everything in `tmp/` (only meaningful to delete under the exclusive lock).
+    pub fn tmp_entries(&self) -> Result<Vec<PathBuf>> {
+        let dir = self.root.join("tmp");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).ctx(|| format!("reading {}", dir.display()))? {
+            out.push(e.ctx(|| format!("reading {}", dir.display()))?.path());
+        }
+        Ok(out)
+    }
+
+    /// Moves `path` (a snapshot or cache mount) into `tmp/` in one rename, so it is
+    /// gone for every reader at once; the caller deletes the returned path.
+    pub fn retire(&self, path: &Path) -> Result<PathBuf> {
+        let to = self.tmp_path("retired");
+        fs::rename(path, &to).ctx(|| format!("moving {} aside", path.display()))?;
+        Ok(to)
     }
 
     /// The default root: `$KILN_ROOT`, else `$XDG_DATA_HOME/kiln`, else `~/.local/share/kiln`.
@@ -141,9 +237,16 @@ impl Store {
 }
 
 /// The snapshot id for a layer with `diff_id`: short enough that many fit in overlay's
-/// mount options (one page), long enough (96 bits) never to collide.
-pub fn snapshot_id(diff_id: &str) -> Result<String> {
-    Ok(digest::hex_part(diff_id)?[..24].to_string())
+/// mount options (one page), long enough (96 bits) never to collide. Trees with
+/// emulated owners (see [`crate::owner`]) differ from the same layer with real owners,
+/// so they get their own ids.
+pub fn snapshot_id(diff_id: &str, emulated_owners: bool) -> Result<String> {
+    let hex = &digest::hex_part(diff_id)?[..24];
+    Ok(if emulated_owners {
+        format!("{hex}-e")
+    } else {
+        hex.to_string()
+    })
 }
 
 /// Writes `bytes` to `dst` through `tmp`: write, fsync, rename, fsync the directory.

@@ -96,3 +96,16 @@ pub(crate) fn become_root(drop_groups: bool) -> Result<()> {
     nix::unistd::setresgid(g, g, g).ctx(|| "setresgid(0)".into())?;
     nix::unistd::setresuid(u, u, u).ctx(|| "setresuid(0)".into())
 }
+
+/// Asks for SIGKILL when the parent (the kiln thread that started this helper) dies.
+pub(crate) fn die_with_parent(parent: Option<i32>) -> Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
+    // The parent may have died before the call; then we were reparented already.
+    if parent.is_some_and(|p| nix::unistd::getppid().as_raw() != p) {
+        return Err(crate::Error::UserNs(
+            "kiln exited before its helper started".into(),
+        ));
+    }
+    Ok(())
+}

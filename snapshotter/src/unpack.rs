@@ -4,7 +4,14 @@
 //!
 //! Containment: entries with `..` are rejected, whiteout parents are created without
 //! following symlinks, and everything else goes through `tar::Entry::unpack_in`, which
-//! refuses paths that resolve outside the root.
+//! canonicalizes each entry's parent (and a hard link's target) and refuses anything
+//! that resolves outside the root: absolute symlinks, symlinked parents, loops. The
+//! helper is the only writer of the directory while it unpacks, so that check cannot
+//! race with a concurrent rename.
+//!
+//! Owners: kept as they are ([`Owners::Keep`]) when the namespace maps them, or recorded
+//! in the `user.rootlesscontainers` xattr ([`Owners::Emulate`], see [`crate::owner`]).
+//! Directory mtimes are set once the whole layer is in, since later entries touch them.
 
 use crate::{Context, Error, Result};
 use std::fs;
@@ -36,15 +43,36 @@ pub fn decompress<'a, R: Read + 'a>(r: R) -> Result<Box<dyn Read + 'a>> {
     }
 }
 
+/// How entry owners reach the unpacked files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owners {
+    /// chown to the entry's uid/gid (they are mapped in the namespace).
+    Keep,
+    /// Leave files to root of the namespace; record other owners in an xattr.
+    Emulate,
+}
+
+impl Owners {
+    /// What this process can do: emulate in a single-id namespace, else keep.
+    pub fn here() -> Owners {
+        if crate::owner::emulating() {
+            Owners::Emulate
+        } else {
+            Owners::Keep
+        }
+    }
+}
+
 /// Unpacks the tar stream `r` (compressed or not) into `dest`.
-pub fn unpack(r: impl Read, dest: &Path, preserve_owners: bool) -> Result<Unpacked> {
+pub fn unpack(r: impl Read, dest: &Path, owners: Owners) -> Result<Unpacked> {
     let mut ar = tar::Archive::new(decompress(r)?);
     ar.set_preserve_permissions(true);
     ar.set_preserve_mtime(true);
-    ar.set_preserve_ownerships(preserve_owners);
+    ar.set_preserve_ownerships(owners == Owners::Keep);
     ar.set_unpack_xattrs(true);
     ar.set_overwrite(true);
     let mut out = Unpacked::default();
+    let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
     for entry in ar.entries().ctx(|| "reading layer".into())? {
         let mut entry = entry.ctx(|| "reading layer entry".into())?;
         let raw = entry.path().ctx(|| "layer entry path".into())?.into_owned();
@@ -73,14 +101,62 @@ pub fn unpack(r: impl Read, dest: &Path, preserve_owners: bool) -> Result<Unpack
             }
             _ => {}
         }
+        let kind = entry.header().entry_type();
+        let (uid, gid) = (
+            entry.header().uid().unwrap_or(0) as u32,
+            entry.header().gid().unwrap_or(0) as u32,
+        );
+        let mtime = entry.header().mtime().unwrap_or(0);
         if !entry
             .unpack_in(dest)
+            .map_err(with_causes)
             .ctx(|| format!("unpacking {}", rel.display()))?
         {
             return Err(Error::Escape(raw.display().to_string()));
         }
+        let at = dest.join(&rel);
+        if owners == Owners::Emulate && kind != tar::EntryType::Symlink && (uid, gid) != (0, 0) {
+            crate::owner::chown(&at, uid, gid)?;
+        }
+        if kind == tar::EntryType::Directory {
+            dirs.push((at, mtime));
+        }
+    }
+    // Setting a directory's times changes no other's, so order does not matter; but a
+    // later entry may have replaced a parent by a symlink, so each is checked again.
+    let root = dest
+        .canonicalize()
+        .ctx(|| format!("resolving {}", dest.display()))?;
+    for (dir, mtime) in dirs {
+        match dir.canonicalize() {
+            Ok(c) if c.starts_with(&root) => {}
+            _ => continue,
+        }
+        let t = nix::sys::time::TimeSpec::new(mtime as i64, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &dir,
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .ctx(|| format!("setting the times of {}", dir.display()))?;
     }
     Ok(out)
+}
+
+/// The tar crate wraps the reason (say, "trying to unpack outside of destination
+/// path") inside an error whose message is only "failed to unpack `x`": bring the
+/// causes into the message.
+fn with_causes(e: std::io::Error) -> std::io::Error {
+    let mut msg = e.to_string();
+    let mut cause = e.get_ref().and_then(|inner| inner.source());
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
+    std::io::Error::new(e.kind(), msg)
 }
 
 /// Normalises an entry path to a relative one, rejecting `..`.
@@ -131,6 +207,8 @@ mod tests {
             let mut h = tar::Header::new_gnu();
             h.set_size(data.len() as u64);
             h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
             h.set_entry_type(tar::EntryType::Regular);
             // Write the name raw so that hostile paths reach the unpacker unchanged.
             h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
@@ -148,7 +226,7 @@ mod tests {
             ("a/.wh.gone", b""),
             ("b/.wh..wh..opq", b""),
         ]);
-        unpack(&data[..], dir.path(), false).expect("unpack");
+        unpack(&data[..], dir.path(), Owners::Keep).expect("unpack");
         assert_eq!(fs::read(dir.path().join("a/keep")).expect("read"), b"x");
         let wh = fs::symlink_metadata(dir.path().join("a/gone")).expect("whiteout");
         assert!(wh.file_type().is_char_device());
@@ -165,7 +243,7 @@ mod tests {
         fs::create_dir(&root).expect("mkdir");
         let data = layer(&[("../escaped", b"x")]);
         assert!(matches!(
-            unpack(&data[..], &root, false),
+            unpack(&data[..], &root, Owners::Keep),
             Err(Error::Escape(_))
         ));
         assert!(!outer.path().join("escaped").exists());
@@ -179,7 +257,7 @@ mod tests {
         std::os::unix::fs::symlink(outer.path(), root.join("link")).expect("symlink");
         let data = layer(&[("link/.wh.victim", b"")]);
         fs::write(outer.path().join("victim"), b"safe").expect("write");
-        assert!(unpack(&data[..], &root, false).is_err());
+        assert!(unpack(&data[..], &root, Owners::Keep).is_err());
         assert_eq!(
             fs::read(outer.path().join("victim")).expect("read"),
             b"safe"
@@ -208,7 +286,7 @@ mod tests {
             .expect("file entry");
         let data = b.into_inner().expect("finish");
         assert!(
-            unpack(&data[..], &root, false).is_err(),
+            unpack(&data[..], &root, Owners::Keep).is_err(),
             "writing through a symlink must fail"
         );
         assert!(
@@ -225,7 +303,7 @@ mod tests {
         let abs = outer.path().join("abs-target");
         let name = abs.to_str().expect("utf8").to_string();
         let data = layer(&[(name.as_str(), b"x")]);
-        unpack(&data[..], &root, false).expect("unpack");
+        unpack(&data[..], &root, Owners::Keep).expect("unpack");
         assert!(
             !abs.exists(),
             "an absolute entry is not written at its absolute path"
@@ -238,7 +316,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &layer(&[("f", b"gz")])).expect("gz");
-        unpack(&gz.finish().expect("finish")[..], dir.path(), false).expect("unpack");
+        unpack(&gz.finish().expect("finish")[..], dir.path(), Owners::Keep).expect("unpack");
         assert_eq!(fs::read(dir.path().join("f")).expect("read"), b"gz");
     }
 }

@@ -2,52 +2,21 @@
 //!
 //! A vertex's key hashes what it does and the keys of its inputs (for COPY from the
 //! context: the selected files' paths, types, modes and contents), so equal keys mean
-//! equal results. A record maps a key to the resulting layer stack; it is only trusted
-//! while every snapshot and blob it names is still in the store.
+//! equal results. A record ([`Record`], kept by the store) maps a key to the resulting
+//! layer stack; it is only trusted while every snapshot and blob it names is still in
+//! the store.
 
 use crate::fileop;
 use crate::{io_ctx, Result};
 use kiln_frontend::dockerignore::Matcher;
 use kiln_snapshotter::Store;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// One layer of a filesystem state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Layer {
-    pub diff_id: String,
-    pub digest: String,
-    pub size: u64,
-    pub media_type: String,
-    /// The snapshot directory holding the unpacked layer.
-    pub snapshot: String,
-}
-
-/// The result of a vertex.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    /// The whole stack, bottom first.
-    pub layers: Vec<Layer>,
-    /// Whether the vertex itself added a layer (the last one).
-    pub produced: bool,
-    /// When the vertex ran (RFC 3339), for history.
-    pub created: String,
-}
-
-impl Record {
-    /// Snapshot ids top-first, as overlay's lowerdir wants them.
-    pub fn lowers(&self) -> Vec<String> {
-        self.layers
-            .iter()
-            .rev()
-            .map(|l| l.snapshot.clone())
-            .collect()
-    }
-}
+pub use kiln_snapshotter::records::{Kind, Layer, Record};
 
 /// Hashes length-prefixed parts into a hex key.
 pub fn key(parts: &[&str]) -> String {
@@ -59,24 +28,13 @@ pub fn key(parts: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
-/// Whether everything a record names is still present.
-pub fn usable(store: &Store, r: &Record) -> bool {
-    r.layers
-        .iter()
-        .all(|l| store.snapshot_path(&l.snapshot).is_dir() && store.has_blob(&l.digest))
-}
-
-/// Loads the record for `key` if it is still usable.
+/// Loads the record for `key` if it is still usable (and marks it used).
 pub fn load(store: &Store, key: &str) -> Option<Record> {
-    let bytes = fs::read(store.cache_path(key)).ok()?;
-    let r: Record = serde_json::from_slice(&bytes).ok()?;
-    usable(store, &r).then_some(r)
+    store.load_record(key)
 }
 
 pub fn save(store: &Store, key: &str, r: &Record) -> Result<()> {
-    let bytes = serde_json::to_vec(r)
-        .map_err(|e| crate::Error::Helper(format!("encoding cache record: {e}")))?;
-    Ok(store.write_record(key, &bytes)?)
+    Ok(store.save_record(key, r)?)
 }
 
 /// Content hash of what `srcs` select in the context directory `root`, seen through

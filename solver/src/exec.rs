@@ -203,11 +203,14 @@ pub fn run(
                         .map_err(io_ctx(format!("creating {}", tmp.display())))?;
                     fs::set_permissions(&tmp, fs::Permissions::from_mode(*mode))
                         .map_err(io_ctx("chmod cache mount"))?;
-                    nix::unistd::chown(&tmp, Some((*uid).into()), Some((*gid).into()))
-                        .map_err(|e| Error::Helper(format!("chown cache mount: {e}")))?;
+                    kiln_snapshotter::owner::chown(&tmp, *uid, *gid)?;
                     if fs::rename(&tmp, dir).is_err() {
                         let _ = fs::remove_dir(&tmp);
                     }
+                }
+                // The directory's mtime is the mount's last use, for `kiln prune`.
+                if let Ok(d) = fs::File::open(dir) {
+                    let _ = d.set_modified(std::time::SystemTime::now());
                 }
                 if *lock {
                     let f = fs::OpenOptions::new()
@@ -234,8 +237,7 @@ pub fn run(
                 fs::write(&file, from.read()?).map_err(io_ctx("writing a secret"))?;
                 fs::set_permissions(&file, fs::Permissions::from_mode(*mode))
                     .map_err(io_ctx("chmod secret"))?;
-                nix::unistd::chown(&file, Some((*uid).into()), Some((*gid).into()))
-                    .map_err(|e| Error::Helper(format!("chown secret: {e}")))?;
+                kiln_snapshotter::owner::chown(&file, *uid, *gid)?;
                 (Some(file), false, true)
             }
             MountSource::SecretEnv { from, name } => {
@@ -389,7 +391,16 @@ fn sandbox_init(
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", user.home));
     }
+    if kiln_snapshotter::owner::emulating() && (user.uid, user.gid) != (0, 0) {
+        return Err(Error::Helper(format!(
+            "RUN as USER {} ({}:{}) needs a subordinate id range: without one only root exists in kiln's user namespace; add ranges to /etc/subuid and /etc/subgid (usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER) and install uidmap",
+            spec.user, user.uid, user.gid
+        )));
+    }
     sys::become_user(user.uid, user.gid, &user.groups)?;
+    // Changing credentials cleared the parent-death signal: without it, a killed
+    // helper would leave this step running.
+    sys::die_with_parent()?;
 
     let Some(argv0) = spec.argv.first() else {
         return Err(Error::Helper("empty command".into()));

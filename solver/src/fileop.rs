@@ -365,8 +365,7 @@ fn write_inline(to: &Path, f: &kiln_frontend::InlineFile, opts: &Opts) -> Result
     }
     fs::write(to, &f.data).map_err(io_ctx(format!("writing {}", to.display())))?;
     let (uid, gid) = opts.owner.unwrap_or((0, 0));
-    nix::unistd::chown(to, Some(uid.into()), Some(gid.into()))
-        .map_err(|e| Error::Helper(format!("chown {}: {e}", to.display())))?;
+    kiln_snapshotter::owner::chown(to, uid, gid)?;
     fs::set_permissions(to, fs::Permissions::from_mode(opts.chmod.unwrap_or(f.mode)))
         .map_err(io_ctx(format!("chmod {}", to.display())))
 }
@@ -435,7 +434,7 @@ fn unpack_archive(from: &Path, dest: &Path, name: &str) -> Result<()> {
 /// out what `ignore` excludes; returns whether anything was copied.
 fn copy_tree(from: &Path, to: &Path, opts: &Opts, rel: &str, ignore: &Matcher) -> Result<bool> {
     let meta = fs::symlink_metadata(from).map_err(io_ctx(format!("stat {}", from.display())))?;
-    apply_meta(to, &meta, opts)?;
+    apply_meta(from, to, &meta, opts)?;
     let mut entries: Vec<_> = fs::read_dir(from)
         .map_err(io_ctx(format!("reading {}", from.display())))?
         .filter_map(|e| e.ok())
@@ -499,19 +498,19 @@ fn copy_entry(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Resul
     } else {
         return Ok(()); // sockets, fifos and devices are not copied
     }
-    apply_meta(to, meta, opts)
+    apply_meta(from, to, meta, opts)
 }
 
-fn apply_meta(to: &Path, meta: &fs::Metadata, opts: &Opts) -> Result<()> {
-    let (uid, gid) = opts.owner.unwrap_or((meta.uid(), meta.gid()));
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        to,
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| Error::Helper(format!("chown {}:{} {}: {e}", uid, gid, to.display())))?;
+/// Gives `to` the owner (`--chown`, else `from`'s, emulated or real), mode and times.
+fn apply_meta(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Result<()> {
+    let (uid, gid) = match opts.owner {
+        Some(o) => o,
+        None if kiln_snapshotter::owner::emulating() && !meta.file_type().is_symlink() => {
+            kiln_snapshotter::owner::of(from, (meta.uid(), meta.gid()))
+        }
+        None => (meta.uid(), meta.gid()),
+    };
+    kiln_snapshotter::owner::chown(to, uid, gid)?;
     if meta.file_type().is_symlink() {
         return Ok(());
     }
@@ -552,8 +551,7 @@ fn mkdir_owned(root: &Path, rel: &str, owner: Option<(u32, u32)>) -> Result<Path
                 fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
                     .map_err(io_ctx(format!("chmod /{done}")))?;
                 if let Some((uid, gid)) = owner {
-                    nix::unistd::chown(&p, Some(uid.into()), Some(gid.into()))
-                        .map_err(|e| Error::Helper(format!("chown /{done}: {e}")))?;
+                    kiln_snapshotter::owner::chown(&p, uid, gid)?;
                 }
             }
         }

@@ -29,7 +29,6 @@ pub enum Request {
         store: PathBuf,
         blob: PathBuf,
         id: String,
-        preserve_owners: bool,
     },
     /// Mount `lowers` (top-first) with a fresh upper in `dir`, do `action`, and turn the
     /// upper into a layer blob at `layer_out` and a snapshot.
@@ -42,6 +41,11 @@ pub enum Request {
     },
     /// Delete trees that may hold files owned by mapped ids.
     Remove { paths: Vec<PathBuf> },
+    /// Measure the disk usage of trees only the namespace's root may read whole.
+    Usage { paths: Vec<PathBuf> },
+    /// For `kiln info`: mount a writable overlay in `dir` (which is then removed) and
+    /// say what worked.
+    Probe { dir: PathBuf },
 }
 
 /// The operation of a step.
@@ -65,6 +69,13 @@ pub enum Response {
         message: Option<String>,
     },
     Removed,
+    Usage {
+        bytes: Vec<u64>,
+    },
+    /// `overlay` is `None` when a writable overlay worked, else why not.
+    Probe {
+        overlay: Option<String>,
+    },
     Failed {
         message: String,
     },
@@ -103,17 +114,12 @@ fn read_request(p: &Path) -> Result<Request> {
 
 fn handle(req: Request) -> Result<Response> {
     match req {
-        Request::Unpack {
-            store,
-            blob,
-            id,
-            preserve_owners,
-        } => {
+        Request::Unpack { store, blob, id } => {
             let store = Store::open(store)?;
             let tmp = store.tmp_path("unpack");
             fs::create_dir(&tmp).map_err(io_ctx(format!("creating {}", tmp.display())))?;
             let f = fs::File::open(&blob).map_err(io_ctx(format!("opening {}", blob.display())))?;
-            let result = unpack::unpack(f, &tmp, preserve_owners);
+            let result = unpack::unpack(f, &tmp, unpack::Owners::here());
             let out = match result {
                 Ok(u) => u,
                 Err(e) => {
@@ -140,22 +146,71 @@ fn handle(req: Request) -> Result<Response> {
         }
         Request::Remove { paths } => {
             for p in paths {
-                if p.exists() {
-                    fs::remove_dir_all(&p).map_err(io_ctx(format!("removing {}", p.display())))?;
-                }
+                let removed = match fs::symlink_metadata(&p) {
+                    Ok(m) if m.is_dir() => fs::remove_dir_all(&p),
+                    Ok(_) => fs::remove_file(&p),
+                    Err(_) => Ok(()),
+                };
+                removed.map_err(io_ctx(format!("removing {}", p.display())))?;
             }
             Ok(Response::Removed)
         }
+        Request::Probe { dir } => {
+            let r = probe_overlay(&dir);
+            let _ = fs::remove_dir_all(&dir);
+            Ok(Response::Probe {
+                overlay: r.err().map(|e| e.to_string()),
+            })
+        }
+        Request::Usage { paths } => Ok(Response::Usage {
+            bytes: paths
+                .iter()
+                .map(|p| kiln_snapshotter::gc::disk_usage(p))
+                .collect(),
+        }),
     }
 }
 
+/// Mounts an overlay with a whiteout-bearing lower layer, writes through it and checks
+/// the upper directory, as a step would.
+fn probe_overlay(dir: &Path) -> Result<()> {
+    crate::sys::private_mount_ns()?;
+    let store = Store::open(dir.join("store"))?;
+    let lower = store.snapshot_path("probe");
+    fs::create_dir_all(lower.join("d")).map_err(io_ctx("creating the probe layer"))?;
+    fs::write(lower.join("d/f"), b"lower").map_err(io_ctx("writing the probe layer"))?;
+    let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+    for d in [&upper, &work, &merged] {
+        fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
+    }
+    overlay::mount_rw(&store, &["probe".to_string()], &upper, &work, &merged)?;
+    let written = fs::write(merged.join("d/f"), b"upper")
+        .and_then(|_| fs::remove_file(merged.join("d/f")))
+        .map_err(io_ctx("writing through the overlay"));
+    let _ = crate::sys::unmount(&merged);
+    written?;
+    let wh = fs::symlink_metadata(upper.join("d/f"))
+        .map_err(io_ctx("the deletion did not reach the upper directory"))?;
+    if !std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()) {
+        return Err(Error::Helper(
+            "the deletion did not leave a whiteout in the upper directory".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Moves a finished tree to `snapshots/<id>`; an existing one (same content) wins.
+/// The tree's filesystem is synced first, so a snapshot that exists is whole even
+/// after a power cut.
 fn place_snapshot(store: &Store, tmp: &Path, id: &str) -> Result<()> {
     let dst = store.snapshot_path(id);
     if dst.exists() {
         let _ = fs::remove_dir_all(tmp);
         return Ok(());
     }
+    let dir = fs::File::open(tmp).map_err(io_ctx(format!("opening {}", tmp.display())))?;
+    nix::unistd::syncfs(&dir)
+        .map_err(|e| Error::Helper(format!("syncing {}: {e}", tmp.display())))?;
     match fs::rename(tmp, &dst) {
         Ok(()) => Ok(()),
         Err(_) if dst.exists() => {
@@ -216,7 +271,8 @@ fn step(
             message: None,
         });
     }
-    place_snapshot(store, &upper, &store::snapshot_id(&digests.diff_id)?)?;
+    let id = store::snapshot_id(&digests.diff_id, kiln_snapshotter::owner::emulating())?;
+    place_snapshot(store, &upper, &id)?;
     Ok(Response::Step {
         exit_code: 0,
         layer: Some(digests),

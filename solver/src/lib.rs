@@ -5,12 +5,14 @@
 //! filesystem-touching operation runs in ([`helper`]: a re-exec of the kiln binary that
 //! enters kiln's user namespace before any thread exists), the sandbox that executes
 //! RUN ([`exec`]), COPY and WORKDIR file operations ([`fileop`]) and progress output
-//! ([`progress`]). Raw syscalls and `unsafe` live in `sys` only.
+//! ([`progress`]), and the store housekeeping that needs the helper ([`housekeeping`]:
+//! measuring and deleting for `kiln du` and `kiln prune`). Raw syscalls and `unsafe` live in `sys` only.
 
 pub mod cache;
 pub mod exec;
 pub mod fileop;
 pub mod helper;
+pub mod housekeeping;
 pub mod progress;
 mod scheduler;
 mod sys;

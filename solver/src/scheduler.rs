@@ -156,11 +156,14 @@ fn run_vertex(
     let parent_layers = parent.map(|d| d.record.layers.clone()).unwrap_or_default();
     match &step.op {
         Op::Scratch => Ok(Done {
-            key: cache::key(&["scratch"]),
+            key: cache::key(&["scratch", s.owners_tag()]),
             record: Record {
                 layers: vec![],
                 produced: false,
                 created: String::new(),
+                kind: cache::Kind::Regular,
+                blobs: vec![],
+                description: String::new(),
             },
         }),
         Op::Image { pinned, .. } => {
@@ -173,7 +176,7 @@ fn run_vertex(
                         v.done()
                     }
                     Ok(Done {
-                        key: cache::key(&["image", pinned]),
+                        key: image_key(s, pinned),
                         record,
                     })
                 }
@@ -405,6 +408,9 @@ fn cached_or(
                 layers,
                 produced,
                 created: now(),
+                kind: cache::Kind::Regular,
+                blobs: vec![],
+                description: step.name.clone(),
             };
             cache::save(&s.store, &key, &record)?;
             v.done();
@@ -449,7 +455,7 @@ fn execute(
         } => {
             s.store.commit_blob_trusted(&layer_out, &d.digest)?;
             Ok(Some(Layer {
-                snapshot: store::snapshot_id(&d.diff_id)?,
+                snapshot: s.snapshot_id(&d.diff_id)?,
                 diff_id: d.diff_id,
                 digest: d.digest,
                 size: d.size,
@@ -521,7 +527,7 @@ fn pull(s: &Solver, pinned: &str, v: &Vertex) -> Result<(Record, bool)> {
             digest: l.digest().to_string(),
             size: l.size(),
             media_type: media,
-            snapshot: store::snapshot_id(diff_id)?,
+            snapshot: s.snapshot_id(diff_id)?,
         });
     }
     let created = config
@@ -529,14 +535,18 @@ fn pull(s: &Solver, pinned: &str, v: &Vertex) -> Result<(Record, bool)> {
         .and_then(|c| c.as_str())
         .unwrap_or_default()
         .to_string();
+    let key = image_key(s, pinned);
+    if let Some(r) = s.store.load_record(&key) {
+        return Ok((r, true));
+    }
     let record = Record {
         layers,
         produced: true,
         created,
+        kind: cache::Kind::SourceImage,
+        blobs: vec![digest.to_string(), manifest.config().digest().to_string()],
+        description: pinned.to_string(),
     };
-    if cache::usable(&s.store, &record) {
-        return Ok((record, true));
-    }
     let missing: Vec<&Layer> = record
         .layers
         .iter()
@@ -564,9 +574,18 @@ fn pull(s: &Solver, pinned: &str, v: &Vertex) -> Result<(Record, bool)> {
                 store: s.store.root().to_path_buf(),
                 blob: s.store.blob_path(&l.digest)?,
                 id: l.snapshot.clone(),
-                preserve_owners: s.launcher.idmap.preserves_owners(),
             };
-            match s.launcher.run(&req, &|line: &str| v.log(line))? {
+            let answer = s
+                .launcher
+                .run(&req, &|line: &str| v.log(line))
+                .map_err(|e| {
+                    let why = match e {
+                        Error::Helper(m) => m,
+                        other => other.to_string(),
+                    };
+                    Error::Helper(format!("{pinned}: unpacking layer {}: {why}", l.digest))
+                })?;
+            match answer {
                 Response::Unpacked { skipped_devices } if !skipped_devices.is_empty() => {
                     v.log(&format!(
                         "skipped {} device nodes (rootless): {}",
@@ -578,7 +597,34 @@ fn pull(s: &Solver, pinned: &str, v: &Vertex) -> Result<(Record, bool)> {
                 _ => Ok(()),
             }
         })?;
+    s.store.save_record(&key, &record)?;
     Ok((record, false))
+}
+
+/// A pulled image's key: its pinned reference, in this identity-mapping mode.
+fn image_key(s: &Solver, pinned: &str) -> String {
+    cache::key(&["image", pinned, s.owners_tag()])
+}
+
+impl Solver {
+    /// Snapshots made with real owners and with emulated ones differ for the same
+    /// layer, so neither mode's cache results or snapshots serve the other: this tag
+    /// enters the root cache keys.
+    fn owners_tag(&self) -> &'static str {
+        if self.launcher.idmap.preserves_owners() {
+            "owners:real"
+        } else {
+            "owners:emulated"
+        }
+    }
+
+    /// The snapshot id for a layer in this identity-mapping mode.
+    fn snapshot_id(&self, diff_id: &str) -> Result<String> {
+        Ok(store::snapshot_id(
+            diff_id,
+            !self.launcher.idmap.preserves_owners(),
+        )?)
+    }
 }
 
 fn oci_manifest(store: &Store, digest: &str) -> Result<oci_spec::image::ImageManifest> {

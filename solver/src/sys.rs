@@ -127,6 +127,12 @@ pub(crate) fn become_user(uid: u32, gid: u32, groups: &[u32]) -> Result<()> {
     nix::unistd::setresuid(u, u, u).map_err(fail(format!("setuid {uid}")))
 }
 
+/// SIGKILL when the parent (the helper) dies.
+pub(crate) fn die_with_parent() -> Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(fail("prctl(PR_SET_PDEATHSIG)"))
+}
+
 /// Replaces the process image; returns only on failure.
 pub(crate) fn exec(prog: &str, argv: &[String], env: &[String]) -> Error {
     let cstr = |s: &str| CString::new(s).map_err(|_| Error::Helper(format!("NUL byte in {s:?}")));

@@ -1,0 +1,98 @@
+//! Store housekeeping that needs the namespace helper: measuring and deleting trees
+//! that hold files owned by mapped ids (unreadable, or undeletable, from outside).
+//!
+//! The store decides ([`kiln_snapshotter::gc`]); this module carries it out. Removal is
+//! ordered so that an interrupted prune never leaves a usable-looking half: records
+//! go first (nothing then points at what follows), snapshots and cache mounts are
+//! renamed into `tmp/` in one step before their trees are deleted, and blobs are
+//! single files.
+
+use crate::helper::{Launcher, Request, Response};
+use crate::{io_ctx, Error, Result};
+use kiln_snapshotter::gc::{Inventory, Plan};
+use std::fs;
+use std::path::PathBuf;
+
+/// Disk usage of `paths` (measured inside the namespace).
+pub fn measure(l: &Launcher, paths: &[PathBuf]) -> Result<Vec<u64>> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    match l.run(
+        &Request::Usage {
+            paths: paths.to_vec(),
+        },
+        &|_| {},
+    )? {
+        Response::Usage { bytes } if bytes.len() == paths.len() => Ok(bytes),
+        other => Err(Error::Helper(format!("unexpected helper answer {other:?}"))),
+    }
+}
+
+/// Everything in the launcher's store, with sizes.
+pub fn inventory(l: &Launcher) -> Result<Inventory> {
+    let measure = |paths: &[PathBuf]| {
+        measure(l, paths).map_err(|e| kiln_snapshotter::Error::Io {
+            context: "measuring the store".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    };
+    Ok(Inventory::scan(&l.store, &measure)?)
+}
+
+/// Deletes `paths` inside the namespace.
+pub fn remove(l: &Launcher, paths: Vec<PathBuf>) -> Result<()> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    match l.run(&Request::Remove { paths }, &|_| {})? {
+        Response::Removed => Ok(()),
+        other => Err(Error::Helper(format!("unexpected helper answer {other:?}"))),
+    }
+}
+
+/// Clears `tmp/` (call only under the exclusive store lock); returns how many
+/// leftovers there were.
+pub fn clear_tmp(l: &Launcher) -> Result<usize> {
+    let leftovers = l.store.tmp_entries()?;
+    let n = leftovers.len();
+    remove(l, leftovers)?;
+    Ok(n)
+}
+
+/// Carries out a prune plan (under the exclusive store lock).
+pub fn execute(l: &Launcher, plan: &Plan) -> Result<()> {
+    let store = &l.store;
+    for key in &plan.records {
+        let p = store.cache_path(key);
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_ctx(format!("removing {}", p.display()))(e))
+            }
+            _ => {}
+        }
+    }
+    let mut trees = Vec::new();
+    for id in &plan.snapshots {
+        trees.push(store.retire(&store.snapshot_path(id))?);
+    }
+    let mounts = store.root().join("cache-mounts");
+    for id in &plan.cache_mounts {
+        let dir = mounts.join(id);
+        if dir.exists() {
+            trees.push(store.retire(&dir)?);
+        }
+        let _ = fs::remove_file(mounts.join(format!("{id}.lock")));
+    }
+    for d in &plan.blobs {
+        let p = store.blob_path(d)?;
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_ctx(format!("removing {}", p.display()))(e))
+            }
+            _ => {}
+        }
+    }
+    trees.extend(plan.tmp.iter().cloned());
+    remove(l, trees)
+}

@@ -1,0 +1,268 @@
+//! `kiln info`: what this machine offers kiln, each check with a verdict and, where it
+//! fails, how to fix it. Every check is a real attempt where one is possible (entering
+//! the user namespace, mounting an overlay in it), not a guess from versions.
+
+use anyhow::Result;
+use kiln_snapshotter::gc::human_size;
+use kiln_snapshotter::idmap::{find_tool, IdMap};
+use kiln_snapshotter::Store;
+use kiln_solver::helper::{Launcher, Request, Response};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Warn,
+    Fail,
+    Info,
+}
+
+struct Check {
+    verdict: Verdict,
+    name: &'static str,
+    detail: String,
+    fix: Option<String>,
+}
+
+fn check(verdict: Verdict, name: &'static str, detail: impl Into<String>) -> Check {
+    Check {
+        verdict,
+        name,
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+impl Check {
+    fn fix(mut self, how: impl Into<String>) -> Check {
+        self.fix = Some(how.into());
+        self
+    }
+}
+
+/// (major, minor) of the running kernel.
+fn kernel() -> (String, (u32, u32)) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse().ok());
+    let v = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (release, v)
+}
+
+fn read_trim(p: &str) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Runs the checks and prints them; fails when a check kiln cannot build without does.
+pub fn info(root: Option<PathBuf>) -> Result<()> {
+    let mut checks = Vec::new();
+    let (release, version) = kernel();
+    checks.push(if version >= (5, 11) {
+        check(
+            Verdict::Pass,
+            "kernel",
+            format!("Linux {release} (5.11+: overlayfs in user namespaces)"),
+        )
+    } else {
+        check(
+            Verdict::Fail,
+            "kernel",
+            format!("Linux {release}: overlayfs in a user namespace needs 5.11+"),
+        )
+        .fix("upgrade the kernel")
+    });
+
+    let max = read_trim("/proc/sys/user/max_user_namespaces").and_then(|s| s.parse::<u64>().ok());
+    let clone = read_trim("/proc/sys/kernel/unprivileged_userns_clone");
+    let apparmor = read_trim("/proc/sys/kernel/apparmor_restrict_unprivileged_userns");
+    let idmap = IdMap::detect();
+    let mut userns_ok = false;
+    checks.push(match (max, clone.as_deref(), apparmor.as_deref()) {
+        (Some(0), _, _) => check(Verdict::Fail, "user namespaces", "user.max_user_namespaces = 0")
+            .fix("sysctl -w user.max_user_namespaces=15000"),
+        (_, Some("0"), _) => check(
+            Verdict::Fail,
+            "user namespaces",
+            "kernel.unprivileged_userns_clone = 0",
+        )
+        .fix("sysctl -w kernel.unprivileged_userns_clone=1"),
+        _ => {
+            userns_ok = true;
+            let extra = if apparmor.as_deref() == Some("1") {
+                " (AppArmor restricts unprivileged user namespaces; the probe below says whether kiln may)"
+            } else {
+                ""
+            };
+            check(
+                Verdict::Pass,
+                "user namespaces",
+                format!("enabled{extra}"),
+            )
+        }
+    });
+
+    let tools = ["newuidmap", "newgidmap"]
+        .iter()
+        .map(|t| (t, find_tool(t)))
+        .collect::<Vec<_>>();
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(_, p)| p.is_none())
+        .map(|(t, _)| **t)
+        .collect();
+    checks.push(if missing.is_empty() {
+        let paths: Vec<String> = tools
+            .iter()
+            .filter_map(|(_, p)| p.as_ref().map(|p| p.display().to_string()))
+            .collect();
+        check(Verdict::Pass, "newuidmap/newgidmap", paths.join(", "))
+    } else {
+        check(
+            Verdict::Warn,
+            "newuidmap/newgidmap",
+            format!(
+                "{} not found: only your own id can be mapped",
+                missing.join(", ")
+            ),
+        )
+        .fix("apt-get install uidmap")
+    });
+    checks.push(if idmap.preserves_owners() {
+        check(Verdict::Pass, "subordinate ids", idmap.describe())
+    } else {
+        check(Verdict::Warn, "subordinate ids", idmap.describe()).fix(
+            "usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER (as root); then RUN steps may switch USER",
+        )
+    });
+
+    let store_root = root.or_else(Store::default_root);
+    let mut store_line = None;
+    match &store_root {
+        None => checks.push(
+            check(Verdict::Fail, "store", "no store directory")
+                .fix("pass --root DIR or set KILN_ROOT or HOME"),
+        ),
+        Some(r) => match Store::open(r) {
+            Err(e) => checks.push(
+                check(Verdict::Fail, "store", format!("{}: {e}", r.display()))
+                    .fix("pass --root with a directory you can write"),
+            ),
+            Ok(store) => {
+                let l = Launcher {
+                    exe: PathBuf::from("/proc/self/exe"),
+                    idmap: idmap.clone(),
+                    store: store.clone(),
+                };
+                let dir = store.tmp_path("probe");
+                match l.run(&Request::Probe { dir }, &|_| {}) {
+                    Ok(Response::Probe { overlay }) => {
+                        checks.push(check(
+                            Verdict::Pass,
+                            "namespace helper",
+                            "entered kiln's user namespace and mapped ids",
+                        ));
+                        checks.push(match overlay {
+                            None => check(
+                                Verdict::Pass,
+                                "overlay in userns",
+                                "mounted a writable overlay on the store's filesystem; whiteouts work",
+                            ),
+                            Some(why) => check(Verdict::Fail, "overlay in userns", why).fix(
+                                "put the store (--root) on ext4, xfs or btrfs: overlay cannot use some filesystems (another overlay, NFS) as upper directory",
+                            ),
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => checks.push(
+                        check(Verdict::Fail, "namespace helper", e.to_string()).fix(if userns_ok {
+                            "check that newuidmap/newgidmap work for you (setuid root or file capabilities)"
+                        } else {
+                            "enable unprivileged user namespaces"
+                        }),
+                    ),
+                }
+                store_line = Some(store_summary(&l, r));
+            }
+        },
+    }
+
+    checks.push(binfmt_check());
+
+    let mut failed = false;
+    for c in &checks {
+        let tag = match c.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => {
+                failed = true;
+                "FAIL"
+            }
+            Verdict::Info => "INFO",
+        };
+        println!("[{tag}] {:<20} {}", c.name, c.detail);
+        if let Some(f) = &c.fix {
+            println!("       {:<20} fix: {f}", "");
+        }
+    }
+    if let Some(s) = store_line {
+        println!("[INFO] {:<20} {s}", "store");
+    }
+    if failed {
+        anyhow::bail!("kiln cannot build on this machine until the checks marked FAIL pass");
+    }
+    Ok(())
+}
+
+fn store_summary(l: &Launcher, root: &Path) -> String {
+    let size = kiln_solver::housekeeping::inventory(l)
+        .map(|inv| human_size(inv.totals().total))
+        .unwrap_or_else(|e| format!("size unknown ({e})"));
+    let free = nix::sys::statvfs::statvfs(root)
+        .map(|v| human_size(v.blocks_available() * v.fragment_size()))
+        .unwrap_or_else(|_| "?".into());
+    format!("{} ({size} used, {free} free)", root.display())
+}
+
+/// Foreign platforms: which QEMU interpreters exist and which the host registered.
+fn binfmt_check() -> Check {
+    let arches = [
+        "aarch64", "arm", "riscv64", "ppc64le", "s390x", "i386", "x86_64", "mips64el",
+    ];
+    let search: Vec<PathBuf> = std::env::var_os("KILN_QEMU_PATH")
+        .into_iter()
+        .flat_map(|v| std::env::split_paths(&v).collect::<Vec<_>>())
+        .chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ))
+        .chain([PathBuf::from("/usr/bin")])
+        .collect();
+    let found: Vec<&str> = arches
+        .iter()
+        .copied()
+        .filter(|a| {
+            search.iter().any(|d| {
+                d.join(format!("qemu-{a}-static")).is_file()
+                    || d.join(format!("qemu-{a}")).is_file()
+            })
+        })
+        .collect();
+    let registered: Vec<String> = std::fs::read_dir("/proc/sys/fs/binfmt_misc")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with("qemu-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let detail = format!(
+        "QEMU interpreters: {}; host binfmt_misc registrations: {}; RUN steps for foreign platforms are not supported yet",
+        if found.is_empty() { "none".to_string() } else { found.join(" ") },
+        if registered.is_empty() { "none".to_string() } else { registered.join(" ") }
+    );
+    check(Verdict::Info, "foreign platforms", detail)
+}
