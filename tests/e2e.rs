@@ -10,6 +10,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "e2e/store.rs"]
+mod store;
+
 fn kiln_bin() -> PathBuf {
     std::env::var_os("KILN_BIN")
         .map(PathBuf::from)
