@@ -70,41 +70,26 @@ impl Store {
         on_wait: impl FnOnce(),
         alone: impl FnOnce(&Store) -> Result<()>,
     ) -> Result<StoreLock> {
-        let f = self.lock_file()?;
-        let f = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        let f = match try_lock(self.lock_file()?, FlockArg::LockExclusiveNonblock)? {
             Ok(l) => {
                 alone(self)?;
                 l.relock(FlockArg::LockShared)
                     .ctx(|| "downgrading the store lock".into())?;
                 return Ok(StoreLock { _lock: l });
             }
-            Err((f, nix::errno::Errno::EWOULDBLOCK)) => f,
-            Err((_, e)) => return Err(e).ctx(|| "locking the store".into()),
+            Err(f) => f,
         };
-        let f = match Flock::lock(f, FlockArg::LockSharedNonblock) {
-            Ok(l) => return Ok(StoreLock { _lock: l }),
-            Err((f, nix::errno::Errno::EWOULDBLOCK)) => f,
-            Err((_, e)) => return Err(e).ctx(|| "locking the store".into()),
-        };
-        on_wait();
-        match Flock::lock(f, FlockArg::LockShared) {
+        match try_lock(f, FlockArg::LockSharedNonblock)? {
             Ok(l) => Ok(StoreLock { _lock: l }),
-            Err((_, e)) => Err(e).ctx(|| "locking the store".into()),
+            Err(f) => wait_lock(f, FlockArg::LockShared, on_wait),
         }
     }
 
     /// Takes the store alone (for `prune`), waiting for running builds.
     pub fn lock_exclusive(&self, on_wait: impl FnOnce()) -> Result<StoreLock> {
-        let f = self.lock_file()?;
-        let f = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => return Ok(StoreLock { _lock: l }),
-            Err((f, nix::errno::Errno::EWOULDBLOCK)) => f,
-            Err((_, e)) => return Err(e).ctx(|| "locking the store".into()),
-        };
-        on_wait();
-        match Flock::lock(f, FlockArg::LockExclusive) {
+        match try_lock(self.lock_file()?, FlockArg::LockExclusiveNonblock)? {
             Ok(l) => Ok(StoreLock { _lock: l }),
-            Err((_, e)) => Err(e).ctx(|| "locking the store".into()),
+            Err(f) => wait_lock(f, FlockArg::LockExclusive, on_wait),
         }
     }
 
@@ -233,6 +218,25 @@ impl Store {
     /// Writes a cache record atomically.
     pub fn write_record(&self, key: &str, bytes: &[u8]) -> Result<()> {
         atomic_write(&self.cache_path(key), bytes, &self.tmp_path("record"))
+    }
+}
+
+/// Takes a non-blocking `arg` lock: the lock, or the file back when another process
+/// holds a conflicting one.
+fn try_lock(f: File, arg: FlockArg) -> Result<std::result::Result<Flock<File>, File>> {
+    match Flock::lock(f, arg) {
+        Ok(l) => Ok(Ok(l)),
+        Err((f, nix::errno::Errno::EWOULDBLOCK)) => Ok(Err(f)),
+        Err((_, e)) => Err(e).ctx(|| "locking the store".into()),
+    }
+}
+
+/// Says it waits, then waits for a blocking `arg` lock.
+fn wait_lock(f: File, arg: FlockArg, on_wait: impl FnOnce()) -> Result<StoreLock> {
+    on_wait();
+    match Flock::lock(f, arg) {
+        Ok(l) => Ok(StoreLock { _lock: l }),
+        Err((_, e)) => Err(e).ctx(|| "locking the store".into()),
     }
 }
 

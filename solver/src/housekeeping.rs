@@ -64,13 +64,7 @@ pub fn clear_tmp(l: &Launcher) -> Result<usize> {
 pub fn execute(l: &Launcher, plan: &Plan) -> Result<()> {
     let store = &l.store;
     for key in &plan.records {
-        let p = store.cache_path(key);
-        match fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_ctx(format!("removing {}", p.display()))(e))
-            }
-            _ => {}
-        }
+        remove_file(&store.cache_path(key))?;
     }
     let mut trees = Vec::new();
     for id in &plan.snapshots {
@@ -82,17 +76,21 @@ pub fn execute(l: &Launcher, plan: &Plan) -> Result<()> {
         if dir.exists() {
             trees.push(store.retire(&dir)?);
         }
-        let _ = fs::remove_file(mounts.join(format!("{id}.lock")));
+        remove_file(&mounts.join(format!("{id}.lock")))?;
     }
     for d in &plan.blobs {
-        let p = store.blob_path(d)?;
-        match fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_ctx(format!("removing {}", p.display()))(e))
-            }
-            _ => {}
-        }
+        remove_file(&store.blob_path(d)?)?;
     }
     trees.extend(plan.tmp.iter().cloned());
     remove(l, trees)
+}
+
+/// Removes a file the caller owns; one already gone is fine.
+fn remove_file(p: &std::path::Path) -> Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io_ctx(format!("removing {}", p.display()))(e))
+        }
+        _ => Ok(()),
+    }
 }
