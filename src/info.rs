@@ -153,11 +153,7 @@ pub fn info(root: Option<PathBuf>) -> Result<()> {
                     .fix("pass --root with a directory you can write"),
             ),
             Ok(store) => {
-                let l = Launcher {
-                    exe: PathBuf::from("/proc/self/exe"),
-                    idmap: idmap.clone(),
-                    store: store.clone(),
-                };
+                let l = Launcher::new(store.clone(), idmap.clone());
                 let dir = store.tmp_path("probe");
                 match l.run(&Request::Probe { dir }, &|_| {}) {
                     Ok(Response::Probe { overlay }) => {

@@ -289,26 +289,17 @@ fn build(root: PathBuf, b: BuildArgs) -> Result<()> {
     let progress = Progress::new(b.progress);
     let idmap = IdMap::detect();
     progress.note(&idmap.describe());
-    let launcher = Launcher {
-        exe: PathBuf::from("/proc/self/exe"),
-        idmap: idmap.clone(),
-        store: store.clone(),
-    };
+    let launcher = Launcher::new(store.clone(), idmap);
     // Shared with other builds; a build that finds itself alone first clears what
     // killed builds left in tmp/.
     let _lock = store.lock_shared(
         || progress.note("waiting for a kiln prune on this store to finish"),
         |_| {
-            let n = kiln_solver::housekeeping::clear_tmp(&launcher).map_err(|e| {
-                kiln_snapshotter::Error::Io {
-                    context: "clearing leftovers of interrupted builds".into(),
-                    source: std::io::Error::other(e.to_string()),
-                }
-            })?;
+            let n = kiln_solver::housekeeping::clear_tmp(&launcher)?;
             if n > 0 {
                 progress.note(&format!("removed {n} leftovers of interrupted builds"));
             }
-            Ok(())
+            Ok::<(), kiln_solver::Error>(())
         },
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -40,11 +40,7 @@ pub struct PruneArgs {
 
 fn launcher(root: PathBuf) -> Result<Launcher> {
     let store = Store::open(&root).with_context(|| format!("opening store {}", root.display()))?;
-    Ok(Launcher {
-        exe: PathBuf::from("/proc/self/exe"),
-        idmap: IdMap::detect(),
-        store,
-    })
+    Ok(Launcher::new(store, IdMap::detect()))
 }
 
 /// `kiln du`.
@@ -52,7 +48,7 @@ pub fn du(root: PathBuf, a: DuArgs) -> Result<()> {
     let l = launcher(root)?;
     let _lock = l.store.lock_shared(
         || eprintln!("waiting for a kiln prune on this store to finish"),
-        |_| Ok(()),
+        |_| Ok::<(), kiln_snapshotter::Error>(()),
     )?;
     let inv = housekeeping::inventory(&l)?;
     let now = SystemTime::now();

@@ -139,7 +139,10 @@ pub struct Plan {
 impl Inventory {
     /// Lists the store; `measure` gives the disk usage of directories (snapshots,
     /// cache mounts, temp leftovers), in order.
-    pub fn scan(store: &Store, measure: &dyn Fn(&[PathBuf]) -> Result<Vec<u64>>) -> Result<Self> {
+    pub fn scan<E: From<crate::Error>>(
+        store: &Store,
+        measure: impl Fn(&[PathBuf]) -> Result<Vec<u64>, E>,
+    ) -> Result<Self, E> {
         let root = store.root();
         let mut dirs: Vec<(Object, PathBuf)> = Vec::new();
         for name in list(&store.snapshots_dir())? {
@@ -540,8 +543,9 @@ mod tests {
         let f = fs::File::options().write(true).open(&old).expect("open");
         f.set_modified(SystemTime::now() - Duration::from_secs(7200))
             .expect("mtime");
-        let measure = |ps: &[PathBuf]| Ok(ps.iter().map(|p| disk_usage(p)).collect());
-        let inv = Inventory::scan(&store, &measure).expect("scan");
+        let measure =
+            |ps: &[PathBuf]| -> Result<Vec<u64>> { Ok(ps.iter().map(|p| disk_usage(p)).collect()) };
+        let inv = Inventory::scan(&store, measure).expect("scan");
         assert_eq!(inv.entries.len(), 3);
         assert_eq!(inv.entries.last().map(|e| e.id.as_str()), Some("old"));
         let shared = inv.entries.iter().find(|e| e.id == "base").expect("base");

@@ -65,11 +65,11 @@ impl Store {
     /// Takes the store for a build (or `du`): shared with other builds, waiting while
     /// a prune runs (`on_wait` is called first). When no other kiln holds the store,
     /// `alone` runs first, under the exclusive lock, to clear what killed builds left.
-    pub fn lock_shared(
+    pub fn lock_shared<E: From<Error>>(
         &self,
         on_wait: impl FnOnce(),
-        alone: impl FnOnce(&Store) -> Result<()>,
-    ) -> Result<StoreLock> {
+        alone: impl FnOnce(&Store) -> Result<(), E>,
+    ) -> Result<StoreLock, E> {
         let f = match try_lock(self.lock_file()?, FlockArg::LockExclusiveNonblock)? {
             Ok(l) => {
                 alone(self)?;
@@ -81,7 +81,7 @@ impl Store {
         };
         match try_lock(f, FlockArg::LockSharedNonblock)? {
             Ok(l) => Ok(StoreLock { _lock: l }),
-            Err(f) => wait_lock(f, FlockArg::LockShared, on_wait),
+            Err(f) => Ok(wait_lock(f, FlockArg::LockShared, on_wait)?),
         }
     }
 

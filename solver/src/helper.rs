@@ -290,6 +290,15 @@ pub struct Launcher {
 }
 
 impl Launcher {
+    /// A launcher that re-executes this very binary (`/proc/self/exe`).
+    pub fn new(store: Store, idmap: IdMap) -> Launcher {
+        Launcher {
+            exe: PathBuf::from("/proc/self/exe"),
+            idmap,
+            store,
+        }
+    }
+
     /// Runs one request in a helper; every line of its output goes to `on_line`.
     pub fn run(&self, req: &Request, on_line: &(dyn Fn(&str) + Sync)) -> Result<Response> {
         let base = self.store.tmp_path("helper");

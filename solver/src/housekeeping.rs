@@ -31,13 +31,7 @@ pub fn measure(l: &Launcher, paths: &[PathBuf]) -> Result<Vec<u64>> {
 
 /// Everything in the launcher's store, with sizes.
 pub fn inventory(l: &Launcher) -> Result<Inventory> {
-    let measure = |paths: &[PathBuf]| {
-        measure(l, paths).map_err(|e| kiln_snapshotter::Error::Io {
-            context: "measuring the store".into(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    };
-    Ok(Inventory::scan(&l.store, &measure)?)
+    Inventory::scan(&l.store, |paths: &[PathBuf]| measure(l, paths))
 }
 
 /// Deletes `paths` inside the namespace.

@@ -496,6 +496,11 @@ fn pull(s: &Solver, pinned: &str, v: &Vertex) -> Result<(Record, bool)> {
         .rsplit_once('@')
         .map(|(_, d)| d)
         .ok_or_else(|| Error::Helper(format!("{pinned} is not pinned")))?;
+    // A usable record answers without reading the manifest and config again.
+    let key = image_key(s, pinned);
+    if let Some(r) = s.store.load_record(&key) {
+        return Ok((r, true));
+    }
     let manifest = oci_manifest(&s.store, digest)?;
     let config: serde_json::Value =
         serde_json::from_slice(&s.store.read_blob(manifest.config().digest().as_ref())?)
@@ -535,10 +540,6 @@ fn pull(s: &Solver, pinned: &str, v: &Vertex) -> Result<(Record, bool)> {
         .and_then(|c| c.as_str())
         .unwrap_or_default()
         .to_string();
-    let key = image_key(s, pinned);
-    if let Some(r) = s.store.load_record(&key) {
-        return Ok((r, true));
-    }
     let record = Record {
         layers,
         produced: true,
