@@ -32,7 +32,12 @@ scratch=$(mktemp -d "/tmp/kiln-e2e-run.XXXXXX")
 # remove from outside kiln's namespace.
 trap 'rm -rf "$scratch"' EXIT
 chown "$TEST_USER" "$scratch"
-runuser -u "$TEST_USER" -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  HOME="$(getent passwd "$TEST_USER" | cut -d: -f6)" TMPDIR="$scratch" \
-  KILN_BIN="$bin/kiln" KILN_E2E_REGISTRY=127.0.0.1:5000 RUST_BACKTRACE=1 \
-  "$bin/e2e" --include-ignored --test-threads=2
+# Twice: with the snapshotter kiln picks here (overlay), and with the native one that
+# kiln falls back to where overlay cannot be mounted in a user namespace.
+for snapshotter in auto native; do
+  echo "[test] end-to-end tests with KILN_SNAPSHOTTER=$snapshotter"
+  runuser -u "$TEST_USER" -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME="$(getent passwd "$TEST_USER" | cut -d: -f6)" TMPDIR="$scratch" \
+    KILN_BIN="$bin/kiln" KILN_E2E_REGISTRY=127.0.0.1:5000 RUST_BACKTRACE=1 \
+    KILN_SNAPSHOTTER=$snapshotter "$bin/e2e" --include-ignored --test-threads=2
+done

@@ -168,8 +168,13 @@ pub fn info(root: Option<PathBuf>) -> Result<()> {
                                 "overlay in userns",
                                 "mounted a writable overlay on the store's filesystem; whiteouts work",
                             ),
-                            Some(why) => check(Verdict::Fail, "overlay in userns", why).fix(
-                                "put the store (--root) on ext4, xfs or btrfs: overlay cannot use some filesystems (another overlay, NFS) as upper directory",
+                            Some(why) => check(
+                                Verdict::Warn,
+                                "overlay in userns",
+                                format!("{why}; builds use the native snapshotter (copies: slower, more disk)"),
+                            )
+                            .fix(
+                                "use Linux 5.11+ and put the store (--root) on ext4, xfs or btrfs: overlay cannot use some filesystems (another overlay, NFS) as upper directory",
                             ),
                         });
                     }

@@ -13,8 +13,9 @@ use clap::{Parser, Subcommand};
 use kiln_frontend::{BuildOptions, ImageConfig, ImageResolver, Platform, ResolvedImage};
 use kiln_registry::{Registry, Want};
 use kiln_snapshotter::idmap::IdMap;
+use kiln_snapshotter::native::Snapshotter;
 use kiln_snapshotter::Store;
-use kiln_solver::helper::Launcher;
+use kiln_solver::helper::{Launcher, Request, Response};
 use kiln_solver::progress::{Mode, Progress};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -30,8 +31,19 @@ struct Cli {
     /// Store directory (default: $XDG_DATA_HOME/kiln).
     #[arg(long, global = true, env = "KILN_ROOT")]
     root: Option<PathBuf>,
+    /// How steps get their filesystem: overlay mounts, native copies (slower, works
+    /// everywhere), or auto (overlay where a probe mount works, else native).
+    #[arg(long, global = true, env = "KILN_SNAPSHOTTER", default_value = "auto")]
+    snapshotter: SnapshotterArg,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SnapshotterArg {
+    Auto,
+    Overlay,
+    Native,
 }
 
 #[derive(Subcommand)]
@@ -107,7 +119,7 @@ fn run(cli: Cli) -> Result<()> {
         None => bail!("cannot find a store directory: set --root, KILN_ROOT or HOME"),
     };
     match cli.cmd {
-        Cmd::Build(b) => build(root, b),
+        Cmd::Build(b) => build(root, cli.snapshotter, b),
         Cmd::Du(a) => store_cmds::du(root, a),
         Cmd::Prune(a) => store_cmds::prune(root, a),
         Cmd::Info => unreachable!("handled above"),
@@ -230,7 +242,37 @@ fn parse_secrets(raw: &[String]) -> Result<HashMap<String, kiln_solver::exec::Se
     Ok(out)
 }
 
-fn build(root: PathBuf, b: BuildArgs) -> Result<()> {
+/// The snapshotter for this build: the one asked for, or for `auto` overlay where a
+/// probe mount on the store's filesystem works (BuildKit probes likewise when it
+/// starts; kiln has no daemon, so every build probes, which costs one helper run), else
+/// native.
+fn choose_snapshotter(
+    arg: SnapshotterArg,
+    launcher: &Launcher,
+    progress: &Progress,
+) -> Result<Snapshotter> {
+    let (chosen, why) = match arg {
+        SnapshotterArg::Overlay => (Snapshotter::Overlay, "as asked".to_string()),
+        SnapshotterArg::Native => (Snapshotter::Native, "as asked".to_string()),
+        SnapshotterArg::Auto => {
+            let dir = launcher.store.tmp_path("probe");
+            match launcher.run(&Request::Probe { dir }, &|_| {})? {
+                Response::Probe { overlay: None } => {
+                    (Snapshotter::Overlay, "overlay mounts work here".into())
+                }
+                Response::Probe { overlay: Some(e) } => (
+                    Snapshotter::Native,
+                    format!("overlay in a user namespace failed: {e}"),
+                ),
+                _ => bail!("the namespace helper gave an unexpected answer to a probe"),
+            }
+        }
+    };
+    progress.note(&format!("snapshotter: {} ({why})", chosen.name()));
+    Ok(chosen)
+}
+
+fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()> {
     let secrets = parse_secrets(&b.secrets)?;
     let platform = Platform::host();
     if let Some(p) = &b.platform {
@@ -289,7 +331,7 @@ fn build(root: PathBuf, b: BuildArgs) -> Result<()> {
     let progress = Progress::new(b.progress);
     let idmap = IdMap::detect();
     progress.note(&idmap.describe());
-    let launcher = Launcher::new(store.clone(), idmap);
+    let mut launcher = Launcher::new(store.clone(), idmap);
     // Shared with other builds; a build that finds itself alone first clears what
     // killed builds left in tmp/.
     let _lock = store.lock_shared(
@@ -302,6 +344,7 @@ fn build(root: PathBuf, b: BuildArgs) -> Result<()> {
             Ok::<(), kiln_solver::Error>(())
         },
     )?;
+    launcher.snapshotter = choose_snapshotter(snapshotter, &launcher, &progress)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -4,7 +4,8 @@
 //! the entry into kiln's user namespace ([`idmap`]), unpacking layers into snapshot
 //! directories in overlayfs format ([`unpack`]), producing a layer from an overlay
 //! upper directory in one streaming pass ([`diff`]), and mounting overlay snapshots
-//! ([`overlay`]), file owners real or emulated ([`owner`]), the build records that say
+//! ([`overlay`]) or, where overlay cannot be mounted, copying and walking them
+//! ([`native`]), file owners real or emulated ([`owner`]), the build records that say
 //! which layers a cached step or a pulled image holds ([`records`]), and deciding what
 //! `kiln prune` removes and `kiln du` reports ([`gc`]). Raw syscalls and `unsafe` live
 //! in [`sys`] only.
@@ -13,6 +14,7 @@ pub mod diff;
 pub mod digest;
 pub mod gc;
 pub mod idmap;
+pub mod native;
 pub mod overlay;
 pub mod owner;
 pub mod records;

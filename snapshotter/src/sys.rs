@@ -69,16 +69,25 @@ pub(crate) fn mount_overlay(options: &str, target: &Path, read_only: bool) -> Re
     .ctx(|| format!("mounting overlay at {} ({options})", target.display()))
 }
 
-/// Bind-mounts `src` read-only at `target`.
+/// Bind-mounts `src` read-only at `target` (a bind mount takes its flags only on a
+/// remount).
 pub(crate) fn bind_ro(src: &Path, target: &Path) -> Result<()> {
     mount(
         Some(src),
         target,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+        MsFlags::MS_BIND,
         None::<&str>,
     )
-    .ctx(|| format!("bind-mounting {}", src.display()))
+    .ctx(|| format!("bind-mounting {}", src.display()))?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .ctx(|| format!("making {} read-only", target.display()))
 }
 
 /// Enters a new user namespace (the caller must be single-threaded).

@@ -188,7 +188,7 @@ fn mkdir_contained(root: &Path, rel: &Path) -> Result<PathBuf> {
     Ok(cur)
 }
 
-fn remove_any(p: &Path) -> Result<()> {
+pub(crate) fn remove_any(p: &Path) -> Result<()> {
     match fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(p).ctx(|| format!("removing {}", p.display())),
         Ok(_) => fs::remove_file(p).ctx(|| format!("removing {}", p.display())),

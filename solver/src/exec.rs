@@ -1,8 +1,8 @@
 //! The RUN sandbox, entered from the namespace helper (already root in kiln's user
-//! namespace, in its own mount namespace, with the step's overlay at `merged`).
+//! namespace, in its own mount namespace, with the step's rootfs mounted at `merged`).
 //!
 //! The command runs as pid 1 of new pid, ipc, uts and mount namespaces, pivoted into
-//! the overlay, with /proc, a minimal /dev (bind mounts of the host's null, zero,
+//! the rootfs, with /proc, a minimal /dev (bind mounts of the host's null, zero,
 //! full, random, urandom and tty), and the host's /etc/resolv.conf and /etc/hosts.
 //! The network namespace is the host's, as with `buildah --isolation chroot`, unless
 //! the step asks for `--network=none`: then it gets one of its own with only loopback.
@@ -152,6 +152,7 @@ impl Created {
 /// `scratch` is a free directory of the helper for mount sources.
 pub fn run(
     store: &kiln_snapshotter::Store,
+    kind: kiln_snapshotter::native::Snapshotter,
     merged: &Path,
     scratch: &Path,
     spec: &RunAction,
@@ -180,7 +181,7 @@ pub fn run(
             MountSource::Snapshots { ids, subpath } => {
                 let dir = scratch.join(format!("mount-{i}"));
                 fs::create_dir_all(&dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
-                kiln_snapshotter::overlay::mount_ro(store, ids, &dir)?;
+                kiln_snapshotter::native::view_ro(store, ids, &dir, kind)?;
                 let p = crate::fileop::resolve_in_root(&dir, subpath, true)?;
                 let is_dir = fs::metadata(&p)
                     .map_err(|_| {

@@ -1,4 +1,5 @@
-//! COPY and WORKDIR, run in the namespace helper on the step's overlay mount.
+//! COPY and WORKDIR, run in the namespace helper on the step's rootfs (an overlay
+//! mount, or a copy with the native snapshotter).
 //!
 //! Paths on both sides resolve inside their root: a symlink in the context or in an
 //! image is followed as if its root were `/` (like securejoin), so nothing outside the
@@ -6,7 +7,8 @@
 
 use crate::{io_ctx, Error, Result};
 use kiln_frontend::dockerignore::Matcher;
-use kiln_snapshotter::{overlay, Store};
+use kiln_snapshotter::native::{self, Snapshotter};
+use kiln_snapshotter::Store;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -218,7 +220,13 @@ fn chown_ids(merged: &Path, spec: &str) -> Result<(u32, u32)> {
 }
 
 /// Performs a COPY into `merged`; `scratch` is a free directory for a read-only mount.
-pub fn copy(store: &Store, merged: &Path, scratch: &Path, c: &CopyAction) -> Result<()> {
+pub fn copy(
+    store: &Store,
+    kind: Snapshotter,
+    merged: &Path,
+    scratch: &Path,
+    c: &CopyAction,
+) -> Result<()> {
     let mut ignore = Matcher::default();
     let (src_root, keep_owner) = match &c.source {
         Source::Context { dir, excludes } => {
@@ -229,7 +237,7 @@ pub fn copy(store: &Store, merged: &Path, scratch: &Path, c: &CopyAction) -> Res
         Source::Snapshots(ids) => {
             fs::create_dir_all(scratch)
                 .map_err(io_ctx(format!("creating {}", scratch.display())))?;
-            overlay::mount_ro(store, ids, scratch)?;
+            native::view_ro(store, ids, scratch, kind)?;
             (scratch.to_path_buf(), true)
         }
     };
@@ -651,7 +659,13 @@ mod tests {
                 chown: Some(own.clone()),
                 ..Default::default()
             };
-            copy(&store, &root, &d.path().join("scratch"), &c)
+            copy(
+                &store,
+                Snapshotter::Overlay,
+                &root,
+                &d.path().join("scratch"),
+                &c,
+            )
         };
         run(&["f"], "/renamed", &excludes).expect("file to path");
         assert_eq!(fs::read(root.join("renamed")).expect("read"), b"file");

@@ -10,6 +10,7 @@
 use crate::{exec, fileop, io_ctx, Error, Result};
 use kiln_snapshotter::diff::LayerDigests;
 use kiln_snapshotter::idmap::{self, IdMap};
+use kiln_snapshotter::native::{self, Snapshotter};
 use kiln_snapshotter::{overlay, store, unpack, Store};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -30,10 +31,12 @@ pub enum Request {
         blob: PathBuf,
         id: String,
     },
-    /// Mount `lowers` (top-first) with a fresh upper in `dir`, do `action`, and turn the
-    /// upper into a layer blob at `layer_out` and a snapshot.
+    /// Mount `lowers` (top-first) with a fresh upper in `dir` (or, with the native
+    /// snapshotter, copy them), do `action`, and turn the upper (or the changes found
+    /// by walking) into a layer blob at `layer_out` and a snapshot.
     Step {
         store: PathBuf,
+        snapshotter: Snapshotter,
         lowers: Vec<String>,
         dir: PathBuf,
         action: Action,
@@ -134,13 +137,14 @@ fn handle(req: Request) -> Result<Response> {
         }
         Request::Step {
             store,
+            snapshotter,
             lowers,
             dir,
             action,
             layer_out,
         } => {
             let store = Store::open(store)?;
-            let r = step(&store, &lowers, &dir, &action, &layer_out);
+            let r = step(&store, snapshotter, &lowers, &dir, &action, &layer_out);
             let _ = fs::remove_dir_all(&dir);
             r
         }
@@ -223,6 +227,7 @@ fn place_snapshot(store: &Store, tmp: &Path, id: &str) -> Result<()> {
 
 fn step(
     store: &Store,
+    kind: Snapshotter,
     lowers: &[String],
     dir: &Path,
     action: &Action,
@@ -233,25 +238,38 @@ fn step(
     for d in [&upper, &work, &merged] {
         fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
     }
-    overlay::mount_rw(store, lowers, &upper, &work, &merged)?;
+    let since = match kind {
+        Snapshotter::Overlay => {
+            overlay::mount_rw(store, lowers, &upper, &work, &merged)?;
+            None
+        }
+        Snapshotter::Native => {
+            native::materialize(store, lowers, &merged, native::How::Copy)?;
+            let since = native::settle(dir)?;
+            // A mount point, so that RUN can pivot into it.
+            crate::sys::bind(&merged, &merged)?;
+            Some(since)
+        }
+    };
     let outcome = match action {
         Action::Run(spec) => {
-            exec::run(store, &merged, &dir.join("mounts"), spec).map(|code| (code, None))
+            exec::run(store, kind, &merged, &dir.join("mounts"), spec).map(|code| (code, None))
         }
-        Action::Copy(c) => match fileop::copy(store, &merged, &dir.join("src"), c) {
+        Action::Copy(c) => match fileop::copy(store, kind, &merged, &dir.join("src"), c) {
             Ok(()) => Ok((0, None)),
             Err(e) => Ok((1, Some(e.to_string()))),
         },
         Action::Mkdir { path, user } => fileop::mkdir(&merged, path, user).map(|_| (0, None)),
     };
     let _ = crate::sys::unmount(&merged);
-    // Mount sources of RUN --mount (read-only overlays, secret tmpfs) go too, so that
+    // Mount sources of RUN --mount (read-only views, secret tmpfs) go too, so that
     // the step directory can be removed.
     if let Ok(rd) = fs::read_dir(dir.join("mounts")) {
         for e in rd.flatten() {
             let _ = crate::sys::unmount(&e.path());
         }
     }
+    let _ = crate::sys::unmount(&dir.join("src"));
     let (exit_code, message) = outcome?;
     if exit_code != 0 {
         return Ok(Response::Step {
@@ -259,6 +277,9 @@ fn step(
             layer: None,
             message,
         });
+    }
+    if let Some(since) = since {
+        native::diff(store, lowers, &merged, &upper, since)?;
     }
     let out =
         fs::File::create(layer_out).map_err(io_ctx(format!("creating {}", layer_out.display())))?;
@@ -287,15 +308,19 @@ pub struct Launcher {
     pub exe: PathBuf,
     pub idmap: IdMap,
     pub store: Store,
+    /// The snapshotter of steps.
+    pub snapshotter: Snapshotter,
 }
 
 impl Launcher {
-    /// A launcher that re-executes this very binary (`/proc/self/exe`).
+    /// A launcher that re-executes this very binary (`/proc/self/exe`), with the
+    /// overlay snapshotter until told otherwise.
     pub fn new(store: Store, idmap: IdMap) -> Launcher {
         Launcher {
             exe: PathBuf::from("/proc/self/exe"),
             idmap,
             store,
+            snapshotter: Snapshotter::Overlay,
         }
     }
 

@@ -438,6 +438,7 @@ fn execute(
     };
     let req = Request::Step {
         store: s.store.root().to_path_buf(),
+        snapshotter: s.launcher.snapshotter,
         lowers,
         dir: s.store.tmp_path("step"),
         action,

@@ -277,7 +277,9 @@ fn tree(rootfs: &Path, sub: &str) -> BTreeMap<String, String> {
     out
 }
 
-const ROUND_TRIP: &str = r#"FROM REGISTRY/e2e/roundtrip-base:t
+const ROUND_TRIP: &str = r#"FROM REGISTRY/e2e/roundtrip-base:t AS other
+RUN echo from-stage > /made
+FROM REGISTRY/e2e/roundtrip-base:t
 RUN rm /x/gone \
  && rm -r /x/replaced && mkdir /x/replaced && echo new > /x/replaced/only \
  && chmod 0600 /x/modeonly \
@@ -289,11 +291,13 @@ RUN rm /x/gone \
  && rm /x/sym && mkdir /x/sym
 COPY --chown=33:44 note /x/copied
 COPY --chown=7:8 --chmod=4750 note /x/setuid
+COPY --from=other /made /x/from-stage
+RUN --mount=from=other,target=/o cp /o/made /x/mounted && ! touch /o/made 2>/dev/null
 "#;
 
 #[test]
 #[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
-fn layers_round_trip_exactly_in_both_identity_modes() {
+fn layers_round_trip_exactly_in_both_identity_modes_and_snapshotters() {
     let base = Case::new("");
     let l = layer(&[
         dir("x"),
@@ -329,29 +333,35 @@ fn layers_round_trip_exactly_in_both_identity_modes() {
         &[(l.clone(), gzip(&l))],
     );
     let mut trees = Vec::new();
-    for mode in ["subordinate", "single"] {
-        let case = Case::new(ROUND_TRIP);
-        case.file("note", "copied\n");
-        let env: Vec<(&str, &str)> = if mode == "single" {
-            vec![("KILN_IDMAP", "single")]
-        } else {
-            vec![]
-        };
-        let archive = case.path("out.tar");
-        let dest = format!("type=oci,dest={}", archive.display());
-        let run = build(&case, &["-o", &dest, "-t", "rt:1"], &env).expect_ok();
-        let mapping = if mode == "single" {
-            "single id"
-        } else {
-            "subordinate ids"
-        };
-        assert!(
-            run.stderr.contains(&format!("identity mapping: {mapping}")),
-            "the mode is named in the output: {}",
-            run.stderr
-        );
-        let rootfs = umoci_unpack(&case, &archive, "1");
-        trees.push((mode, tree(&rootfs, "x")));
+    for snapshotter in ["overlay", "native"] {
+        for mode in ["subordinate", "single"] {
+            let case = Case::new(ROUND_TRIP);
+            case.file("note", "copied\n");
+            let mut env = vec![("KILN_SNAPSHOTTER", snapshotter)];
+            if mode == "single" {
+                env.push(("KILN_IDMAP", "single"));
+            }
+            let archive = case.path("out.tar");
+            let dest = format!("type=oci,dest={}", archive.display());
+            let run = build(&case, &["-o", &dest, "-t", "rt:1"], &env).expect_ok();
+            let mapping = if mode == "single" {
+                "single id"
+            } else {
+                "subordinate ids"
+            };
+            for named in [
+                format!("identity mapping: {mapping}"),
+                format!("snapshotter: {snapshotter} (as asked)"),
+            ] {
+                assert!(
+                    run.stderr.contains(&named),
+                    "{named:?} is in the output: {}",
+                    run.stderr
+                );
+            }
+            let rootfs = umoci_unpack(&case, &archive, "1");
+            trees.push((format!("{mode} ids, {snapshotter}"), tree(&rootfs, "x")));
+        }
     }
     let expected: BTreeMap<String, String> = [
         ("x", "dir 755 0:0"),
@@ -359,8 +369,10 @@ fn layers_round_trip_exactly_in_both_identity_modes() {
         ("x/copied", "file \"copied\\n\" nlink=1 644 33:44"),
         ("x/empty", "dir 755 0:0"),
         ("x/empty/deeper", "dir 755 0:0"),
+        ("x/from-stage", "file \"from-stage\\n\" nlink=1 644 0:0"),
         ("x/hard", "file \"x\\n\" nlink=2 644 0:0 user.test=kept"),
         ("x/modeonly", "file \"m\\n\" nlink=1 600 100:100"),
+        ("x/mounted", "file \"from-stage\\n\" nlink=1 644 0:0"),
         ("x/owned", "file \"o\\n\" nlink=1 640 1000:1001"),
         ("x/owned-dir", "dir 750 5:6"),
         ("x/renamed-to", "file \"r\\n\" nlink=1 644 0:0"),
@@ -375,7 +387,7 @@ fn layers_round_trip_exactly_in_both_identity_modes() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     for (mode, t) in &trees {
-        assert_eq!(t, &expected, "the tree built with {mode} ids");
+        assert_eq!(t, &expected, "the tree built with {mode}");
     }
 }
 
