@@ -6,6 +6,7 @@
 //! subcommand, before any thread exists.
 
 mod info;
+mod outputs;
 mod store_cmds;
 
 use anyhow::{bail, Context, Result};
@@ -49,7 +50,7 @@ enum SnapshotterArg {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build an image from a Dockerfile (flags as in `docker buildx build`).
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Show the store's disk usage (as `docker buildx du`).
     Du(store_cmds::DuArgs),
     /// Remove build cache (as `docker buildx prune`).
@@ -72,9 +73,20 @@ struct BuildArgs {
     /// Set the target build stage to build.
     #[arg(long)]
     target: Option<String>,
-    /// Output destination (format: type=oci,dest=FILE or type=registry).
+    /// Output destination (format: `type=local|tar|oci|docker|registry,dest=PATH`,
+    /// with options as in buildx: name, tar, compression, compression-level,
+    /// force-compression, oci-mediatypes, rewrite-timestamp, annotation.*).
     #[arg(short = 'o', long = "output")]
     outputs: Vec<String>,
+    /// Write the image ID (its config digest) to the file.
+    #[arg(long)]
+    iidfile: Option<PathBuf>,
+    /// Write build result metadata (digests, names) to the file, as JSON.
+    #[arg(long = "metadata-file")]
+    metadata_file: Option<PathBuf>,
+    /// Set metadata for an image (KEY=VALUE).
+    #[arg(long = "label")]
+    labels: Vec<String>,
     /// Shorthand for --output=type=registry.
     #[arg(long)]
     push: bool,
@@ -119,7 +131,7 @@ fn run(cli: Cli) -> Result<()> {
         None => bail!("cannot find a store directory: set --root, KILN_ROOT or HOME"),
     };
     match cli.cmd {
-        Cmd::Build(b) => build(root, cli.snapshotter, b),
+        Cmd::Build(b) => build(root, cli.snapshotter, *b),
         Cmd::Du(a) => store_cmds::du(root, a),
         Cmd::Prune(a) => store_cmds::prune(root, a),
         Cmd::Info => unreachable!("handled above"),
@@ -179,29 +191,6 @@ impl ImageResolver for Resolver<'_> {
             Err(e) => v.error(e),
         }
         result
-    }
-}
-
-enum Output {
-    Oci { dest: String },
-    Registry,
-}
-
-fn parse_output(spec: &str) -> Result<Output> {
-    let kv: BTreeMap<&str, &str> = spec.split(',').filter_map(|p| p.split_once('=')).collect();
-    match kv.get("type").copied() {
-        Some("oci") => match kv.get("dest") {
-            Some(d) => Ok(Output::Oci {
-                dest: d.to_string(),
-            }),
-            None => bail!("output {spec:?}: type=oci needs dest=FILE"),
-        },
-        Some("registry") => Ok(Output::Registry),
-        Some("image") if kv.get("push") == Some(&"true") => Ok(Output::Registry),
-        Some(other) => {
-            bail!("output type {other:?} is not supported yet (supported: oci, registry)")
-        }
-        None => bail!("output {spec:?}: expected type=oci,dest=FILE or type=registry"),
     }
 }
 
@@ -283,14 +272,43 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
     let mut outputs = b
         .outputs
         .iter()
-        .map(|o| parse_output(o))
+        .map(|o| outputs::parse(o))
         .collect::<Result<Vec<_>>>()?;
-    if b.push && !outputs.iter().any(|o| matches!(o, Output::Registry)) {
-        outputs.push(Output::Registry);
+    if b.push && !outputs.iter().any(|o| o.kind == outputs::Kind::Registry) {
+        outputs.push(outputs::parse("type=registry")?);
     }
-    if outputs.iter().any(|o| matches!(o, Output::Registry)) && b.tags.is_empty() {
+    if outputs
+        .iter()
+        .any(|o| o.kind == outputs::Kind::Registry && o.names.is_empty())
+        && b.tags.is_empty()
+    {
         bail!("pushing needs at least one -t NAME");
     }
+    let mut labels = Vec::new();
+    for l in &b.labels {
+        match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => labels.push((k.to_string(), v.to_string())),
+            _ => bail!("--label {l:?}: expected KEY=VALUE"),
+        }
+    }
+    // SOURCE_DATE_EPOCH from the environment is a build arg too, as buildx passes it.
+    let mut build_args = parse_build_args(&b.build_args);
+    if !build_args.iter().any(|(k, _)| k == "SOURCE_DATE_EPOCH") {
+        if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+            build_args.push(("SOURCE_DATE_EPOCH".into(), v));
+        }
+    }
+    let epoch = match build_args
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "SOURCE_DATE_EPOCH")
+    {
+        Some((_, v)) if !v.is_empty() => Some(
+            v.parse::<u64>()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?}: expected seconds since 1970"))?,
+        ),
+        _ => None,
+    };
     for t in &b.tags {
         kiln_registry::parse_reference(t).with_context(|| format!("invalid tag {t:?}"))?;
     }
@@ -370,11 +388,14 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
             .file_name()
             .map(|f| f.to_string_lossy().to_string())
             .unwrap_or_else(|| "Dockerfile".into()),
-        build_args: parse_build_args(&b.build_args),
+        build_args,
         target: b.target.clone(),
         platform,
     };
-    let graph = kiln_frontend::compile(&text, &opts, &resolver)?;
+    let mut graph = kiln_frontend::compile(&text, &opts, &resolver)?;
+    for (k, v) in labels {
+        graph.config.config.labels.insert(k, v);
+    }
     for w in &graph.warnings {
         progress.note(w);
     }
@@ -403,56 +424,47 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         progress: progress.clone(),
     };
     let results = kiln_solver::solve(&solver, &graph)?;
-    let image = kiln_exporter::assemble(&graph, &results)?;
-    kiln_exporter::store_image(&image, &store)?;
-
+    let built = kiln_exporter::assemble(&graph, &results)?;
     if outputs.is_empty() {
         progress.note("WARNING: No output specified. The build result only remains in kiln's cache; use -o type=oci,dest=FILE or --push");
     }
-    for o in &outputs {
-        match o {
-            Output::Oci { dest } => {
-                let v = progress.vertex(&format!("exporting to oci image format {dest}"));
-                v.log(&format!("exporting manifest {}", image.manifest_digest));
-                v.log(&format!("exporting config {}", image.config_digest));
-                match kiln_exporter::write_oci_tar(&image, &b.tags, dest, &store) {
-                    Ok(()) => v.done(),
-                    Err(e) => {
-                        v.error(&e.to_string());
-                        return Err(e.into());
-                    }
-                }
-            }
-            Output::Registry => {
-                let v = progress.vertex(&format!("pushing {}", b.tags.join(", ")));
-                let pushed =
-                    runtime.block_on(kiln_exporter::push(&image, &b.tags, &registry, &store));
-                match pushed {
-                    Ok(list) => {
-                        for p in &list {
-                            for d in &p.existing {
-                                v.log(&format!("{}: Layer already exists", &d[7..19]));
-                            }
-                            for d in &p.uploaded {
-                                v.log(&format!("{}: Pushed", &d[7..19]));
-                            }
-                        }
-                        v.done();
-                        for (t, p) in b.tags.iter().zip(&list) {
-                            println!("{t}: digest: {} size: {}", p.digest, p.size);
-                        }
-                    }
-                    Err(e) => {
-                        v.error(&e.to_string());
-                        return Err(e.into());
-                    }
-                }
-            }
-        }
+    let lowers = results
+        .get(&graph.target)
+        .map(|r| r.lowers())
+        .unwrap_or_default();
+    let ctx = outputs::Ctx {
+        store: &store,
+        launcher: &solver.launcher,
+        registry: &registry,
+        runtime: &runtime,
+        progress: &progress,
+        built: &built,
+        lowers,
+        tags: &b.tags,
+        epoch,
+    };
+    let mut done = outputs::export_all(&ctx, &outputs)?;
+    if done.image.is_none() {
+        // No image output: the image is still made (and its digest shown), as the
+        // one an image output with default options would write.
+        let opts = kiln_exporter::ImageOptions {
+            epoch,
+            ..Default::default()
+        };
+        done.image = Some(kiln_exporter::finish(&built, &opts, &store)?);
+        done.names = b.tags.clone();
     }
-    progress.note(&format!(
-        "image {} (config {})",
-        image.manifest_digest, image.config_digest
-    ));
+    if let Some(p) = &b.iidfile {
+        outputs::write_iidfile(p, &done)?;
+    }
+    if let Some(p) = &b.metadata_file {
+        outputs::write_metadata(p, &done)?;
+    }
+    if let Some(img) = &done.image {
+        progress.note(&format!(
+            "image {} (config {})",
+            img.manifest_digest, img.config_digest
+        ));
+    }
     Ok(())
 }

@@ -36,15 +36,7 @@ pub struct LayerDigests {
 pub fn write_layer(upper: &Path, out: File) -> Result<LayerDigests> {
     let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, out));
     let gz = flate2::write::GzEncoder::new(compressed, flate2::Compression::default());
-    let mut tar = tar::Builder::new(HashWriter::new(gz));
-    tar.follow_symlinks(false);
-    let mut w = Walker {
-        tar,
-        links: HashMap::new(),
-        entries: 0,
-    };
-    w.dir(upper, Path::new(""))?;
-    let tar_hw = w.tar.into_inner().ctx(|| "finishing layer tar".into())?;
+    let (tar_hw, entries) = write_tar(upper, HashWriter::new(gz))?;
     let (gz, diff_id, _) = tar_hw.finish();
     let compressed = gz.finish().ctx(|| "finishing gzip".into())?;
     let (buf, digest, size) = compressed.finish();
@@ -57,8 +49,25 @@ pub fn write_layer(upper: &Path, out: File) -> Result<LayerDigests> {
         diff_id,
         digest,
         size,
-        entries: w.entries,
+        entries,
     })
+}
+
+/// Writes the tree `root` as an uncompressed tar to `out` (whiteouts and opaque
+/// directories as in a layer; a tree without them is a plain filesystem tar).
+/// Returns the writer and the number of entries.
+pub fn write_tar<W: Write>(root: &Path, out: W) -> Result<(W, u64)> {
+    let mut tar = tar::Builder::new(out);
+    tar.follow_symlinks(false);
+    let mut w = Walker {
+        tar,
+        links: HashMap::new(),
+        entries: 0,
+    };
+    w.dir(root, Path::new(""))?;
+    let entries = w.entries;
+    let out = w.tar.into_inner().ctx(|| "finishing tar".into())?;
+    Ok((out, entries))
 }
 
 struct Walker<W: Write> {

@@ -487,6 +487,7 @@ mod tests {
             size: 1,
             media_type: String::new(),
             snapshot: format!("snap-{n}"),
+            pulled: false,
         }
     }
 

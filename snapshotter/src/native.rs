@@ -52,6 +52,9 @@ pub enum How {
     Copy,
     /// Hard links to the snapshots' files: the tree must never be written.
     Link,
+    /// Copies owned by whoever runs this (`-o type=local`): no owners, no
+    /// `user.rootlesscontainers`.
+    Export,
 }
 
 /// Mounts a read-only view of `ids` (top-first) at `target`, an empty directory.
@@ -146,7 +149,7 @@ impl Materializer<'_> {
                     }
                     Err(_) => fs::create_dir(&d).ctx(|| format!("creating {}", d.display()))?,
                 }
-                copy_meta(&s, &d, &m)?;
+                copy_meta(&s, &d, &m, self.how)?;
                 self.apply(src, &r, links)?;
                 self.dir_times.insert(r, m);
                 continue;
@@ -176,7 +179,7 @@ impl Materializer<'_> {
             } else {
                 continue; // device nodes were skipped at unpack; sockets are no content
             }
-            copy_meta(&s, &d, &m)?;
+            copy_meta(&s, &d, &m, self.how)?;
             set_times(&d, &m)?;
             if m.nlink() > 1 {
                 links.insert(key, d);
@@ -187,16 +190,18 @@ impl Materializer<'_> {
 }
 
 /// Gives `to` the owner, mode and xattrs (but overlay's own) of `from`. The owner goes
-/// first: chown clears setuid and setgid bits.
-fn copy_meta(from: &Path, to: &Path, m: &Metadata) -> Result<()> {
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        to,
-        Some(nix::unistd::Uid::from_raw(m.uid())),
-        Some(nix::unistd::Gid::from_raw(m.gid())),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .ctx(|| format!("chown {}", to.display()))?;
+/// first: chown clears setuid and setgid bits. An export keeps no owner.
+fn copy_meta(from: &Path, to: &Path, m: &Metadata, how: How) -> Result<()> {
+    if how != How::Export {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            to,
+            Some(nix::unistd::Uid::from_raw(m.uid())),
+            Some(nix::unistd::Gid::from_raw(m.gid())),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ctx(|| format!("chown {}", to.display()))?;
+    }
     if m.file_type().is_symlink() {
         return Ok(()); // no mode, and user xattrs are not allowed on symlinks
     }
@@ -207,7 +212,10 @@ fn copy_meta(from: &Path, to: &Path, m: &Metadata) -> Result<()> {
     .ctx(|| format!("chmod {}", to.display()))?;
     for n in xattr::list(from).ctx(|| format!("listing xattrs of {}", from.display()))? {
         let s = n.to_string_lossy();
-        if s.starts_with("user.overlay.") || s.starts_with("trusted.overlay.") {
+        if s.starts_with("user.overlay.")
+            || s.starts_with("trusted.overlay.")
+            || (how == How::Export && s == crate::owner::XATTR)
+        {
             continue;
         }
         if let Some(v) =
@@ -387,7 +395,7 @@ impl Differ<'_> {
         let from = self.merged.join(rel);
         let m = fs::symlink_metadata(&from).ctx(|| format!("stat {}", from.display()))?;
         fs::create_dir(&at).ctx(|| format!("creating {}", at.display()))?;
-        copy_meta(&from, &at, &m)?;
+        copy_meta(&from, &at, &m, How::Copy)?;
         self.made.push(rel.to_path_buf());
         Ok(())
     }

@@ -20,6 +20,11 @@ pub struct Layer {
     pub media_type: String,
     /// The snapshot directory holding the unpacked layer.
     pub snapshot: String,
+    /// Whether the blob came from a registry as it is (a base image's layer) rather
+    /// than being made by kiln: exporters keep such blobs' compression unless told
+    /// `force-compression=true`, as BuildKit does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pulled: bool,
 }
 
 /// What made a record, as `docker buildx du` groups them.

@@ -42,6 +42,15 @@ pub enum Request {
         action: Action,
         layer_out: PathBuf,
     },
+    /// `-o type=local` / `-o type=tar`: the filesystem of `lowers` (top-first) with
+    /// files owned by the user, as the directory `dest` (created or merged into) or as
+    /// the tar file `dest`, with the image's owners in its headers.
+    ExportFs {
+        store: PathBuf,
+        lowers: Vec<String>,
+        dest: PathBuf,
+        tar: bool,
+    },
     /// Delete trees that may hold files owned by mapped ids.
     Remove { paths: Vec<PathBuf> },
     /// Measure the disk usage of trees only the namespace's root may read whole.
@@ -72,6 +81,7 @@ pub enum Response {
         message: Option<String>,
     },
     Removed,
+    Exported,
     Usage {
         bytes: Vec<u64>,
     },
@@ -148,6 +158,22 @@ fn handle(req: Request) -> Result<Response> {
             let _ = fs::remove_dir_all(&dir);
             r
         }
+        Request::ExportFs {
+            store,
+            lowers,
+            dest,
+            tar,
+        } => {
+            let store = Store::open(store)?;
+            if tar {
+                export_tar(&store, &lowers, &dest)?;
+            } else {
+                fs::create_dir_all(&dest)
+                    .map_err(io_ctx(format!("creating {}", dest.display())))?;
+                native::materialize(&store, &lowers, &dest, native::How::Export)?;
+            }
+            Ok(Response::Exported)
+        }
         Request::Remove { paths } => {
             for p in paths {
                 let removed = match fs::symlink_metadata(&p) {
@@ -173,6 +199,27 @@ fn handle(req: Request) -> Result<Response> {
                 .collect(),
         }),
     }
+}
+
+/// Writes the filesystem of `lowers` as a tar at `dest`, walking a view of hard links.
+fn export_tar(store: &Store, lowers: &[String], dest: &Path) -> Result<()> {
+    let view = store.tmp_path("view");
+    fs::create_dir(&view).map_err(io_ctx(format!("creating {}", view.display())))?;
+    let r = (|| {
+        native::materialize(store, lowers, &view, native::How::Link)?;
+        let f = fs::File::create(dest).map_err(io_ctx(format!("creating {}", dest.display())))?;
+        let (w, _) = kiln_snapshotter::diff::write_tar(
+            &view,
+            std::io::BufWriter::with_capacity(1 << 20, f),
+        )?;
+        let f = w
+            .into_inner()
+            .map_err(|e| io_ctx(format!("writing {}", dest.display()))(e.into_error()))?;
+        f.sync_all()
+            .map_err(io_ctx(format!("syncing {}", dest.display())))
+    })();
+    let _ = fs::remove_dir_all(&view);
+    r
 }
 
 /// Mounts an overlay with a whiteout-bearing lower layer, writes through it and checks

@@ -461,6 +461,7 @@ fn execute(
                 digest: d.digest,
                 size: d.size,
                 media_type: diff::MEDIA_TYPE_GZIP.into(),
+                pulled: false,
             }))
         }
         Response::Step {
@@ -534,6 +535,7 @@ fn pull(s: &Solver, pinned: &str, v: &Vertex) -> Result<(Record, bool)> {
             size: l.size(),
             media_type: media,
             snapshot: s.snapshot_id(diff_id)?,
+            pulled: true,
         });
     }
     let created = config
