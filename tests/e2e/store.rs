@@ -171,7 +171,7 @@ fn push_image(case: &Case, name: &str, base: Option<&str>, layers: &[(Vec<u8>, V
 }
 
 /// Runs kiln with `args` (after `--root STORE`) and extra environment.
-fn kiln(case: &Case, args: &[&str], env: &[(&str, &str)]) -> Run {
+pub(super) fn kiln(case: &Case, args: &[&str], env: &[(&str, &str)]) -> Run {
     assert_ne!(nix_uid(), 0, "end-to-end tests must run unprivileged");
     Command::new(kiln_bin())
         .arg("--root")
@@ -183,7 +183,7 @@ fn kiln(case: &Case, args: &[&str], env: &[(&str, &str)]) -> Run {
         .into()
 }
 
-fn build(case: &Case, extra: &[&str], env: &[(&str, &str)]) -> Run {
+pub(super) fn build(case: &Case, extra: &[&str], env: &[(&str, &str)]) -> Run {
     let ctx = case.ctx();
     let mut args = vec!["build", "--progress", "plain"];
     args.extend_from_slice(extra);
