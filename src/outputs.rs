@@ -103,7 +103,7 @@ pub fn parse(spec: &str) -> Result<Output> {
     let mut kv = Vec::new();
     for f in csv_fields(spec)? {
         match f.split_once('=') {
-            Some((k, v)) => kv.push((k.trim().to_lowercase(), v.to_string())),
+            Some((k, v)) => kv.push((k.trim().to_string(), v.to_string())),
             None => bail!("output {spec:?}: {f:?} is not key=value"),
         }
     }
@@ -185,10 +185,8 @@ pub fn parse(spec: &str) -> Result<Output> {
                 let put = |prefix: &str, map: &mut BTreeMap<String, String>| -> Result<bool> {
                     match k.strip_prefix(prefix) {
                         Some("") => bail!("output {spec:?}: {k} has no annotation name"),
-                        Some(_) => {
-                            // Keys keep their case (the CSV key was lowercased for matching).
-                            let orig = spec_key(spec, k).unwrap_or_else(|| k.to_string());
-                            map.insert(orig[prefix.len()..].to_string(), v.clone());
+                        Some(name) => {
+                            map.insert(name.to_string(), v.clone());
                             Ok(true)
                         }
                         None => Ok(false),
@@ -220,14 +218,6 @@ pub fn parse(spec: &str) -> Result<Output> {
         }
     };
     Ok(out)
-}
-
-/// The key as the user wrote it (annotation names are case-sensitive).
-fn spec_key(spec: &str, lower: &str) -> Option<String> {
-    csv_fields(spec).ok()?.into_iter().find_map(|f| {
-        let (k, _) = f.split_once('=')?;
-        (k.trim().to_lowercase() == lower).then(|| k.trim().to_string())
-    })
 }
 
 /// What the exports made, for `--iidfile` and `--metadata-file`.

@@ -228,7 +228,7 @@ fn copy_meta(from: &Path, to: &Path, m: &Metadata, how: How) -> Result<()> {
 }
 
 /// Sets the access and modification times of `to` (not following a symlink) to `m`'s.
-fn set_times(to: &Path, m: &Metadata) -> Result<()> {
+pub fn set_times(to: &Path, m: &Metadata) -> Result<()> {
     let a = nix::sys::time::TimeSpec::new(m.atime(), m.atime_nsec());
     let t = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
     nix::sys::stat::utimensat(

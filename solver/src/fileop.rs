@@ -525,15 +525,7 @@ fn apply_meta(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Resul
     let mode = opts.chmod.unwrap_or(meta.mode() & 0o7777);
     fs::set_permissions(to, fs::Permissions::from_mode(mode))
         .map_err(io_ctx(format!("chmod {}", to.display())))?;
-    let mtime = nix::sys::time::TimeSpec::new(meta.mtime(), meta.mtime_nsec());
-    nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        to,
-        &mtime,
-        &mtime,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| Error::Helper(format!("setting times of {}: {e}", to.display())))
+    Ok(native::set_times(to, meta)?)
 }
 
 /// `mkdir -p` of `rel` inside `root`, following symlinks within the root.
