@@ -162,7 +162,7 @@ pub fn write(
     };
     let l = layout(img, &index, docker.as_deref(), store)?;
     if !tar {
-        return write_dir(&l, Path::new(dest), img, naming);
+        return write_dir(&l, Path::new(dest), &index);
     }
     if dest == "-" {
         let out = std::io::stdout().lock();
@@ -255,10 +255,10 @@ fn put(path: &Path, content: &Content) -> Result<()> {
     r
 }
 
-fn write_dir(l: &Layout, dest: &Path, img: &Image, naming: &Naming) -> Result<()> {
+fn write_dir(l: &Layout, dest: &Path, index: &[u8]) -> Result<()> {
     let existing = dest.join("index.json");
     if existing.is_file() {
-        return add_to_layout(l, dest, img, naming);
+        return add_to_layout(l, dest, index);
     }
     if dest.exists() && fs::read_dir(dest).map_err(io(dest))?.next().is_some() {
         return Err(Error::Options(format!(
@@ -284,8 +284,9 @@ fn write_dir(l: &Layout, dest: &Path, img: &Image, naming: &Naming) -> Result<()
 }
 
 /// Adds the image to an existing layout: blobs first, then an `index.json` in which
-/// the image's names now point at it (as BuildKit's oci-layout does).
-fn add_to_layout(l: &Layout, dest: &Path, img: &Image, naming: &Naming) -> Result<()> {
+/// the names of `index` (the image's own) now point at it (as BuildKit's oci-layout
+/// does).
+fn add_to_layout(l: &Layout, dest: &Path, index: &[u8]) -> Result<()> {
     fs::create_dir_all(dest.join("blobs/sha256")).map_err(io(dest))?;
     for (name, c) in &l.files {
         if name.starts_with("blobs/") && !dest.join(name).exists() {
@@ -295,8 +296,8 @@ fn add_to_layout(l: &Layout, dest: &Path, img: &Image, naming: &Naming) -> Resul
     let path = dest.join("index.json");
     let old: serde_json::Value = serde_json::from_slice(&fs::read(&path).map_err(io(&path))?)
         .map_err(|e| Error::Options(format!("{}: bad index.json: {e}", path.display())))?;
-    let ours: serde_json::Value = serde_json::from_slice(&index_for(img, naming)?)
-        .map_err(|e| Error::Assemble(e.to_string()))?;
+    let ours: serde_json::Value =
+        serde_json::from_slice(index).map_err(|e| Error::Assemble(e.to_string()))?;
     let new_names: HashSet<String> = ours["manifests"]
         .as_array()
         .into_iter()

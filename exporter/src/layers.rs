@@ -182,10 +182,7 @@ fn convert(
     let result = (|| {
         let hashed = HashWriter::new(BufWriter::with_capacity(1 << 20, out));
         let (hashed, diff_id) = match compression {
-            Compression::Uncompressed => {
-                let (w, id) = write_tar(tar, HashWriter::new(hashed), opts, &tmp)?;
-                (w, id)
-            }
+            Compression::Uncompressed => write_tar(tar, HashWriter::new(hashed), opts, &tmp)?,
             Compression::Gzip => {
                 let level = opts.level.unwrap_or(6).clamp(0, 9) as u32;
                 let gz = flate2::write::GzEncoder::new(hashed, flate2::Compression::new(level));
