@@ -6,6 +6,7 @@
 //! subcommand, before any thread exists.
 
 mod info;
+mod login;
 mod outputs;
 mod store_cmds;
 
@@ -57,6 +58,10 @@ enum Cmd {
     Prune(store_cmds::PruneArgs),
     /// Check what this machine offers kiln, and how to fix what is missing.
     Info,
+    /// Log in to a registry (kept in docker's config.json format).
+    Login(login::LoginArgs),
+    /// Log out from a registry.
+    Logout(login::LogoutArgs),
 }
 
 #[derive(clap::Args)]
@@ -123,18 +128,19 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Cmd::Info = cli.cmd {
-        return info::info(cli.root);
-    }
-    let root = match cli.root.or_else(Store::default_root) {
-        Some(r) => r,
-        None => bail!("cannot find a store directory: set --root, KILN_ROOT or HOME"),
+    let root = || match cli.root.clone().or_else(Store::default_root) {
+        Some(r) => Ok(r),
+        None => Err(anyhow::anyhow!(
+            "cannot find a store directory: set --root, KILN_ROOT or HOME"
+        )),
     };
     match cli.cmd {
-        Cmd::Build(b) => build(root, cli.snapshotter, *b),
-        Cmd::Du(a) => store_cmds::du(root, a),
-        Cmd::Prune(a) => store_cmds::prune(root, a),
-        Cmd::Info => unreachable!("handled above"),
+        Cmd::Info => info::info(cli.root.clone()),
+        Cmd::Login(a) => login::login(a),
+        Cmd::Logout(a) => login::logout(a),
+        Cmd::Build(b) => build(root()?, cli.snapshotter, *b),
+        Cmd::Du(a) => store_cmds::du(root()?, a),
+        Cmd::Prune(a) => store_cmds::prune(root()?, a),
     }
 }
 
@@ -173,6 +179,9 @@ impl ImageResolver for Resolver<'_> {
             .block_on(self.registry.resolve(name, &want, self.store))
             .map_err(|e| e.to_string())
             .and_then(|r| {
+                if let Some(m) = &r.mirror {
+                    v.log(&format!("from mirror {m}"));
+                }
                 let config: ImageConfig = serde_json::from_slice(&r.config)
                     .map_err(|e| format!("bad image config of {}: {e}", r.pinned))?;
                 Ok(ResolvedImage {
@@ -367,7 +376,10 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let registry = Arc::new(Registry::new());
+    let registry = {
+        let p = progress.clone();
+        Arc::new(Registry::from_env()?.with_notify(move |m| p.note(m)))
+    };
 
     let v = progress.vertex(&format!(
         "[internal] load build definition from {}",

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use kiln_exporter::archive::{self, Format, Naming};
 use kiln_exporter::layers::Compression;
 use kiln_exporter::{Built, Image, ImageOptions};
-use kiln_registry::Registry;
+use kiln_registry::{BlobOutcome, Registry};
 use kiln_snapshotter::Store;
 use kiln_solver::helper::{Launcher, Request, Response};
 use kiln_solver::progress::Progress;
@@ -328,11 +328,13 @@ fn push(ctx: &Ctx, img: &Image, names: &[String]) -> Result<()> {
     {
         Ok(list) => {
             for p in &list {
-                for d in &p.existing {
-                    v.log(&format!("{}: Layer already exists", &d[7..19]));
-                }
-                for d in &p.uploaded {
-                    v.log(&format!("{}: Pushed", &d[7..19]));
+                for (d, outcome) in &p.blobs {
+                    let short = d.get(7..19).unwrap_or(d);
+                    v.log(&match outcome {
+                        BlobOutcome::Existing => format!("{short}: Layer already exists"),
+                        BlobOutcome::Uploaded => format!("{short}: Pushed"),
+                        BlobOutcome::Mounted(from) => format!("{short}: Mounted from {from}"),
+                    });
                 }
             }
             v.done();

@@ -143,6 +143,7 @@ pub fn export_layer(store: &Store, layer: &Layer, opts: &LayerOptions) -> Result
         // record depends on, so pruning it also retires the conversion.
         snapshot: layer.snapshot.clone(),
         pulled: false,
+        source: None,
     };
     store.save_record(
         &key,
@@ -332,6 +333,7 @@ mod tests {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
             snapshot: "s".into(),
             pulled: false,
+            source: None,
         }
     }
 

@@ -60,11 +60,13 @@ pub async fn push(
         .map(|l| Blob {
             digest: l.digest.clone(),
             size: l.size,
+            source: l.source.clone(),
         })
         .collect();
     blobs.push(Blob {
         digest: img.config_digest.clone(),
         size: img.config.len() as u64,
+        source: None,
     });
     let mut out = Vec::new();
     for n in names {

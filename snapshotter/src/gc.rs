@@ -488,6 +488,7 @@ mod tests {
             media_type: String::new(),
             snapshot: format!("snap-{n}"),
             pulled: false,
+            source: None,
         }
     }
 

@@ -25,6 +25,10 @@ pub struct Layer {
     /// `force-compression=true`, as BuildKit does.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pulled: bool,
+    /// For a pulled layer, the repository it came from (`host/path`), so a push to
+    /// another repository of that registry can mount it instead of uploading it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// What made a record, as `docker buildx du` groups them.

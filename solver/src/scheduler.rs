@@ -462,6 +462,7 @@ fn execute(
                 size: d.size,
                 media_type: diff::MEDIA_TYPE_GZIP.into(),
                 pulled: false,
+                source: None,
             }))
         }
         Response::Step {
@@ -536,6 +537,7 @@ fn pull(s: &Solver, pinned: &str, v: &Vertex) -> Result<(Record, bool)> {
             media_type: media,
             snapshot: s.snapshot_id(diff_id)?,
             pulled: true,
+            source: pinned.split_once('@').map(|(repo, _)| repo.to_string()),
         });
     }
     let created = config
