@@ -142,6 +142,7 @@ pub fn info(root: Option<PathBuf>) -> Result<()> {
 
     let store_root = root.or_else(Store::default_root);
     let mut store_line = None;
+    let mut private: Result<(), String> = Err("no store to run the namespace helper in".into());
     match &store_root {
         None => checks.push(
             check(Verdict::Fail, "store", "no store directory")
@@ -154,6 +155,7 @@ pub fn info(root: Option<PathBuf>) -> Result<()> {
             ),
             Ok(store) => {
                 let l = Launcher::new(store.clone(), idmap.clone());
+                private = crate::platforms::private_binfmt(&l);
                 let dir = store.tmp_path("probe");
                 match l.run(&Request::Probe { dir }, &|_| {}) {
                     Ok(Response::Probe { overlay }) => {
@@ -192,7 +194,7 @@ pub fn info(root: Option<PathBuf>) -> Result<()> {
         },
     }
 
-    checks.push(binfmt_check());
+    checks.push(binfmt_check(&private));
 
     let mut failed = false;
     for c in &checks {
@@ -229,41 +231,53 @@ fn store_summary(l: &Launcher, root: &Path) -> String {
     format!("{} ({size} used, {free} free)", root.display())
 }
 
-/// Foreign platforms: which QEMU interpreters exist and which the host registered.
-fn binfmt_check() -> Check {
-    let arches = [
-        "aarch64", "arm", "riscv64", "ppc64le", "s390x", "i386", "x86_64", "mips64el",
-    ];
-    let search: Vec<PathBuf> = std::env::var_os("KILN_QEMU_PATH")
-        .into_iter()
-        .flat_map(|v| std::env::split_paths(&v).collect::<Vec<_>>())
-        .chain(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_default(),
-        ))
-        .chain([PathBuf::from("/usr/bin")])
-        .collect();
-    let found: Vec<&str> = arches
-        .iter()
-        .copied()
-        .filter(|a| {
-            search.iter().any(|d| {
-                d.join(format!("qemu-{a}-static")).is_file()
-                    || d.join(format!("qemu-{a}")).is_file()
-            })
-        })
-        .collect();
-    let registered: Vec<String> = std::fs::read_dir("/proc/sys/fs/binfmt_misc")
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| n.starts_with("qemu-"))
-                .collect()
-        })
-        .unwrap_or_default();
+/// Foreign platforms: which ones RUN steps can execute as here, and how.
+fn binfmt_check(private: &Result<(), String>) -> Check {
+    let host = kiln_frontend::Platform::host();
+    let mut can = Vec::new();
+    let mut cannot = Vec::new();
+    for arch in [
+        "amd64", "arm64", "arm", "386", "riscv64", "ppc64le", "s390x", "mips64le",
+    ] {
+        if arch == host.architecture {
+            continue;
+        }
+        let name = if arch == "arm" {
+            "linux/arm/v7".to_string()
+        } else {
+            format!("linux/{arch}")
+        };
+        match crate::platforms::how(arch, private) {
+            Ok(crate::platforms::Runs::Native) => can.push(format!("{name} (natively)")),
+            Ok(crate::platforms::Runs::Private(e)) => can.push(format!(
+                "{name} ({}, registered by kiln)",
+                e.interpreter.display()
+            )),
+            Ok(crate::platforms::Runs::Host(i)) => {
+                can.push(format!("{name} (host registration, {i})"))
+            }
+            Err(_) => cannot.push(name),
+        }
+    }
     let detail = format!(
-        "QEMU interpreters: {}; host binfmt_misc registrations: {}; RUN steps for foreign platforms are not supported yet",
-        if found.is_empty() { "none".to_string() } else { found.join(" ") },
-        if registered.is_empty() { "none".to_string() } else { registered.join(" ") }
+        "RUN can execute as {}; not as {}",
+        if can.is_empty() {
+            "no foreign platform".to_string()
+        } else {
+            can.join(", ")
+        },
+        if cannot.is_empty() {
+            "-".to_string()
+        } else {
+            cannot.join(", ")
+        }
     );
-    check(Verdict::Info, "foreign platforms", detail)
+    let c = check(Verdict::Info, "foreign platforms", detail);
+    match private {
+        Err(why) if !cannot.is_empty() => c.fix(format!(
+            "kiln cannot register QEMU in its own user namespace ({why}): use Linux 6.7+ or register QEMU on the host"
+        )),
+        _ if !cannot.is_empty() => c.fix("install qemu-user-static (or put qemu-<arch>-static in KILN_QEMU_PATH)"),
+        _ => c,
+    }
 }

@@ -8,6 +8,7 @@
 mod info;
 mod login;
 mod outputs;
+mod platforms;
 mod store_cmds;
 
 use anyhow::{bail, Context, Result};
@@ -101,7 +102,8 @@ struct BuildArgs {
     /// Set type of progress output (auto, tty, plain, quiet).
     #[arg(long, default_value = "auto")]
     progress: Mode,
-    /// Set target platform for build (only the host platform for now).
+    /// Set target platforms for build (comma-separated, e.g. linux/amd64,linux/arm64);
+    /// foreign RUN steps run under QEMU user emulation.
     #[arg(long)]
     platform: Option<String>,
     /// Secret to expose to RUN --mount=type=secret (id=ID,src=FILE or id=ID,env=VAR).
@@ -155,20 +157,23 @@ struct Resolver<'a> {
 
 impl ImageResolver for Resolver<'_> {
     fn resolve(&self, name: &str, p: &Platform) -> std::result::Result<ResolvedImage, String> {
+        let key = format!("{name} {p}");
         if let Some(r) = self
             .seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(name)
+            .get(&key)
         {
             return Ok(r.clone());
         }
         let shown = kiln_registry::parse_reference(name)
             .map(|r| r.whole())
             .unwrap_or_else(|_| name.to_string());
-        let v = self
-            .progress
-            .vertex(&format!("[internal] load metadata for {shown}"));
+        let v = self.progress.vertex(&if *p == Platform::host() {
+            format!("[internal] load metadata for {shown}")
+        } else {
+            format!("[{p} internal] load metadata for {shown}")
+        });
         let want = Want {
             os: p.os.clone(),
             architecture: p.architecture.clone(),
@@ -195,7 +200,7 @@ impl ImageResolver for Resolver<'_> {
                 self.seen
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(name.to_string(), r.clone());
+                    .insert(key, r.clone());
             }
             Err(e) => v.error(e),
         }
@@ -272,12 +277,7 @@ fn choose_snapshotter(
 
 fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()> {
     let secrets = parse_secrets(&b.secrets)?;
-    let platform = Platform::host();
-    if let Some(p) = &b.platform {
-        if Platform::parse(p).as_ref() != Some(&platform) {
-            bail!("--platform {p}: only the host platform ({platform}) is supported yet");
-        }
-    }
+    let platforms = platforms::parse(b.platform.as_deref())?;
     let mut outputs = b
         .outputs
         .iter()
@@ -395,33 +395,50 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         progress: &progress,
         seen: Mutex::new(HashMap::new()),
     };
-    let opts = BuildOptions {
-        file_name: file
-            .file_name()
-            .map(|f| f.to_string_lossy().to_string())
-            .unwrap_or_else(|| "Dockerfile".into()),
-        build_args,
-        target: b.target.clone(),
-        platform,
-    };
-    let mut graph = kiln_frontend::compile(&text, &opts, &resolver)?;
-    for (k, v) in labels {
-        graph.config.config.labels.insert(k, v);
+    let multi = platforms.len() > 1;
+    let mut graphs = Vec::new();
+    for platform in &platforms {
+        let opts = BuildOptions {
+            file_name: file
+                .file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_else(|| "Dockerfile".into()),
+            build_args: build_args.clone(),
+            target: b.target.clone(),
+            platform: platform.clone(),
+            show_platform: multi,
+        };
+        let mut graph = kiln_frontend::compile(&text, &opts, &resolver)?;
+        for (k, v) in &labels {
+            graph.config.config.labels.insert(k.clone(), v.clone());
+        }
+        graphs.push(graph);
     }
-    for w in &graph.warnings {
-        progress.note(w);
+    let mut warned = std::collections::HashSet::new();
+    for w in graphs.iter().flat_map(|g| &g.warnings) {
+        if warned.insert(w.clone()) {
+            progress.note(w);
+        }
     }
     match b.print.as_deref() {
+        Some("graph") if multi => {
+            let all: Vec<serde_json::Value> = graphs.iter().map(|g| g.to_json()).collect();
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            return Ok(());
+        }
         Some("graph") => {
-            println!("{}", serde_json::to_string_pretty(&graph.to_json())?);
+            println!("{}", serde_json::to_string_pretty(&graphs[0].to_json())?);
             return Ok(());
         }
         Some(_) => {
-            print!("{}", graph.to_dot());
+            for g in &graphs {
+                print!("{}", g.to_dot());
+            }
             return Ok(());
         }
         None => {}
     }
+    let emulators = platforms::plan(&graphs, &launcher, &progress)?;
 
     let solver = kiln_solver::Solver {
         store: store.clone(),
@@ -433,25 +450,46 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         ignore,
         no_cache: b.no_cache,
         secrets,
+        emulators,
         progress: progress.clone(),
     };
-    let results = kiln_solver::solve(&solver, &graph)?;
-    let built = kiln_exporter::assemble(&graph, &results)?;
+    // One graph for every platform, so what they share is built once.
+    let merged = kiln_frontend::merge(&graphs);
+    let whole = kiln_frontend::BuildGraph {
+        dag: merged.dag,
+        target: merged.maps[0][&graphs[0].target],
+        config: graphs[0].config.clone(),
+        history: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let all = kiln_solver::solve(&solver, &whole)?;
+    let mut images = Vec::new();
+    for ((graph, map), platform) in graphs.iter().zip(&merged.maps).zip(&platforms) {
+        let results: HashMap<_, _> = map
+            .iter()
+            .filter_map(|(old, new)| all.get(new).map(|r| (*old, r.clone())))
+            .collect();
+        let built = kiln_exporter::assemble(graph, &results)?;
+        let lowers = results
+            .get(&graph.target)
+            .map(|r| r.lowers())
+            .unwrap_or_default();
+        images.push(outputs::PlatformImage {
+            platform: platform.clone(),
+            built,
+            lowers,
+        });
+    }
     if outputs.is_empty() {
         progress.note("WARNING: No output specified. The build result only remains in kiln's cache; use -o type=oci,dest=FILE or --push");
     }
-    let lowers = results
-        .get(&graph.target)
-        .map(|r| r.lowers())
-        .unwrap_or_default();
     let ctx = outputs::Ctx {
         store: &store,
         launcher: &solver.launcher,
         registry: &registry,
         runtime: &runtime,
         progress: &progress,
-        built: &built,
-        lowers,
+        images: &images,
         tags: &b.tags,
         epoch,
     };
@@ -463,7 +501,15 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
             epoch,
             ..Default::default()
         };
-        done.image = Some(kiln_exporter::finish(&built, &opts, &store)?);
+        let imgs = images
+            .iter()
+            .map(|p| kiln_exporter::finish(&p.built, &opts, &store))
+            .collect::<Result<Vec<_>, _>>()?;
+        if imgs.len() > 1 {
+            let pairs = images.iter().map(|p| p.platform.clone()).zip(imgs.clone());
+            done.index = Some(kiln_exporter::Multi::new(pairs.collect(), BTreeMap::new())?);
+        }
+        done.image = imgs.into_iter().next();
         done.names = b.tags.clone();
     }
     if let Some(p) = &b.iidfile {
@@ -472,7 +518,19 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
     if let Some(p) = &b.metadata_file {
         outputs::write_metadata(p, &done)?;
     }
-    if let Some(img) = &done.image {
+    if let Some(m) = &done.index {
+        for (p, img) in images.iter().zip(&m.images) {
+            progress.note(&format!(
+                "image {} for {} (config {})",
+                img.manifest_digest, p.platform, img.config_digest
+            ));
+        }
+        progress.note(&format!(
+            "image {} (index of {} platforms)",
+            m.digest,
+            m.images.len()
+        ));
+    } else if let Some(img) = &done.image {
         progress.note(&format!(
             "image {} (config {})",
             img.manifest_digest, img.config_digest

@@ -5,7 +5,8 @@
 use anyhow::{bail, Context, Result};
 use kiln_exporter::archive::{self, Format, Naming};
 use kiln_exporter::layers::Compression;
-use kiln_exporter::{Built, Image, ImageOptions};
+use kiln_exporter::{Built, Image, ImageOptions, Multi};
+use kiln_frontend::Platform;
 use kiln_registry::{BlobOutcome, Registry};
 use kiln_snapshotter::Store;
 use kiln_solver::helper::{Launcher, Request, Response};
@@ -223,8 +224,19 @@ pub fn parse(spec: &str) -> Result<Output> {
 /// What the exports made, for `--iidfile` and `--metadata-file`.
 #[derive(Default)]
 pub struct Exported {
+    /// The first image output's image (the first platform's, for several).
     pub image: Option<Image>,
+    /// With several platforms: the index over them.
+    pub index: Option<Multi>,
     pub names: Vec<String>,
+}
+
+/// One target platform's solved build.
+pub struct PlatformImage {
+    pub platform: Platform,
+    pub built: Built,
+    /// The target's snapshots, top-first.
+    pub lowers: Vec<String>,
 }
 
 /// Everything an export needs from the build.
@@ -234,9 +246,8 @@ pub struct Ctx<'a> {
     pub registry: &'a Registry,
     pub runtime: &'a tokio::runtime::Runtime,
     pub progress: &'a Progress,
-    pub built: &'a Built,
-    /// The target's snapshots, top-first.
-    pub lowers: Vec<String>,
+    /// One per target platform, in `--platform` order.
+    pub images: &'a [PlatformImage],
     pub tags: &'a [String],
     pub epoch: Option<u64>,
 }
@@ -262,7 +273,27 @@ pub fn export_all(ctx: &Ctx, outputs: &[Output]) -> Result<Exported> {
         if o.rewrite_timestamp {
             opts.layers.clamp_mtime = ctx.epoch;
         }
-        let img = kiln_exporter::finish(ctx.built, &opts, ctx.store)?;
+        let imgs = ctx
+            .images
+            .iter()
+            .map(|p| kiln_exporter::finish(&p.built, &opts, ctx.store))
+            .collect::<Result<Vec<_>, _>>()?;
+        let img = imgs[0].clone();
+        let multi = if ctx.images.len() > 1 {
+            let pairs = ctx
+                .images
+                .iter()
+                .map(|p| p.platform.clone())
+                .zip(imgs)
+                .collect();
+            Some(Multi::new(pairs, o.index_annotations.clone())?)
+        } else {
+            None
+        };
+        let subject = match &multi {
+            Some(m) => archive::Subject::Many(m),
+            None => archive::Subject::One(&img),
+        };
         let naming = Naming {
             names: names.clone(),
             index_annotations: o.index_annotations.clone(),
@@ -282,9 +313,22 @@ pub fn export_all(ctx: &Ctx, outputs: &[Output]) -> Result<Exported> {
                     "docker image format"
                 };
                 let v = ctx.progress.vertex(&format!("exporting to {what} {dest}"));
-                v.log(&format!("exporting manifest {}", img.manifest_digest));
-                v.log(&format!("exporting config {}", img.config_digest));
-                match archive::write(&img, format, &naming, &dest, *tar, ctx.store) {
+                match &multi {
+                    Some(m) => {
+                        for (p, i) in ctx.images.iter().zip(&m.images) {
+                            v.log(&format!(
+                                "exporting manifest {} ({})",
+                                i.manifest_digest, p.platform
+                            ));
+                        }
+                        v.log(&format!("exporting manifest list {}", m.digest));
+                    }
+                    None => {
+                        v.log(&format!("exporting manifest {}", img.manifest_digest));
+                        v.log(&format!("exporting config {}", img.config_digest));
+                    }
+                }
+                match archive::write(subject, format, &naming, &dest, *tar, ctx.store) {
                     Ok(()) => v.done(),
                     Err(e) => {
                         v.error(&e.to_string());
@@ -292,11 +336,15 @@ pub fn export_all(ctx: &Ctx, outputs: &[Output]) -> Result<Exported> {
                     }
                 }
             }
-            Kind::Registry => push(ctx, &img, &names)?,
+            Kind::Registry => match &multi {
+                Some(m) => push_multi(ctx, m, &names)?,
+                None => push(ctx, &img, &names)?,
+            },
             Kind::Local | Kind::Tar => unreachable!("handled above"),
         }
         if done.image.is_none() {
             done.image = Some(img);
+            done.index = multi;
             done.names = names;
         }
     }
@@ -328,18 +376,57 @@ fn push(ctx: &Ctx, img: &Image, names: &[String]) -> Result<()> {
     {
         Ok(list) => {
             for p in &list {
-                for (d, outcome) in &p.blobs {
-                    let short = d.get(7..19).unwrap_or(d);
-                    v.log(&match outcome {
-                        BlobOutcome::Existing => format!("{short}: Layer already exists"),
-                        BlobOutcome::Uploaded => format!("{short}: Pushed"),
-                        BlobOutcome::Mounted(from) => format!("{short}: Mounted from {from}"),
-                    });
-                }
+                log_blobs(&v, p);
             }
             v.done();
             for (t, p) in names.iter().zip(&list) {
                 println!("{t}: digest: {} size: {}", p.digest, p.size);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            v.error(&e.to_string());
+            Err(e.into())
+        }
+    }
+}
+
+fn log_blobs(v: &kiln_solver::progress::Vertex, p: &kiln_registry::Pushed) {
+    for (d, outcome) in &p.blobs {
+        let short = d.get(7..19).unwrap_or(d);
+        v.log(&match outcome {
+            BlobOutcome::Existing => format!("{short}: Layer already exists"),
+            BlobOutcome::Uploaded => format!("{short}: Pushed"),
+            BlobOutcome::Mounted(from) => format!("{short}: Mounted from {from}"),
+        });
+    }
+}
+
+/// Pushes each platform's image by digest and the index under every name.
+fn push_multi(ctx: &Ctx, m: &Multi, names: &[String]) -> Result<()> {
+    if names.is_empty() {
+        bail!("pushing needs a name: -t NAME or name=NAME");
+    }
+    let v = ctx.progress.vertex(&format!(
+        "pushing {} ({} platforms)",
+        names.join(", "),
+        m.images.len()
+    ));
+    match ctx
+        .runtime
+        .block_on(kiln_exporter::push_multi(m, names, ctx.registry, ctx.store))
+    {
+        Ok(per_name) => {
+            for list in &per_name {
+                for p in list {
+                    log_blobs(&v, p);
+                }
+            }
+            v.done();
+            for (t, list) in names.iter().zip(&per_name) {
+                if let Some(index) = list.last() {
+                    println!("{t}: digest: {} size: {}", index.digest, index.size);
+                }
             }
             Ok(())
         }
@@ -367,10 +454,10 @@ fn export_fs(ctx: &Ctx, o: &Output) -> Result<()> {
             "the filesystem"
         }
     ));
-    let run = |target: &Path| -> Result<()> {
+    let run_for = |lowers: &[String], target: &Path| -> Result<()> {
         let req = Request::ExportFs {
             store: ctx.store.root().to_path_buf(),
-            lowers: ctx.lowers.clone(),
+            lowers: lowers.to_vec(),
             dest: target.to_path_buf(),
             tar,
         };
@@ -379,7 +466,21 @@ fn export_fs(ctx: &Ctx, o: &Output) -> Result<()> {
             _ => bail!("the namespace helper gave an unexpected answer to an export"),
         }
     };
+    let run = |target: &Path| run_for(&ctx.images[0].lowers, target);
     let result = (|| -> Result<()> {
+        if ctx.images.len() > 1 {
+            // As buildx: one directory per platform, named like linux_arm64.
+            if tar || dest == "-" {
+                bail!("type=tar and -o - hold one platform's filesystem: use type=local (a directory per platform) or build one platform");
+            }
+            let dest = PathBuf::from(&dest);
+            std::fs::create_dir_all(&dest)
+                .with_context(|| format!("creating {}", dest.display()))?;
+            for p in ctx.images {
+                run_for(&p.lowers, &dest.join(p.platform.dir_name()))?;
+            }
+            return Ok(());
+        }
         if dest == "-" {
             let tmp = ctx.store.tmp_path("export.tar");
             let r = run(&tmp).and_then(|_| {
@@ -423,6 +524,10 @@ fn export_fs(ctx: &Ctx, o: &Output) -> Result<()> {
 /// `--iidfile`: the image ID (the config digest, as buildx writes it when the
 /// exporter reports one).
 pub fn write_iidfile(path: &Path, done: &Exported) -> Result<()> {
+    if let Some(m) = &done.index {
+        // Several platforms have no one config: buildx writes the index's digest.
+        return write_atomic(path, m.digest.as_bytes());
+    }
     let Some(img) = &done.image else {
         bail!("--iidfile: no output made an image (give -o type=oci|docker|registry)");
     };
@@ -432,7 +537,16 @@ pub fn write_iidfile(path: &Path, done: &Exported) -> Result<()> {
 /// `--metadata-file`: the exporter response as buildx writes it.
 pub fn write_metadata(path: &Path, done: &Exported) -> Result<()> {
     let mut m = serde_json::Map::new();
-    if let Some(img) = &done.image {
+    if let Some(index) = &done.index {
+        m.insert("containerimage.digest".into(), index.digest.clone().into());
+        m.insert(
+            "containerimage.descriptor".into(),
+            serde_json::to_value(index.descriptor())?,
+        );
+        if !done.names.is_empty() {
+            m.insert("image.name".into(), done.names.join(",").into());
+        }
+    } else if let Some(img) = &done.image {
         m.insert(
             "containerimage.config.digest".into(),
             img.config_digest.clone().into(),

@@ -7,7 +7,7 @@
 //! layout directory is filled beside its destination and renamed; an existing one
 //! gets its blobs first and its `index.json` last, atomically.
 
-use crate::image::{Image, Index, DOCKER_LIST, OCI_INDEX};
+use crate::image::{Descriptor, Image, Index, Multi, DOCKER_LIST, OCI_INDEX};
 use crate::{io, Error, Result};
 use kiln_snapshotter::{digest, store::atomic_write, Store};
 use std::collections::{BTreeMap, HashSet};
@@ -20,6 +20,35 @@ use std::path::{Path, PathBuf};
 pub enum Format {
     Oci,
     Docker,
+}
+
+/// What an archive holds: one image, or several platforms' under an index.
+#[derive(Debug, Clone, Copy)]
+pub enum Subject<'a> {
+    One(&'a Image),
+    Many(&'a Multi),
+}
+
+impl<'a> Subject<'a> {
+    fn descriptor(&self) -> Descriptor {
+        match self {
+            Subject::One(i) => i.descriptor(),
+            Subject::Many(m) => m.descriptor(),
+        }
+    }
+
+    fn images(self) -> Vec<&'a Image> {
+        match self {
+            Subject::One(i) => vec![i],
+            Subject::Many(m) => m.images.iter().collect(),
+        }
+    }
+
+    fn docker_types(&self) -> bool {
+        self.images()
+            .first()
+            .is_some_and(|i| i.manifest_media_type != crate::image::OCI_MANIFEST)
+    }
 }
 
 /// What goes into an archive besides the image: its names and index annotations.
@@ -61,7 +90,7 @@ pub fn familiar(name: &str) -> Result<Option<String>> {
     Ok(Some(format!("{repo}:{tag}")))
 }
 
-fn index_for(img: &Image, naming: &Naming) -> Result<Vec<u8>> {
+fn index_for(subject: Subject, naming: &Naming) -> Result<Vec<u8>> {
     let mut manifests = Vec::new();
     let names: Vec<Option<&String>> = if naming.names.is_empty() {
         vec![None]
@@ -69,14 +98,14 @@ fn index_for(img: &Image, naming: &Naming) -> Result<Vec<u8>> {
         naming.names.iter().map(Some).collect()
     };
     for n in names {
-        let mut d = img.descriptor();
+        let mut d = subject.descriptor();
         d.annotations = naming.descriptor_annotations.clone();
         if let Some(n) = n {
             d.annotations.extend(name_annotations(n)?);
         }
         manifests.push(d);
     }
-    let docker_types = img.manifest_media_type != crate::image::OCI_MANIFEST;
+    let docker_types = subject.docker_types();
     Index {
         schema_version: 2,
         media_type: if docker_types { DOCKER_LIST } else { OCI_INDEX },
@@ -113,7 +142,7 @@ struct Layout<'a> {
 }
 
 fn layout<'a>(
-    img: &'a Image,
+    subject: Subject<'a>,
     index: &'a [u8],
     docker: Option<&'a [u8]>,
     store: &Store,
@@ -128,18 +157,26 @@ fn layout<'a>(
     }
     let blob_name =
         |d: &str| -> Result<String> { Ok(format!("blobs/sha256/{}", digest::hex_part(d)?)) };
-    files.push((
-        blob_name(&img.manifest_digest)?,
-        Content::Bytes(&img.manifest),
-    ));
-    files.push((blob_name(&img.config_digest)?, Content::Bytes(&img.config)));
+    if let Subject::Many(m) = subject {
+        files.push((blob_name(&m.digest)?, Content::Bytes(&m.index)));
+    }
     let mut seen = HashSet::new();
-    for l in &img.layers {
-        if seen.insert(&l.digest) {
-            files.push((
-                blob_name(&l.digest)?,
-                Content::Blob(store.blob_path(&l.digest)?, l.size),
-            ));
+    for img in subject.images() {
+        for (d, b) in [
+            (&img.manifest_digest, &img.manifest),
+            (&img.config_digest, &img.config),
+        ] {
+            if seen.insert(d) {
+                files.push((blob_name(d)?, Content::Bytes(b)));
+            }
+        }
+        for l in &img.layers {
+            if seen.insert(&l.digest) {
+                files.push((
+                    blob_name(&l.digest)?,
+                    Content::Blob(store.blob_path(&l.digest)?, l.size),
+                ));
+            }
         }
     }
     Ok(Layout { files })
@@ -148,19 +185,25 @@ fn layout<'a>(
 /// Writes the image as an archive to `dest`: a tar file (`-` for stdout) or, with
 /// `tar == false`, a layout directory.
 pub fn write(
-    img: &Image,
+    subject: Subject,
     format: Format,
     naming: &Naming,
     dest: &str,
     tar: bool,
     store: &Store,
 ) -> Result<()> {
-    let index = index_for(img, naming)?;
-    let docker = match format {
-        Format::Docker => Some(docker_manifest(img, naming)?),
-        Format::Oci => None,
+    let index = index_for(subject, naming)?;
+    let docker = match (format, subject) {
+        (Format::Docker, Subject::One(img)) => Some(docker_manifest(img, naming)?),
+        // As BuildKit's docker exporter: `docker load` takes one image per name.
+        (Format::Docker, Subject::Many(_)) => {
+            return Err(Error::Options(
+                "type=docker holds one platform's image: export several platforms with type=oci or type=registry".into(),
+            ))
+        }
+        (Format::Oci, _) => None,
     };
-    let l = layout(img, &index, docker.as_deref(), store)?;
+    let l = layout(subject, &index, docker.as_deref(), store)?;
     if !tar {
         return write_dir(&l, Path::new(dest), &index);
     }

@@ -31,6 +31,18 @@ pub struct Descriptor {
     pub size: u64,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// In an image index: the platform of the manifest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<DescPlatform>,
+}
+
+/// A descriptor's platform, in the field order Go writes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DescPlatform {
+    pub architecture: String,
+    pub os: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 impl Descriptor {
@@ -40,6 +52,7 @@ impl Descriptor {
             digest: digest.to_string(),
             size,
             annotations: BTreeMap::new(),
+            platform: None,
         }
     }
 }
@@ -110,6 +123,58 @@ impl Image {
             &self.manifest_digest,
             self.manifest.len() as u64,
         )
+    }
+}
+
+/// Several platforms' images under one image index (or Docker manifest list, when
+/// the images have Docker media types).
+#[derive(Debug, Clone)]
+pub struct Multi {
+    pub images: Vec<Image>,
+    pub index: Vec<u8>,
+    pub digest: String,
+    pub media_type: &'static str,
+}
+
+impl Multi {
+    /// The index of `images` (one per platform, in order), with `annotations`
+    /// (`annotation-index.K=V`).
+    pub fn new(
+        images: Vec<(kiln_frontend::Platform, Image)>,
+        annotations: BTreeMap<String, String>,
+    ) -> Result<Multi> {
+        let docker = images
+            .first()
+            .is_some_and(|(_, i)| i.manifest_media_type == DOCKER_MANIFEST);
+        let media_type = if docker { DOCKER_LIST } else { OCI_INDEX };
+        let manifests = images
+            .iter()
+            .map(|(p, i)| Descriptor {
+                platform: Some(DescPlatform {
+                    architecture: p.architecture.clone(),
+                    os: p.os.clone(),
+                    variant: p.variant.clone(),
+                }),
+                ..i.descriptor()
+            })
+            .collect();
+        let index = Index {
+            schema_version: 2,
+            media_type,
+            manifests,
+            annotations,
+        }
+        .to_bytes()?;
+        Ok(Multi {
+            digest: digest::of(&index),
+            images: images.into_iter().map(|(_, i)| i).collect(),
+            index,
+            media_type,
+        })
+    }
+
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(self.media_type, &self.digest, self.index.len() as u64)
     }
 }
 

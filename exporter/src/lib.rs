@@ -11,7 +11,7 @@ pub mod archive;
 pub mod image;
 pub mod layers;
 
-pub use image::{assemble, finish, Built, Image, ImageOptions};
+pub use image::{assemble, finish, Built, Image, ImageOptions, Multi};
 use kiln_registry::{Blob, Pushed, Registry};
 use kiln_snapshotter::Store;
 use std::path::Path;
@@ -47,13 +47,7 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-/// Pushes the image to every name in `names`.
-pub async fn push(
-    img: &Image,
-    names: &[String],
-    registry: &Registry,
-    store: &Store,
-) -> Result<Vec<Pushed>> {
+fn blobs_of(img: &Image) -> Vec<Blob> {
     let mut blobs: Vec<Blob> = img
         .layers
         .iter()
@@ -68,6 +62,17 @@ pub async fn push(
         size: img.config.len() as u64,
         source: None,
     });
+    blobs
+}
+
+/// Pushes the image to every name in `names`.
+pub async fn push(
+    img: &Image,
+    names: &[String],
+    registry: &Registry,
+    store: &Store,
+) -> Result<Vec<Pushed>> {
+    let blobs = blobs_of(img);
     let mut out = Vec::new();
     for n in names {
         out.push(
@@ -77,4 +82,45 @@ pub async fn push(
         );
     }
     Ok(out)
+}
+
+/// Pushes every platform's image by digest, then the index to every name in
+/// `names`: for each name, the images' pushes and, last, the index's.
+pub async fn push_multi(
+    multi: &Multi,
+    names: &[String],
+    registry: &Registry,
+    store: &Store,
+) -> Result<Vec<Vec<Pushed>>> {
+    let mut all = Vec::new();
+    for n in names {
+        let r = kiln_registry::parse_reference(n)?;
+        let mut out = Vec::new();
+        for img in &multi.images {
+            let by_digest = format!(
+                "{}/{}@{}",
+                r.registry(),
+                r.repository(),
+                img.manifest_digest
+            );
+            out.push(
+                registry
+                    .push(
+                        &by_digest,
+                        &blobs_of(img),
+                        &img.manifest,
+                        &img.manifest_media_type,
+                        store,
+                    )
+                    .await?,
+            );
+        }
+        out.push(
+            registry
+                .push(n, &[], &multi.index, multi.media_type, store)
+                .await?,
+        );
+        all.push(out);
+    }
+    Ok(all)
 }

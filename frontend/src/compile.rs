@@ -9,6 +9,7 @@
 pub(crate) mod gofmt;
 mod mounts;
 
+pub mod merge;
 pub use mounts::{MountKind, MountSpec, Network, Security, Sharing};
 
 use crate::image::{Healthcheck, History, ImageConfig, Platform};
@@ -28,8 +29,12 @@ pub struct BuildOptions {
     pub build_args: Vec<(String, String)>,
     /// `--target`.
     pub target: Option<String>,
-    /// The platform built for.
+    /// The platform built for (`TARGETPLATFORM`, and every stage's platform unless
+    /// its FROM says `--platform`).
     pub platform: Platform,
+    /// Prefix step names with their stage's platform, as BuildKit does when a build
+    /// has several target platforms (`[linux/arm64 build 2/3] RUN ...`).
+    pub show_platform: bool,
 }
 
 /// A base image pinned by digest, with its configuration.
@@ -79,6 +84,8 @@ pub struct RunMount {
 /// A RUN step, fully expanded.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSpec {
+    /// The platform the command runs as (emulated when foreign); part of the cache key.
+    pub platform: Platform,
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
@@ -256,6 +263,8 @@ const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
 #[derive(Clone)]
 struct StageResult {
     node: NodeIndex,
+    /// The platform the stage's RUN steps execute as.
+    platform: Platform,
     config: ImageConfig,
     history: Vec<HistoryItem>,
     /// The environment RUN sees and words expand in: the image's Env with ARG values
@@ -281,6 +290,8 @@ struct Compiler<'a> {
     global_args: Vec<(String, String)>,
     results: Vec<Option<StageResult>>,
     in_progress: Vec<bool>,
+    /// Each stage's platform, once its FROM is compiled.
+    platforms: Vec<Option<Platform>>,
     dag: DiGraph<Step, ()>,
     images: HashMap<String, NodeIndex>,
     scratch: Option<NodeIndex>,
@@ -447,6 +458,7 @@ pub fn compile_parsed(
         global_args: Vec::new(),
         results: vec![None; n],
         in_progress: vec![false; n],
+        platforms: vec![None; n],
         dag: DiGraph::new(),
         images: HashMap::new(),
         scratch: None,
@@ -611,6 +623,7 @@ impl Compiler<'_> {
     fn image_node(
         &mut self,
         name: &str,
+        platform: &Platform,
         line_at: usize,
         display: String,
     ) -> Result<(NodeIndex, ImageConfig)> {
@@ -631,7 +644,7 @@ impl Compiler<'_> {
                     n
                 }
             };
-            let p = &self.opts.platform;
+            let p = platform;
             let config = ImageConfig {
                 architecture: p.architecture.clone(),
                 os: p.os.clone(),
@@ -648,7 +661,7 @@ impl Compiler<'_> {
         }
         let resolved = self
             .resolver
-            .resolve(name, &self.opts.platform)
+            .resolve(name, platform)
             .map_err(|message| Error::Resolve {
                 file: self.opts.file_name.clone(),
                 line: self.line_of(line_at),
@@ -719,8 +732,11 @@ impl Compiler<'_> {
             }
             return Ok(self.stage(i, Some(at))?.node);
         }
+        let platform = self.platforms[idx]
+            .clone()
+            .unwrap_or_else(|| self.opts.platform.clone());
         Ok(self
-            .image_node(val, at, format!("[{label}internal] FROM {val}"))?
+            .image_node(val, &platform, at, format!("[{label}internal] FROM {val}"))?
             .0)
     }
 
@@ -747,11 +763,16 @@ impl Compiler<'_> {
     }
 
     /// `"name "` before a step's counter in progress (nothing in a one-stage file).
-    fn progress_prefix(&self, idx: usize) -> String {
-        if self.stages.len() == 1 {
+    fn progress_prefix(&self, idx: usize, platform: &Platform) -> String {
+        let stage = if self.stages.len() == 1 {
             String::new()
         } else {
             format!("{} ", self.stage_label(idx))
+        };
+        if self.opts.show_platform {
+            format!("{platform} {stage}")
+        } else {
+            stage
         }
     }
 
@@ -765,19 +786,17 @@ impl Compiler<'_> {
     fn compile_stage(&mut self, idx: usize) -> Result<StageResult> {
         let from = self.stages[idx].from.clone();
         let own = self.stages[idx].instructions.clone();
+        let mut platform = self.opts.platform.clone();
         for f in &from.flags {
             // The parser admits only --platform on FROM.
             let v = f.value.clone().unwrap_or_default();
             let v = self.word(&v, &self.global_args.clone(), f.at)?;
-            if Platform::parse(&v).as_ref() != Some(&self.opts.platform) {
-                return Err(self.err(
+            platform = Platform::parse(&v).ok_or_else(|| {
+                self.err(
                     f.at,
-                    format!(
-                        "FROM --platform={v}: building for a platform other than the target ({}) is not supported yet",
-                        self.opts.platform
-                    ),
-                ));
-            }
+                    format!("FROM --platform={v:?}: expected a platform such as linux/arm64 or linux/arm/v7"),
+                )
+            })?;
         }
         let words = from.words();
         let (raw_image, image_at) = words[0].clone();
@@ -788,13 +807,13 @@ impl Compiler<'_> {
                 "FROM requires an image name; it expanded to nothing",
             ));
         }
-        let label = self.progress_prefix(idx);
         let parent_stage = self.stage_ref(&image, idx, false);
         let mut st = match parent_stage {
-            // This stage continues from the parent's last vertex, config, env and args.
+            // This stage continues from the parent's last vertex, config, env and args
+            // (and platform).
             Some(parent) => self.stage(parent, Some(image_at))?,
             None => {
-                let (node, config) = self.image_node(&image, from.at, String::new())?;
+                let (node, config) = self.image_node(&image, &platform, from.at, String::new())?;
                 let history = config
                     .history
                     .iter()
@@ -806,6 +825,7 @@ impl Compiler<'_> {
                     .collect();
                 StageResult {
                     node,
+                    platform: platform.clone(),
                     env: config.config.env_pairs(),
                     config,
                     history,
@@ -815,6 +835,8 @@ impl Compiler<'_> {
         };
         st.config.history.clear();
         st.config.rootfs = Default::default();
+        self.platforms[idx] = Some(st.platform.clone());
+        let label = self.progress_prefix(idx, &st.platform);
         // ONBUILD triggers of the base run first, as if written right after FROM.
         let mut instructions = Vec::new();
         for trigger in st.config.config.on_build.take().unwrap_or_default() {
@@ -1068,7 +1090,7 @@ impl Compiler<'_> {
         let mut mounts = Vec::new();
         let mut network = Network::Default;
         let mut security = Security::Sandbox;
-        let stage_label = self.progress_prefix(idx);
+        let stage_label = self.progress_prefix(idx, &st.platform.clone());
         let mut inputs = vec![st.node];
         for f in &ins.flags {
             let raw = f.value.clone().unwrap_or_default();
@@ -1169,6 +1191,7 @@ impl Compiler<'_> {
             name: format!("{label} {display}"),
             line: ins.line,
             op: Op::Run(RunSpec {
+                platform: st.platform.clone(),
                 argv,
                 env,
                 cwd,
@@ -1213,7 +1236,7 @@ impl Compiler<'_> {
     ) -> Result<()> {
         let vars = st.env.clone();
         let is_add = ins.kind == Kind::Add;
-        let stage_label = self.progress_prefix(idx);
+        let stage_label = self.progress_prefix(idx, &st.platform.clone());
         let mut from = CopyFrom::Context;
         let mut chown = None;
         let mut chmod_raw = None;

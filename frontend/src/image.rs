@@ -195,20 +195,42 @@ impl Platform {
         }
     }
 
-    /// Parses `os/arch[/variant]`.
+    /// Parses `os/arch[/variant]` (or a bare architecture, on linux) and normalizes
+    /// it as containerd's `platforms.Normalize` does: `aarch64` is `arm64`, `x86_64`
+    /// is `amd64`, `arm64/v8` is `arm64`, a bare `arm` is `arm/v7`.
     pub fn parse(s: &str) -> Option<Platform> {
-        let mut it = s.split('/');
-        let os = it.next().filter(|s| !s.is_empty())?.to_string();
-        let architecture = it.next().filter(|s| !s.is_empty())?.to_string();
-        let variant = it.next().map(str::to_string);
-        if it.next().is_some() {
+        let lower = s.trim().to_ascii_lowercase();
+        let parts: Vec<&str> = lower.split('/').collect();
+        let (os, arch, variant) = match parts.as_slice() {
+            [arch] if !arch.is_empty() && *arch != "linux" => ("linux", *arch, None),
+            [os, arch] => (*os, *arch, None),
+            [os, arch, variant] => (*os, *arch, Some(*variant)),
+            _ => return None,
+        };
+        if os.is_empty() || arch.is_empty() || variant == Some("") {
             return None;
         }
+        let (architecture, variant) = match (arch, variant) {
+            ("x86_64" | "x86-64" | "amd64", Some("v1")) => ("amd64", None),
+            ("x86_64" | "x86-64", v) => ("amd64", v),
+            ("aarch64" | "arm64", Some("v8") | None) => ("arm64", None),
+            ("aarch64", v) => ("arm64", v),
+            ("armhf", None) => ("arm", Some("v7")),
+            ("armel", None) => ("arm", Some("v6")),
+            ("arm", None) => ("arm", Some("v7")),
+            ("i386" | "i486" | "i586" | "i686", v) => ("386", v),
+            (a, v) => (a, v),
+        };
         Some(Platform {
-            os,
-            architecture,
-            variant,
+            os: os.to_string(),
+            architecture: architecture.to_string(),
+            variant: variant.map(str::to_string),
         })
+    }
+
+    /// `linux_arm64_v8`-style directory name buildx uses for per-platform outputs.
+    pub fn dir_name(&self) -> String {
+        self.to_string().replace('/', "_")
     }
 }
 
@@ -255,5 +277,26 @@ mod tests {
         let p = Platform::parse("linux/arm/v7").expect("valid");
         assert_eq!(p.to_string(), "linux/arm/v7");
         assert!(Platform::parse("linux").is_none());
+        assert!(Platform::parse("linux/").is_none());
+        assert!(Platform::parse("linux/arm64/v8/x").is_none());
+        for (given, normal) in [
+            ("linux/aarch64", "linux/arm64"),
+            ("linux/arm64/v8", "linux/arm64"),
+            ("arm64", "linux/arm64"),
+            ("Linux/X86_64", "linux/amd64"),
+            ("linux/amd64/v1", "linux/amd64"),
+            ("linux/amd64/v3", "linux/amd64/v3"),
+            ("linux/arm", "linux/arm/v7"),
+            ("linux/armel", "linux/arm/v6"),
+            ("linux/i686", "linux/386"),
+            ("linux/riscv64", "linux/riscv64"),
+        ] {
+            let p = Platform::parse(given).expect(given);
+            assert_eq!(p.to_string(), normal, "{given}");
+        }
+        assert_eq!(
+            Platform::parse("linux/arm/v7").expect("ok").dir_name(),
+            "linux_arm_v7"
+        );
     }
 }

@@ -16,6 +16,7 @@ pub mod path;
 
 /// Go's `time.ParseDuration` (in nanoseconds), as Docker's CLI flags take durations.
 pub use compile::gofmt::parse_duration as parse_go_duration;
+pub use compile::merge::{merge, Merged};
 pub use compile::{
     compile, compile_parsed, BuildGraph, BuildOptions, CopyFrom, CopySpec, HistoryItem,
     ImageResolver, InlineFile, MountKind, MountSpec, Network, Op, ResolvedImage, RunMount, RunSpec,

@@ -28,6 +28,10 @@ pub struct RunAction {
     pub cwd: String,
     pub user: String,
     pub mounts: Vec<Mount>,
+    /// For a foreign platform: the QEMU interpreter to register in the namespace's
+    /// binfmt_misc (`None`: native, or the host's registration serves).
+    #[serde(default)]
+    pub emulator: Option<crate::emulate::Emulator>,
     /// `--network=none`.
     pub no_network: bool,
     /// Here-document scripts for `/dev/pipes/`.
@@ -264,6 +268,9 @@ pub fn run(
             readonly,
             size,
         });
+    }
+    if let Some(e) = &spec.emulator {
+        crate::emulate::register(e)?;
     }
     if spec.no_network {
         sys::own_net_ns()?;

@@ -58,6 +58,8 @@ pub enum Request {
     /// For `kiln info`: mount a writable overlay in `dir` (which is then removed) and
     /// say what worked.
     Probe { dir: PathBuf },
+    /// Whether a binfmt_misc of kiln's own user namespace can be mounted.
+    ProbeBinfmt,
 }
 
 /// The operation of a step.
@@ -88,6 +90,10 @@ pub enum Response {
     /// `overlay` is `None` when a writable overlay worked, else why not.
     Probe {
         overlay: Option<String>,
+    },
+    /// `error` is `None` when a private binfmt_misc could be mounted.
+    Binfmt {
+        error: Option<String>,
     },
     Failed {
         message: String,
@@ -190,6 +196,15 @@ fn handle(req: Request) -> Result<Response> {
             let _ = fs::remove_dir_all(&dir);
             Ok(Response::Probe {
                 overlay: r.err().map(|e| e.to_string()),
+            })
+        }
+        Request::ProbeBinfmt => {
+            let dir = Path::new(crate::emulate::BINFMT);
+            let r = crate::sys::private_mount_ns()
+                .and_then(|_| crate::sys::mount_binfmt(dir))
+                .and_then(|_| crate::sys::unmount(dir));
+            Ok(Response::Binfmt {
+                error: r.err().map(|e| e.to_string()),
             })
         }
         Request::Usage { paths } => Ok(Response::Usage {

@@ -9,6 +9,7 @@
 //! measuring and deleting for `kiln du` and `kiln prune`). Raw syscalls and `unsafe` live in `sys` only.
 
 pub mod cache;
+pub mod emulate;
 pub mod exec;
 pub mod fileop;
 pub mod helper;

@@ -37,6 +37,9 @@ pub struct Solver {
     pub no_cache: bool,
     /// `--secret id=...`: where each secret's value is on the host.
     pub secrets: HashMap<String, crate::exec::SecretFrom>,
+    /// QEMU interpreters to register for foreign architectures, by OCI architecture;
+    /// a foreign architecture without one relies on the host's registration.
+    pub emulators: HashMap<String, crate::emulate::Emulator>,
     pub progress: Progress,
 }
 
@@ -369,6 +372,7 @@ fn run_action(
         cwd: spec.cwd.clone(),
         user: spec.user.clone(),
         mounts,
+        emulator: s.emulators.get(&spec.platform.architecture).cloned(),
         no_network: spec.network == Network::None,
         files: spec.files.clone(),
     };

@@ -69,6 +69,22 @@ pub(crate) fn mount_tmpfs(target: &Path, options: &str, exec: bool) -> Result<()
         .map_err(fail(format!("mounting tmpfs at {}", target.display())))
 }
 
+/// Mounts the binfmt_misc instance of the current user namespace (Linux 6.7+ gives
+/// each user namespace its own) at `target`.
+pub(crate) fn mount_binfmt(target: &Path) -> Result<()> {
+    mount(
+        Some("binfmt_misc"),
+        target,
+        Some("binfmt_misc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(fail(format!(
+        "mounting binfmt_misc at {} (a private binfmt_misc needs Linux 6.7 or newer)",
+        target.display()
+    )))
+}
+
 pub(crate) fn bind(src: &Path, target: &Path) -> Result<()> {
     mount(
         Some(src),

@@ -45,6 +45,7 @@ fn build(
             .collect(),
         target: target.map(str::to_string),
         platform: Platform::host(),
+        show_platform: false,
     };
     let g = compile(df, &opts, &fake);
     (g, fake.asked.into_inner())
@@ -250,7 +251,7 @@ fn errors_name_file_line_and_column() {
         ("FROM busybox AS a\nFROM busybox AS A\n", 2),
         ("# syntax=example.com/other/frontend\nFROM busybox\n", 1),
         ("FROM busybox AS x\nRUN --mount=type=bind,from=a,target=/x true\nFROM busybox AS a\nFROM x\n", 2),
-        ("FROM busybox\nFROM --platform=linux/s390x busybox\n", 2),
+        ("FROM busybox\nFROM --platform=linux/ busybox\n", 2),
         ("RUN true\nFROM busybox\n", 1),
         ("FROM busybox\nCOPY --chmod=9z a b\n", 2),
         ("FROM busybox\nEXPOSE 80/foo\n", 2),
@@ -473,6 +474,7 @@ fn build_with(df: &str, r: &dyn ImageResolver) -> Result<BuildGraph> {
         build_args: Vec::new(),
         target: None,
         platform: Platform::host(),
+        show_platform: false,
     };
     compile(df, &opts, r)
 }
@@ -627,4 +629,126 @@ fn graph_prints_as_json_and_dot() {
         e.dedup();
         e.len()
     });
+}
+
+/// Records the platform each image was asked for.
+struct PlatformRecorder(RefCell<Vec<String>>);
+
+impl ImageResolver for PlatformRecorder {
+    fn resolve(&self, name: &str, p: &Platform) -> std::result::Result<ResolvedImage, String> {
+        self.0.borrow_mut().push(format!("{name} {p}"));
+        Ok(ResolvedImage {
+            pinned: format!("{name}@sha256:{}", p.architecture),
+            config: ImageConfig {
+                architecture: p.architecture.clone(),
+                os: p.os.clone(),
+                ..Default::default()
+            },
+        })
+    }
+}
+
+#[test]
+fn stages_run_on_their_from_platform_and_target_args_follow_the_target() {
+    let df = "FROM --platform=$BUILDPLATFORM busybox AS build\nARG TARGETARCH\n\
+              RUN echo $TARGETARCH > /arch\nRUN date > /once\n\
+              FROM busybox\nCOPY --from=build /arch /arch\nRUN uname -m\n";
+    let arm64 = Platform::parse("linux/arm64").expect("platform");
+    let r = PlatformRecorder(RefCell::new(Vec::new()));
+    let opts = BuildOptions {
+        file_name: "Dockerfile".into(),
+        build_args: Vec::new(),
+        target: None,
+        platform: arm64.clone(),
+        show_platform: true,
+    };
+    let g = compile(df, &opts, &r).expect("compiles");
+    let host = Platform::host();
+    let mut asked = r.0.borrow().clone();
+    asked.sort();
+    assert_eq!(
+        asked,
+        [format!("busybox {host}"), "busybox linux/arm64".to_string()]
+    );
+    let runs: Vec<(String, Platform, String)> = g
+        .dag
+        .node_indices()
+        .filter_map(|n| match &g.dag[n].op {
+            Op::Run(r) => Some((g.dag[n].name.clone(), r.platform.clone(), r.argv.join(" "))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runs.len(), 3);
+    // The builder runs natively and sees the target's args; the final stage runs as
+    // the target.
+    assert_eq!(runs[0].1, host);
+    assert!(runs[0].2.contains("echo $TARGETARCH"), "{:?}", runs[0]);
+    assert!(
+        runs[0].0.starts_with(&format!("[{host} build 2/3]")),
+        "{}",
+        runs[0].0
+    );
+    assert_eq!(runs[2].1, arm64);
+    assert!(
+        runs[2].0.starts_with("[linux/arm64 stage-1 3/3]"),
+        "{}",
+        runs[2].0
+    );
+    assert_eq!(g.config.architecture, "arm64");
+    let env_has = |n: usize, kv: &str| match &g.dag[g.dag.node_indices().nth(n).expect("n")].op {
+        Op::Run(r) => r.env.iter().any(|e| e == kv),
+        _ => false,
+    };
+    let first_run = g
+        .dag
+        .node_indices()
+        .position(|n| matches!(g.dag[n].op, Op::Run(_)))
+        .expect("run");
+    assert!(env_has(first_run, "TARGETARCH=arm64"));
+}
+
+#[test]
+fn merged_platform_graphs_share_what_does_not_depend_on_the_target() {
+    let df = "FROM --platform=$BUILDPLATFORM busybox AS build\nRUN date > /once\n\
+              FROM busybox\nCOPY --from=build /once /once\nRUN cat /once\n";
+    let graphs: Vec<BuildGraph> = ["linux/amd64", "linux/arm64"]
+        .iter()
+        .map(|p| {
+            let opts = BuildOptions {
+                file_name: "Dockerfile".into(),
+                build_args: Vec::new(),
+                target: None,
+                platform: Platform::parse(p).expect("platform"),
+                show_platform: true,
+            };
+            let r = PlatformRecorder(RefCell::new(Vec::new()));
+            compile(df, &opts, &r).expect("compiles")
+        })
+        .collect();
+    let m = crate::merge(&graphs);
+    let runs = |needle: &str| {
+        m.dag
+            .node_indices()
+            .filter(|&n| matches!(&m.dag[n].op, Op::Run(r) if r.argv.join(" ").contains(needle)))
+            .count()
+    };
+    // The builder's step once; the final stage's once per target.
+    assert_eq!(runs("date"), 1);
+    assert_eq!(runs("cat /once"), 2);
+    // Each platform's target maps to a distinct vertex, and COPY --from points into
+    // the merged graph.
+    let t0 = m.maps[0][&graphs[0].target];
+    let t1 = m.maps[1][&graphs[1].target];
+    assert_ne!(t0, t1);
+    for n in m.dag.node_indices() {
+        if let Op::Copy(c) = &m.dag[n].op {
+            let CopyFrom::Step(src) = c.from else {
+                panic!("copy from a step")
+            };
+            assert!(m
+                .dag
+                .neighbors_directed(n, petgraph::Direction::Incoming)
+                .any(|i| i == src));
+        }
+    }
 }

@@ -1,0 +1,281 @@
+//! Foreign-architecture `RUN` steps under QEMU user emulation, with nothing set up on
+//! the host: in the step's own user namespace the helper mounts that namespace's
+//! binfmt_misc instance (Linux 6.7+ lets an unprivileged user namespace have one) and
+//! registers `qemu-<arch>-static` there with the fix-binary (`F`) flag, so the kernel
+//! opens the interpreter at registration and the rootfs need not contain it. Where
+//! that is impossible, interpreters the host has registered (with `F`) still work.
+
+use crate::{io_ctx, sys, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One QEMU target: its name and the ELF header it claims.
+struct Target {
+    /// The OCI architecture (and variant, for arm).
+    arch: &'static str,
+    /// QEMU's name for it (`qemu-<name>-static`).
+    qemu: &'static str,
+    magic: &'static [u8],
+    mask: &'static [u8],
+}
+
+/// ELF magic and mask per target, from QEMU's `scripts/qemu-binfmt-conf.sh` (as Debian
+/// ships them in /usr/lib/binfmt.d/qemu-*.conf).
+const TARGETS: &[Target] = &[
+    Target {
+        arch: "arm64",
+        qemu: "aarch64",
+        magic: b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00",
+        mask: b"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
+    },
+    Target {
+        arch: "arm",
+        qemu: "arm",
+        magic: b"\x7fELF\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x28\x00",
+        mask: b"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
+    },
+    Target {
+        arch: "riscv64",
+        qemu: "riscv64",
+        magic: b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xf3\x00",
+        mask: b"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
+    },
+    Target {
+        arch: "ppc64le",
+        qemu: "ppc64le",
+        magic: b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x15\x00",
+        mask: b"\xff\xff\xff\xff\xff\xff\xff\xfc\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\x00",
+    },
+    Target {
+        arch: "s390x",
+        qemu: "s390x",
+        magic: b"\x7fELF\x02\x02\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x16",
+        mask: b"\xff\xff\xff\xff\xff\xff\xff\xfc\xff\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff",
+    },
+    Target {
+        arch: "mips64le",
+        qemu: "mips64el",
+        magic: b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x08\x00",
+        mask: b"\xff\xff\xff\xff\xff\xff\xff\x00\xfe\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
+    },
+    Target {
+        arch: "amd64",
+        qemu: "x86_64",
+        magic: b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x3e\x00",
+        mask: b"\xff\xff\xff\xff\xff\xfe\xfe\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
+    },
+    Target {
+        arch: "386",
+        qemu: "i386",
+        magic: b"\x7fELF\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x03\x00",
+        mask: b"\xff\xff\xff\xff\xff\xfe\xfe\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
+    },
+];
+
+fn target(arch: &str) -> Option<&'static Target> {
+    TARGETS.iter().find(|t| t.arch == arch)
+}
+
+/// What a foreign RUN needs: the interpreter to register, if kiln registers one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Emulator {
+    /// The OCI architecture.
+    pub arch: String,
+    /// A static `qemu-*` on the host.
+    pub interpreter: PathBuf,
+}
+
+/// Whether binaries of `arch` run on a host of `host_arch` without emulation.
+pub fn native(host_arch: &str, arch: &str) -> bool {
+    arch == host_arch || (host_arch == "amd64" && arch == "386")
+}
+
+/// QEMU's name for `arch`, if kiln knows how to emulate it.
+pub fn qemu_name(arch: &str) -> Option<&'static str> {
+    target(arch).map(|t| t.qemu)
+}
+
+/// Finds a static `qemu-<name>-static` (or a static `qemu-<name>`) in `KILN_QEMU_PATH`
+/// (directories, `:`-separated), `PATH`, then /usr/bin.
+pub fn find_interpreter(
+    arch: &str,
+    kiln_qemu_path: Option<&str>,
+    path: Option<&str>,
+) -> Option<PathBuf> {
+    let name = qemu_name(arch)?;
+    let dirs = kiln_qemu_path
+        .into_iter()
+        .chain(path)
+        .flat_map(|p| p.split(':'))
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .chain(std::iter::once(PathBuf::from("/usr/bin")));
+    for d in dirs {
+        for file in [format!("qemu-{name}-static"), format!("qemu-{name}")] {
+            let p = d.join(file);
+            if is_static_executable(&p) {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// An executable ELF file without a program interpreter (`PT_INTERP`): a dynamic one
+/// would look for its loader inside the container's rootfs.
+fn is_static_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::metadata(p) else {
+        return false;
+    };
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return false;
+    }
+    let Ok(bytes) = std::fs::read(p) else {
+        return false;
+    };
+    elf_is_static(&bytes)
+}
+
+fn elf_is_static(b: &[u8]) -> bool {
+    if b.len() < 64 || &b[..4] != b"\x7fELF" {
+        return false;
+    }
+    let is64 = b[4] == 2;
+    let le = b[5] == 1;
+    let rd = |off: usize, n: usize| -> Option<u64> {
+        let s = b.get(off..off + n)?;
+        let mut v = 0u64;
+        for i in 0..n {
+            let byte = if le { s[n - 1 - i] } else { s[i] };
+            v = (v << 8) | u64::from(byte);
+        }
+        Some(v)
+    };
+    let (phoff, phentsize, phnum) = if is64 {
+        (rd(0x20, 8), rd(0x36, 2), rd(0x38, 2))
+    } else {
+        (rd(0x1c, 4), rd(0x2a, 2), rd(0x2c, 2))
+    };
+    let (Some(phoff), Some(size), Some(num)) = (phoff, phentsize, phnum) else {
+        return false;
+    };
+    (0..num).all(|i| {
+        let off = usize::try_from(phoff + i * size).unwrap_or(usize::MAX);
+        // PT_INTERP is 3.
+        rd(off, 4).is_some_and(|t| t != 3)
+    })
+}
+
+/// The line that registers `e` with binfmt_misc: every byte of magic and mask
+/// escaped, so a `:` in them cannot end a field.
+fn register_line(e: &Emulator) -> Result<String> {
+    let t = target(&e.arch).ok_or_else(|| {
+        Error::Helper(format!(
+            "no QEMU target is known for architecture {}",
+            e.arch
+        ))
+    })?;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("\\x{x:02x}")).collect::<String>();
+    Ok(format!(
+        ":kiln-qemu-{}:M::{}:{}:{}:F",
+        t.qemu,
+        hex(t.magic),
+        hex(t.mask),
+        e.interpreter.display()
+    ))
+}
+
+/// Where the helper mounts its namespace's binfmt_misc.
+pub(crate) const BINFMT: &str = "/proc/sys/fs/binfmt_misc";
+
+/// In the helper, in kiln's user namespace and its private mount namespace:
+/// registers `e` in the namespace's own binfmt_misc. The mount stays: unmounting
+/// the last mount of an instance drops its registrations, and the step runs after
+/// this returns (the mount namespace, and the mount, end with the helper).
+pub(crate) fn register(e: &Emulator) -> Result<()> {
+    let dir = Path::new(BINFMT);
+    sys::mount_binfmt(dir)?;
+    let name = format!("kiln-qemu-{}", qemu_name(&e.arch).unwrap_or_default());
+    if dir.join(&name).exists() {
+        return Ok(());
+    }
+    let line = register_line(e)?;
+    std::fs::write(dir.join("register"), line).map_err(io_ctx(format!(
+        "registering {} with binfmt_misc",
+        e.interpreter.display()
+    )))
+}
+
+/// Whether the host has an enabled, fix-binary registration for `arch` (any name):
+/// such an interpreter works in kiln's namespaces too.
+pub fn host_registered(arch: &str) -> Option<String> {
+    let t = target(arch)?;
+    let magic: String = t.magic.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = Path::new("/proc/sys/fs/binfmt_misc");
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let enabled = text.lines().next() == Some("enabled");
+        let same = field("magic ") == magic;
+        if enabled && same && field("flags:").contains('F') {
+            return Some(field("interpreter "));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_lines_escape_everything() {
+        let e = Emulator {
+            arch: "arm64".into(),
+            interpreter: "/usr/bin/qemu-aarch64-static".into(),
+        };
+        let line = register_line(&e).expect("line");
+        assert!(
+            line.starts_with(":kiln-qemu-aarch64:M::\\x7f\\x45\\x4c\\x46\\x02"),
+            "{line}"
+        );
+        assert!(line.ends_with(":/usr/bin/qemu-aarch64-static:F"));
+        assert_eq!(line.matches(':').count(), 7, "{line}");
+        let bad = Emulator {
+            arch: "vax".into(),
+            interpreter: "/x".into(),
+        };
+        assert!(register_line(&bad).is_err());
+    }
+
+    #[test]
+    fn only_static_interpreters_are_taken() {
+        // This test binary is dynamically linked; a hand-made static ELF header is not.
+        let me = std::fs::read("/proc/self/exe").expect("self");
+        assert!(!elf_is_static(&me));
+        let mut elf = vec![0u8; 64 + 56];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[0x20] = 64; // phoff
+        elf[0x36] = 56; // phentsize
+        elf[0x38] = 1; // phnum
+        elf[64] = 1; // PT_LOAD
+        assert!(elf_is_static(&elf));
+        elf[64] = 3; // PT_INTERP
+        assert!(!elf_is_static(&elf));
+        assert!(!elf_is_static(b"#!/bin/sh\n"));
+        assert!(native("amd64", "386"));
+        assert!(!native("amd64", "arm64"));
+        assert_eq!(qemu_name("arm64"), Some("aarch64"));
+    }
+}
