@@ -12,6 +12,8 @@ use std::process::{Command, Output};
 
 #[path = "e2e/outputs.rs"]
 mod outputs;
+#[path = "e2e/platforms.rs"]
+mod platforms;
 #[path = "e2e/registry.rs"]
 mod registry;
 #[path = "e2e/store.rs"]
