@@ -95,6 +95,13 @@ fn a_foreign_run_executes_under_qemu_registered_in_kilns_namespace() {
     ));
     assert_eq!(config["architecture"], "arm64");
     assert_eq!(config["os"], "linux");
+    // `kiln info` says so too.
+    let info = super::store::kiln(&case, &["info"], &[]).expect_ok();
+    assert!(
+        info.stdout.contains("linux/arm64 (") && info.stdout.contains("registered by kiln"),
+        "{}",
+        info.stdout
+    );
 }
 
 // As in BuildKit, a RUN after `ARG TARGETARCH` has the target in its environment
@@ -121,9 +128,11 @@ fn two_platforms_make_one_index_and_the_build_platform_stage_runs_once() {
     let out = case.path("multi.tar");
     let tag = std::process::id().to_string();
     let target = format!("{}/e2e/multi:{tag}", registry());
+    let list = format!("{}/e2e/multi:{tag}-docker", registry());
     let outputs = [
         format!("type=oci,dest={}", out.display()),
         format!("type=local,dest={}", case.path("local").display()),
+        format!("type=registry,oci-mediatypes=false,name={list}"),
     ];
     let run = build(
         &case,
@@ -134,9 +143,12 @@ fn two_platforms_make_one_index_and_the_build_platform_stage_runs_once() {
             &outputs[0],
             "-o",
             &outputs[1],
+            "-o",
+            &outputs[2],
+            "-o",
+            "type=registry",
             "-t",
             &target,
-            "--push",
         ],
         &[],
     )
@@ -186,6 +198,20 @@ fn two_platforms_make_one_index_and_the_build_platform_stage_runs_once() {
         })
         .collect();
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    let docker_list = json(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{list}"),
+        ],
+    ));
+    assert_eq!(
+        docker_list["mediaType"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    assert_eq!(docker_list["manifests"].as_array().map(Vec::len), Some(2));
     let pushed = run
         .stdout
         .lines()
