@@ -275,15 +275,32 @@ pub fn run(
     if spec.no_network {
         sys::own_net_ns()?;
     }
-    sys::sandbox_namespaces()?;
+    // The new pid namespace is entered by an intermediate child, not the helper: a
+    // process that unshared CLONE_NEWPID can no longer start threads, and the helper
+    // writes the layer afterwards with several.
     let code = match sys::fork()? {
         ForkResult::Child => {
-            let err = match sandbox_init(merged, &spec, proc_ok, dev_ok, &etc, &prepared) {
-                Ok(never) => match never {},
-                Err(e) => e,
-            };
-            eprintln!("kiln: {err}");
-            std::process::exit(127);
+            let r = sys::die_with_parent()
+                .and_then(|_| sys::sandbox_namespaces())
+                .and_then(|_| match sys::fork()? {
+                    ForkResult::Child => {
+                        let err =
+                            match sandbox_init(merged, &spec, proc_ok, dev_ok, &etc, &prepared) {
+                                Ok(never) => match never {},
+                                Err(e) => e,
+                            };
+                        eprintln!("kiln: {err}");
+                        std::process::exit(127);
+                    }
+                    ForkResult::Parent { child } => sys::wait_exit(child),
+                });
+            std::process::exit(match r {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("kiln: {e}");
+                    127
+                }
+            });
         }
         ForkResult::Parent { child } => sys::wait_exit(child)?,
     };
