@@ -35,7 +35,8 @@ pub struct LayerDigests {
 /// Writes the layer for `upper` to `out` (gzip-compressed).
 pub fn write_layer(upper: &Path, out: File) -> Result<LayerDigests> {
     let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, out));
-    let gz = flate2::write::GzEncoder::new(compressed, flate2::Compression::default());
+    // Level 6 (gzip's default), on two workers: see `pargz`.
+    let gz = crate::pargz::Writer::new(compressed, 6, 2);
     let (tar_hw, entries) = write_tar(upper, HashWriter::new(gz))?;
     let (gz, diff_id, _) = tar_hw.finish();
     let compressed = gz.finish().ctx(|| "finishing gzip".into())?;

@@ -17,6 +17,7 @@ pub mod idmap;
 pub mod native;
 pub mod overlay;
 pub mod owner;
+pub mod pargz;
 pub mod records;
 pub mod store;
 mod sys;
