@@ -293,4 +293,26 @@ fn a_platform_the_base_image_lacks_fails_with_the_ones_it_has() {
         "{}",
         run.stderr
     );
+    // A platform no emulator serves stops the build before any step runs.
+    fs::write(
+        case.ctx().join("Dockerfile"),
+        "FROM --platform=linux/sparc64 scratch\nCOPY Dockerfile /\nRUN true\n",
+    )
+    .expect("dockerfile");
+    let run = build(&case, &[], &[]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains("RUN steps for linux/sparc64 cannot run on this")
+            && run
+                .stderr
+                .contains("kiln knows no QEMU emulator for architecture \"sparc64\""),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("COPY Dockerfile"),
+        "nothing ran: {}",
+        run.stderr
+    );
 }
