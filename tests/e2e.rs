@@ -150,10 +150,9 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
 }
 
-/// Extracts an OCI archive and unpacks image `tag` with `umoci --rootless`.
-fn umoci_unpack(case: &Case, archive: &Path, tag: &str) -> PathBuf {
-    let layout = case.path("layout");
-    fs::create_dir_all(&layout).expect("mkdir");
+/// Extracts an OCI archive into the directory `layout`.
+fn extract_archive(archive: &Path, layout: &Path) {
+    fs::create_dir_all(layout).expect("mkdir");
     tool(
         "tar",
         &[
@@ -163,7 +162,11 @@ fn umoci_unpack(case: &Case, archive: &Path, tag: &str) -> PathBuf {
             layout.to_str().expect("utf8"),
         ],
     );
-    let bundle = case.path("bundle");
+}
+
+/// Unpacks image `tag` of an OCI layout into `bundle` with `umoci --rootless`;
+/// returns the rootfs.
+fn umoci_unpack_layout(layout: &Path, tag: &str, bundle: &Path) -> PathBuf {
     tool(
         "umoci",
         &[
@@ -175,6 +178,13 @@ fn umoci_unpack(case: &Case, archive: &Path, tag: &str) -> PathBuf {
         ],
     );
     bundle.join("rootfs")
+}
+
+/// Extracts an OCI archive and unpacks image `tag` with `umoci --rootless`.
+fn umoci_unpack(case: &Case, archive: &Path, tag: &str) -> PathBuf {
+    let layout = case.path("layout");
+    extract_archive(archive, &layout);
+    umoci_unpack_layout(&layout, tag, &case.path("bundle"))
 }
 
 const SEED: &str = r#"

@@ -24,16 +24,7 @@ fn note_host_registrations() {
 
 fn unpack_platform(case: &Case, archive: &Path, tag: &str, arch: &str) -> PathBuf {
     let layout = case.path(&format!("layout-{arch}"));
-    fs::create_dir_all(&layout).expect("mkdir");
-    tool(
-        "tar",
-        &[
-            "-xf",
-            archive.to_str().expect("utf8"),
-            "-C",
-            layout.to_str().expect("utf8"),
-        ],
-    );
+    extract_archive(archive, &layout);
     // skopeo picks the platform's manifest from the index; umoci unpacks it.
     let single = case.path(&format!("single-{arch}"));
     tool(
@@ -46,18 +37,18 @@ fn unpack_platform(case: &Case, archive: &Path, tag: &str, arch: &str) -> PathBu
             &format!("oci:{}:{tag}", single.display()),
         ],
     );
-    let bundle = case.path(&format!("bundle-{arch}"));
-    tool(
-        "umoci",
-        &[
-            "unpack",
-            "--rootless",
-            "--image",
-            &format!("{}:{tag}", single.display()),
-            bundle.to_str().expect("utf8"),
-        ],
+    umoci_unpack_layout(&single, tag, &case.path(&format!("bundle-{arch}")))
+}
+
+/// kiln's note that it registered QEMU for arm64 in its own user namespace.
+fn assert_emulated_by_kiln(run: &Run) {
+    assert!(
+        run.stderr
+            .contains("linux/arm64: RUN steps are emulated by")
+            && run.stderr.contains("registered in kiln's user namespace"),
+        "{}",
+        run.stderr
     );
-    bundle.join("rootfs")
 }
 
 #[test]
@@ -73,13 +64,7 @@ fn a_foreign_run_executes_under_qemu_registered_in_kilns_namespace() {
         &[],
     )
     .expect_ok();
-    assert!(
-        run.stderr
-            .contains("linux/arm64: RUN steps are emulated by")
-            && run.stderr.contains("registered in kiln's user namespace"),
-        "{}",
-        run.stderr
-    );
+    assert_emulated_by_kiln(&run);
     let rootfs = umoci_unpack(&case, &out, "1");
     assert_eq!(
         fs::read_to_string(rootfs.join("arch")).expect("arch"),
@@ -154,13 +139,7 @@ fn two_platforms_make_one_index_and_the_build_platform_stage_runs_once() {
         &[],
     )
     .expect_ok();
-    assert!(
-        run.stderr
-            .contains("linux/arm64: RUN steps are emulated by")
-            && run.stderr.contains("registered in kiln's user namespace"),
-        "{}",
-        run.stderr
-    );
+    assert_emulated_by_kiln(&run);
     // The builder's first RUN does not depend on the target: one vertex, run once.
     let headers = |needle: &str| {
         run.stderr
