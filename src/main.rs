@@ -501,15 +501,9 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
             epoch,
             ..Default::default()
         };
-        let imgs = images
-            .iter()
-            .map(|p| kiln_exporter::finish(&p.built, &opts, &store))
-            .collect::<Result<Vec<_>, _>>()?;
-        if imgs.len() > 1 {
-            let pairs = images.iter().map(|p| p.platform.clone()).zip(imgs.clone());
-            done.index = Some(kiln_exporter::Multi::new(pairs.collect(), BTreeMap::new())?);
-        }
-        done.image = imgs.into_iter().next();
+        let (img, index) = outputs::finish_all(&images, &opts, BTreeMap::new(), &store)?;
+        done.image = Some(img);
+        done.index = index;
         done.names = b.tags.clone();
     }
     if let Some(p) = &b.iidfile {

@@ -252,6 +252,32 @@ pub struct Ctx<'a> {
     pub epoch: Option<u64>,
 }
 
+/// Finishes every platform's image with `opts`: the first platform's image, and with
+/// several platforms the index over all of them.
+pub fn finish_all(
+    images: &[PlatformImage],
+    opts: &ImageOptions,
+    index_annotations: BTreeMap<String, String>,
+    store: &Store,
+) -> Result<(Image, Option<Multi>)> {
+    let imgs = images
+        .iter()
+        .map(|p| kiln_exporter::finish(&p.built, opts, store))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(first) = imgs.first().cloned() else {
+        bail!("the build produced no image");
+    };
+    if imgs.len() == 1 {
+        return Ok((first, None));
+    }
+    let pairs = images
+        .iter()
+        .map(|p| p.platform.clone())
+        .zip(imgs)
+        .collect();
+    Ok((first, Some(Multi::new(pairs, index_annotations)?)))
+}
+
 /// Runs every output; returns what `--iidfile`/`--metadata-file` report.
 pub fn export_all(ctx: &Ctx, outputs: &[Output]) -> Result<Exported> {
     let mut done = Exported::default();
@@ -273,23 +299,7 @@ pub fn export_all(ctx: &Ctx, outputs: &[Output]) -> Result<Exported> {
         if o.rewrite_timestamp {
             opts.layers.clamp_mtime = ctx.epoch;
         }
-        let imgs = ctx
-            .images
-            .iter()
-            .map(|p| kiln_exporter::finish(&p.built, &opts, ctx.store))
-            .collect::<Result<Vec<_>, _>>()?;
-        let img = imgs[0].clone();
-        let multi = if ctx.images.len() > 1 {
-            let pairs = ctx
-                .images
-                .iter()
-                .map(|p| p.platform.clone())
-                .zip(imgs)
-                .collect();
-            Some(Multi::new(pairs, o.index_annotations.clone())?)
-        } else {
-            None
-        };
+        let (img, multi) = finish_all(ctx.images, &opts, o.index_annotations.clone(), ctx.store)?;
         let subject = match &multi {
             Some(m) => archive::Subject::Many(m),
             None => archive::Subject::One(&img),
