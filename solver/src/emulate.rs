@@ -131,15 +131,30 @@ fn is_static_executable(p: &Path) -> bool {
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
         return false;
     }
-    let Ok(bytes) = std::fs::read(p) else {
+    // The ELF and program headers only: an interpreter is megabytes, and its program
+    // header table follows the ELF header (read the rest only if it does not).
+    use std::io::Read as _;
+    let mut head = Vec::new();
+    let read = std::fs::File::open(p).and_then(|f| f.take(64 * 1024).read_to_end(&mut head));
+    if read.is_err() {
         return false;
-    };
-    elf_is_static(&bytes)
+    }
+    match elf_static(&head) {
+        Some(answer) => answer,
+        None if head.len() == 64 * 1024 => std::fs::read(p).is_ok_and(|all| elf_is_static(&all)),
+        None => false,
+    }
 }
 
 fn elf_is_static(b: &[u8]) -> bool {
+    elf_static(b) == Some(true)
+}
+
+/// Whether `b` (the start of a file) is an ELF without `PT_INTERP`; `None` when its
+/// program header table does not fit in `b`.
+fn elf_static(b: &[u8]) -> Option<bool> {
     if b.len() < 64 || &b[..4] != b"\x7fELF" {
-        return false;
+        return Some(false);
     }
     let is64 = b[4] == 2;
     let le = b[5] == 1;
@@ -153,18 +168,19 @@ fn elf_is_static(b: &[u8]) -> bool {
         Some(v)
     };
     let (phoff, phentsize, phnum) = if is64 {
-        (rd(0x20, 8), rd(0x36, 2), rd(0x38, 2))
+        (rd(0x20, 8)?, rd(0x36, 2)?, rd(0x38, 2)?)
     } else {
-        (rd(0x1c, 4), rd(0x2a, 2), rd(0x2c, 2))
+        (rd(0x1c, 4)?, rd(0x2a, 2)?, rd(0x2c, 2)?)
     };
-    let (Some(phoff), Some(size), Some(num)) = (phoff, phentsize, phnum) else {
-        return false;
-    };
-    (0..num).all(|i| {
-        let off = usize::try_from(phoff + i * size).unwrap_or(usize::MAX);
+    let mut is_static = true;
+    for i in 0..phnum {
+        let off = usize::try_from(phoff + i * phentsize).ok()?;
         // PT_INTERP is 3.
-        rd(off, 4).is_some_and(|t| t != 3)
-    })
+        if rd(off, 4)? == 3 {
+            is_static = false;
+        }
+    }
+    Some(is_static)
 }
 
 /// The line that registers `e` with binfmt_misc: every byte of magic and mask
