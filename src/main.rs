@@ -451,6 +451,7 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         no_cache: b.no_cache,
         secrets,
         emulators,
+        compression: outputs::layer_compression(&outputs),
         progress: progress.clone(),
     };
     // One graph for every platform, so what they share is built once.

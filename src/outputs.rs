@@ -43,6 +43,26 @@ pub struct Output {
     pub descriptor_annotations: BTreeMap<String, String>,
 }
 
+/// How steps should compress the layers they make: zstd when the first output that
+/// makes an image asks for zstd at the default level, so that exporting it is a copy;
+/// gzip otherwise (what an image without outputs, and most registries, want). Other
+/// outputs convert the layers they need at export, once.
+pub fn layer_compression(outputs: &[Output]) -> kiln_snapshotter::diff::LayerCompression {
+    use kiln_snapshotter::diff::LayerCompression;
+    let first = outputs
+        .iter()
+        .find(|o| !matches!(o.kind, Kind::Local | Kind::Tar));
+    match first {
+        Some(o)
+            if o.image.layers.compression == Compression::Zstd
+                && o.image.layers.level.is_none() =>
+        {
+            LayerCompression::Zstd
+        }
+        _ => LayerCompression::Gzip,
+    }
+}
+
 /// Splits a CSV record as Go's encoding/csv does (what buildx uses): commas separate
 /// fields; a field in double quotes may hold commas, and `""` is a quote.
 fn csv_fields(s: &str) -> Result<Vec<String>> {

@@ -19,6 +19,30 @@ use std::path::{Path, PathBuf};
 /// `application/vnd.oci.image.layer.v1.tar+gzip`.
 pub const MEDIA_TYPE_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
+/// `application/vnd.oci.image.layer.v1.tar+zstd`.
+pub const MEDIA_TYPE_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+/// How a step's layer is compressed when it is made. BuildKit compresses a layer when
+/// an exporter asks for it; kiln compresses it as the step finishes, in the
+/// compression the build's outputs ask for, so that exporting it is a copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LayerCompression {
+    /// Level 6 (gzip's default), on two workers: see `pargz`.
+    #[default]
+    Gzip,
+    /// Level 3 (zstd's default), on two workers.
+    Zstd,
+}
+
+impl LayerCompression {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            LayerCompression::Gzip => MEDIA_TYPE_GZIP,
+            LayerCompression::Zstd => MEDIA_TYPE_ZSTD,
+        }
+    }
+}
+
 /// The identity of a produced layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerDigests {
@@ -32,14 +56,35 @@ pub struct LayerDigests {
     pub entries: u64,
 }
 
-/// Writes the layer for `upper` to `out` (gzip-compressed).
-pub fn write_layer(upper: &Path, out: File) -> Result<LayerDigests> {
+/// Writes the layer for `upper` to `out`, compressed as `compression` says.
+pub fn write_layer(upper: &Path, out: File, compression: LayerCompression) -> Result<LayerDigests> {
     let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, out));
-    // Level 6 (gzip's default), on two workers: see `pargz`.
-    let gz = crate::pargz::Writer::new(compressed, 6, 2);
-    let (tar_hw, entries) = write_tar(upper, HashWriter::new(gz))?;
-    let (gz, diff_id, _) = tar_hw.finish();
-    let compressed = gz.finish().ctx(|| "finishing gzip".into())?;
+    let (compressed, diff_id, entries) = match compression {
+        LayerCompression::Gzip => {
+            let gz = crate::pargz::Writer::new(compressed, 6, 2);
+            let (tar_hw, entries) = write_tar(upper, HashWriter::new(gz))?;
+            let (gz, diff_id, _) = tar_hw.finish();
+            (
+                gz.finish().ctx(|| "finishing gzip".into())?,
+                diff_id,
+                entries,
+            )
+        }
+        LayerCompression::Zstd => {
+            let mut z =
+                zstd::stream::write::Encoder::new(compressed, 3).ctx(|| "starting zstd".into())?;
+            // zstd's multithreaded output depends on using workers at all, not on
+            // how many: two, as everywhere in kiln, so digests agree across machines.
+            z.multithread(2).ctx(|| "starting zstd workers".into())?;
+            let (tar_hw, entries) = write_tar(upper, HashWriter::new(z))?;
+            let (z, diff_id, _) = tar_hw.finish();
+            (
+                z.finish().ctx(|| "finishing zstd".into())?,
+                diff_id,
+                entries,
+            )
+        }
+    };
     let (buf, digest, size) = compressed.finish();
     let file = buf
         .into_inner()
@@ -256,7 +301,12 @@ mod tests {
         .expect("mknod");
         xattr::set(up.join("d/opaque"), OPAQUE_XATTR, b"y").expect("xattr");
         let out = dir.path().join("layer");
-        let d = write_layer(&up, File::create(&out).expect("create")).expect("layer");
+        let d = write_layer(
+            &up,
+            File::create(&out).expect("create"),
+            LayerCompression::Gzip,
+        )
+        .expect("layer");
         let bytes = fs::read(&out).expect("read");
         assert_eq!(d.digest, crate::digest::of(&bytes));
         assert_eq!(d.size, bytes.len() as u64);
@@ -269,8 +319,34 @@ mod tests {
         assert!(!m.contains_key("d/deleted"));
         // The same tree gives the same layer.
         let out2 = dir.path().join("layer2");
-        let d2 = write_layer(&up, File::create(&out2).expect("create")).expect("layer");
+        let d2 = write_layer(
+            &up,
+            File::create(&out2).expect("create"),
+            LayerCompression::Gzip,
+        )
+        .expect("layer");
         assert_eq!(d, d2);
+        // zstd: the same tar (diffID), another blob, made the same way every time.
+        let z = dir.path().join("layer.zst");
+        let dz = write_layer(
+            &up,
+            File::create(&z).expect("create"),
+            LayerCompression::Zstd,
+        )
+        .expect("layer");
+        assert_eq!(dz.diff_id, d.diff_id);
+        assert_ne!(dz.digest, d.digest);
+        assert_eq!(dz.digest, crate::digest::of(&fs::read(&z).expect("read")));
+        let tar = zstd::decode_all(File::open(&z).expect("open")).expect("zstd");
+        assert_eq!(crate::digest::of(&tar), d.diff_id);
+        let z2 = dir.path().join("layer2.zst");
+        let dz2 = write_layer(
+            &up,
+            File::create(&z2).expect("create"),
+            LayerCompression::Zstd,
+        )
+        .expect("layer");
+        assert_eq!(dz, dz2);
     }
 
     #[test]
@@ -278,8 +354,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let up = dir.path().join("upper");
         fs::create_dir(&up).expect("mkdir");
-        let d =
-            write_layer(&up, File::create(dir.path().join("l")).expect("create")).expect("layer");
+        let d = write_layer(
+            &up,
+            File::create(dir.path().join("l")).expect("create"),
+            LayerCompression::Gzip,
+        )
+        .expect("layer");
         assert_eq!(d.entries, 0);
     }
 }

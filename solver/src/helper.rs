@@ -8,7 +8,7 @@
 //! stdout/stderr, which the parent streams to progress.
 
 use crate::{exec, fileop, io_ctx, Error, Result};
-use kiln_snapshotter::diff::LayerDigests;
+use kiln_snapshotter::diff::{LayerCompression, LayerDigests};
 use kiln_snapshotter::idmap::{self, IdMap};
 use kiln_snapshotter::native::{self, Snapshotter};
 use kiln_snapshotter::{overlay, store, unpack, Store};
@@ -41,6 +41,9 @@ pub enum Request {
         dir: PathBuf,
         action: Action,
         layer_out: PathBuf,
+        /// How the layer blob is compressed.
+        #[serde(default)]
+        compression: LayerCompression,
     },
     /// `-o type=local` / `-o type=tar`: the filesystem of `lowers` (top-first) with
     /// files owned by the user, as the directory `dest` (created or merged into) or as
@@ -158,9 +161,18 @@ fn handle(req: Request) -> Result<Response> {
             dir,
             action,
             layer_out,
+            compression,
         } => {
             let store = Store::open(store)?;
-            let r = step(&store, snapshotter, &lowers, &dir, &action, &layer_out);
+            let r = step(
+                &store,
+                snapshotter,
+                &lowers,
+                &dir,
+                &action,
+                &layer_out,
+                compression,
+            );
             let _ = fs::remove_dir_all(&dir);
             r
         }
@@ -294,6 +306,7 @@ fn step(
     dir: &Path,
     action: &Action,
     layer_out: &Path,
+    compression: LayerCompression,
 ) -> Result<Response> {
     crate::sys::private_mount_ns()?;
     let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
@@ -345,7 +358,7 @@ fn step(
     }
     let out =
         fs::File::create(layer_out).map_err(io_ctx(format!("creating {}", layer_out.display())))?;
-    let digests = kiln_snapshotter::diff::write_layer(&upper, out)?;
+    let digests = kiln_snapshotter::diff::write_layer(&upper, out, compression)?;
     if digests.entries == 0 {
         let _ = fs::remove_file(layer_out);
         return Ok(Response::Step {

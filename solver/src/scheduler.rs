@@ -40,6 +40,8 @@ pub struct Solver {
     /// QEMU interpreters to register for foreign architectures, by OCI architecture;
     /// a foreign architecture without one relies on the host's registration.
     pub emulators: HashMap<String, crate::emulate::Emulator>,
+    /// How steps compress their layers: as the build's outputs want them.
+    pub compression: diff::LayerCompression,
     pub progress: Progress,
 }
 
@@ -447,6 +449,7 @@ fn execute(
         dir: s.store.tmp_path("step"),
         action,
         layer_out: layer_out.clone(),
+        compression: s.compression,
     };
     match s
         .launcher
@@ -464,7 +467,7 @@ fn execute(
                 diff_id: d.diff_id,
                 digest: d.digest,
                 size: d.size,
-                media_type: diff::MEDIA_TYPE_GZIP.into(),
+                media_type: s.compression.media_type().into(),
                 pulled: false,
                 source: None,
             }))
