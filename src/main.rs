@@ -445,6 +445,7 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         launcher,
         registry: registry.clone(),
         runtime: runtime.handle().clone(),
+        file_hashes: kiln_solver::cache::FileHashes::load(&store, &context),
         context,
         excludes,
         ignore,

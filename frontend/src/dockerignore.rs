@@ -205,6 +205,9 @@ impl Matcher {
     /// parent matches a pattern and no later exception re-includes it
     /// (patternmatcher's `MatchesOrParentMatches`).
     pub fn excluded(&self, file: &str) -> bool {
+        if self.patterns.is_empty() {
+            return false;
+        }
         let file = clean(file);
         if file == "." {
             return false;

@@ -154,6 +154,13 @@ impl Inventory {
             .into_iter()
             .map(|n| root.join("tmp").join(n))
             .collect();
+        // Remembered context file digests (a few bytes per file) go with any prune:
+        // losing them costs one read of the context.
+        tmp_paths.extend(
+            list(&root.join("context-hashes"))?
+                .into_iter()
+                .map(|n| root.join("context-hashes").join(n)),
+        );
         let mounts_dir = root.join("cache-mounts");
         let mut lock_bytes: HashMap<String, u64> = HashMap::new();
         let mut mount_used: HashMap<String, SystemTime> = HashMap::new();

@@ -33,6 +33,8 @@ pub struct Solver {
     pub excludes: Vec<String>,
     /// The compiled patterns.
     pub ignore: kiln_frontend::dockerignore::Matcher,
+    /// Digests of context files from earlier builds (see [`cache::FileHashes`]).
+    pub file_hashes: cache::FileHashes,
     /// `--no-cache`: re-run every step (pulled images are still reused).
     pub no_cache: bool,
     /// `--secret id=...`: where each secret's value is on the host.
@@ -92,6 +94,10 @@ pub fn solve(s: &Solver, g: &BuildGraph) -> Result<HashMap<NodeIndex, Record>> {
         }
     });
     let st = state.into_inner().unwrap_or_else(|p| p.into_inner());
+    // What was learned of the context stays useful even when a step failed.
+    if let Err(e) = s.file_hashes.save(&s.store) {
+        tracing::warn!("keeping the context's file digests: {e}");
+    }
     if let Some(e) = st.error {
         return Err(e);
     }
@@ -235,7 +241,7 @@ fn run_vertex(
                     (Source::Snapshots(Vec::new()), "inline".to_string())
                 }
                 CopyFrom::Context => {
-                    let h = cache::hash_context(&s.context, &paths, &s.ignore)
+                    let h = cache::hash_context(&s.context, &paths, &s.ignore, &s.file_hashes)
                         .map_err(|e| fail(step, e))?;
                     let source = Source::Context {
                         dir: s.context.clone(),
@@ -311,7 +317,7 @@ fn run_action(
                 }
                 _ => {
                     let src = if sp.source.is_empty() { "." } else { &sp.source };
-                    let h = cache::hash_context(&s.context, &[src.to_string()], &s.ignore)
+                    let h = cache::hash_context(&s.context, &[src.to_string()], &s.ignore, &s.file_hashes)
                         .map_err(|e| fail(step, format!("--mount source {src:?}: {e}")))?;
                     keys.push(format!("context:{h}"));
                     let p = crate::fileop::resolve_in_root(&s.context, src, true)?;
