@@ -247,9 +247,55 @@ fn parse_secrets(raw: &[String]) -> Result<HashMap<String, kiln_solver::exec::Se
 
 /// The snapshotter for this build: the one asked for, or for `auto` overlay where a
 /// probe mount on the store's filesystem works (BuildKit probes likewise when it
-/// starts; kiln has no daemon, so every build probes, which costs one helper run), else
-/// native.
+/// starts), else native. kiln has no daemon, so the answer is kept in the store
+/// (`probe`) for as long as it holds: the same boot of the same kernel, the same
+/// filesystem under the store and the same kiln. A probe costs a helper run (~45 ms).
 fn choose_snapshotter(
+    arg: SnapshotterArg,
+    launcher: &Launcher,
+    progress: &Progress,
+) -> Result<Snapshotter> {
+    use std::os::unix::fs::MetadataExt;
+    if arg != SnapshotterArg::Auto {
+        return probe_snapshotter(arg, launcher, progress);
+    }
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let dev = std::fs::metadata(launcher.store.root())
+        .map(|m| m.dev())
+        .unwrap_or(0);
+    let stamp = format!("{} {dev} {}", boot.trim(), env!("CARGO_PKG_VERSION"));
+    let file = launcher.store.root().join("probe");
+    let kept = std::fs::read_to_string(&file).unwrap_or_default();
+    if !boot.is_empty() {
+        if let Some((st, answer)) = kept.split_once('\n') {
+            if st == stamp {
+                let chosen = if answer.trim() == "overlay" {
+                    Snapshotter::Overlay
+                } else {
+                    Snapshotter::Native
+                };
+                progress.note(&format!(
+                    "snapshotter: {} (as probed earlier in this boot)",
+                    chosen.name()
+                ));
+                return Ok(chosen);
+            }
+        }
+    }
+    let chosen = probe_snapshotter(arg, launcher, progress)?;
+    if !boot.is_empty() {
+        let text = format!("{stamp}\n{}\n", chosen.name());
+        // Only an optimisation: a store that cannot keep it probes every time.
+        let _ = kiln_snapshotter::store::atomic_write(
+            &file,
+            text.as_bytes(),
+            &launcher.store.tmp_path("probe-answer"),
+        );
+    }
+    Ok(chosen)
+}
+
+fn probe_snapshotter(
     arg: SnapshotterArg,
     launcher: &Launcher,
     progress: &Progress,
