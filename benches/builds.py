@@ -1,0 +1,639 @@
+#!/usr/bin/env python3
+"""Whole-build comparison of kiln and buildah, side by side in one run.
+
+    sudo python3 benches/builds.py [--rounds 5] [--cases parallel-stages,...] [--scale 1]
+
+Run as root on a machine prepared by scripts/setup.sh (the local registry on
+127.0.0.1:5000 with its seeded base images, the unprivileged test user with a
+subordinate id range, buildah, pigz, zstd and GNU time). As root it builds kiln in release mode,
+then runs every case as the test user (kiln-ci; KILN_TEST_USER), both builders rootless.
+Run as any other user it runs as that user with $KILN (default target/release/kiln).
+It installs nothing: without buildah it measures kiln alone and says so.
+
+buildah (Debian 12: 1.28) runs as unprivileged CI runs it: BUILDAH_ISOLATION=chroot,
+`cgroups = "disabled"` in its containers.conf, the overlay storage driver in a private
+--root, the local registry marked insecure in its registries.conf, `--layers` so that it
+caches steps as docker does, and its other defaults (one job at a time).
+
+Each case runs both builders alternately, --rounds times, and reports the median wall
+time, the peak RSS (the largest process of each run's tree, from GNU time) and the
+kiln/buildah ratio, next to the case's target from issue 7. The table and the machine
+description go to benches/RESULTS.md (--out). Contexts are generated deterministically.
+--scale shrinks the data (contexts, the big layer, the CPU jobs) for a quick check of
+the harness itself; figures from a scaled run are not the targets' figures.
+"""
+
+import argparse
+import os
+import platform
+import pwd
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REGISTRY = "127.0.0.1:5000"
+BUSYBOX = f"{REGISTRY}/library/busybox:latest"
+DEBIAN = f"{REGISTRY}/library/debian:bookworm-slim"
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CASES = [
+    "parallel-stages",
+    "noop-rebuild",
+    "one-file-change",
+    "big-layer-gzip",
+    "big-layer-zstd",
+    "push-unchanged",
+    "cold-build",
+]
+MIB = 1 << 20
+
+
+class Failed(Exception):
+    pass
+
+
+class Run:
+    """One timed command: wall seconds, peak RSS (KiB), CPU seconds, output."""
+
+    def __init__(self, wall, rss_kib, cpu, out):
+        self.wall, self.rss_kib, self.cpu, self.out = wall, rss_kib, cpu, out
+
+
+def run(cmd, cwd=None, env=None, shell=False, check=True):
+    """Runs cmd under GNU time for its peak RSS and CPU time. (wait4 from here would
+    not do: a child keeps the peak RSS of the process it was forked from, this one.)"""
+    if shell:
+        cmd = ["sh", "-c", cmd]
+    fd, stats = tempfile.mkstemp(prefix="time-")
+    os.close(fd)
+    start = time.monotonic()
+    p = subprocess.run(
+        ["/usr/bin/time", "-o", stats, "-f", "%M %U %S", "--"] + list(cmd),
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    wall = time.monotonic() - start
+    out = p.stdout.decode(errors="replace")
+    with open(stats) as f:
+        last = (f.read().strip().splitlines() or ["0 0 0"])[-1].split()
+    os.remove(stats)
+    if check and p.returncode != 0:
+        tail = "\n".join(out.splitlines()[-25:])
+        raise Failed(f"`{' '.join(cmd)}` exited with {p.returncode}:\n{tail}")
+    try:
+        rss, cpu = int(last[0]), float(last[1]) + float(last[2])
+    except (ValueError, IndexError):
+        rss, cpu = 0, 0.0
+    return Run(wall, rss, cpu, out)
+
+
+def runs(cmds, **kw):
+    """Several commands as one measurement: summed time, the largest RSS."""
+    parts = [run(c, **kw) for c in cmds]
+    return Run(
+        sum(r.wall for r in parts),
+        max(r.rss_kib for r in parts),
+        sum(r.cpu for r in parts),
+        "".join(r.out for r in parts),
+    )
+
+
+class Kiln:
+    name = "kiln"
+
+    def __init__(self, exe, work):
+        self.exe, self.root = exe, os.path.join(work, "kiln-store")
+        self.env = dict(os.environ)
+
+    def build(self, ctx, *args, root=None):
+        cmd = [self.exe, "build", "--root", root or self.root, "--progress", "plain"]
+        return run(cmd + list(args) + [ctx], env=self.env)
+
+    def wipe(self, root=None):
+        root = root or self.root
+        if os.path.isdir(root):
+            run([self.exe, "prune", "--all", "--force", "--root", root], env=self.env)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+class Buildah:
+    name = "buildah"
+
+    def __init__(self, exe, work):
+        self.exe, self.work = exe, work
+        conf = os.path.join(work, "buildah-conf")
+        os.makedirs(conf, exist_ok=True)
+        with open(os.path.join(conf, "containers.conf"), "w") as f:
+            f.write('[containers]\ncgroups = "disabled"\n')
+        with open(os.path.join(conf, "registries.conf"), "w") as f:
+            f.write(f'[[registry]]\nlocation = "{REGISTRY}"\ninsecure = true\n')
+        self.env = dict(os.environ)
+        self.env.update(
+            BUILDAH_ISOLATION="chroot",
+            CONTAINERS_CONF=os.path.join(conf, "containers.conf"),
+            CONTAINERS_REGISTRIES_CONF=os.path.join(conf, "registries.conf"),
+        )
+        self.root = os.path.join(work, "buildah-store")
+
+    def cmd(self, root, *args):
+        root = root or self.root
+        return [
+            self.exe,
+            "--storage-driver",
+            "overlay",
+            "--root",
+            root,
+            "--runroot",
+            root + "-run",
+        ] + list(args)
+
+    def build(self, ctx, *args, root=None):
+        return run(self.cmd(root, "build", "--layers", *args, ctx), env=self.env)
+
+    def push(self, image, dest, *args, root=None):
+        return run(self.cmd(root, "push", *args, image, dest), env=self.env)
+
+    def wipe(self, root=None):
+        root = root or self.root
+        # The store holds files of the subordinate ids: remove it from inside the
+        # user namespace.
+        for d in (root, root + "-run"):
+            if os.path.isdir(d):
+                run([self.exe, "unshare", "rm", "-rf", d], env=self.env, check=False)
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def write_mixed(path, size, seed):
+    """Deterministic data that compresses like real layers do: runs of random bytes
+    (compressed files), of words (text, scripts) and of sparse structured records
+    (binaries, tables)."""
+    rnd = random.Random(seed)
+    words = [bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 9))) for _ in range(4096)]
+    written = 0
+    with open(path, "wb") as f:
+        while written < size:
+            kind = rnd.random()
+            n = min(size - written, rnd.randint(4096, 65536))
+            if kind < 0.35:
+                chunk = rnd.randbytes(n)
+            elif kind < 0.75:
+                parts, m = [], 0
+                while m < n:
+                    w = words[int(rnd.paretovariate(1.2)) % len(words)]
+                    parts.append(w)
+                    parts.append(b"\n" if rnd.random() < 0.1 else b" ")
+                    m += len(w) + 1
+                chunk = b"".join(parts)[:n]
+            else:
+                rec = bytearray(n)
+                for i in range(0, n, 16):
+                    rec[i : i + 4] = rnd.randrange(1 << 20).to_bytes(4, "little")
+                chunk = bytes(rec)
+            f.write(chunk)
+            written += len(chunk)
+
+
+def make_tree_context(ctx, files, total):
+    """`files` files of `total` bytes in all, 100 to a directory, sizes spread as in
+    source trees (many small, a few large)."""
+    if os.path.exists(os.path.join(ctx, ".complete")):
+        return
+    shutil.rmtree(ctx, ignore_errors=True)
+    os.makedirs(ctx)
+    rnd = random.Random(7)
+    weights = [rnd.paretovariate(1.5) for _ in range(files)]
+    scale = total / sum(weights)
+    pool = os.path.join(ctx, "..", "pool.bin")
+    write_mixed(pool, 8 * MIB, 11)
+    with open(pool, "rb") as f:
+        data = f.read()
+    os.remove(pool)
+    for i, w in enumerate(weights):
+        d = os.path.join(ctx, f"d{i // 100:03}")
+        if i % 100 == 0:
+            os.makedirs(d)
+        n = max(1, min(int(w * scale), len(data) - 1))
+        off = rnd.randrange(len(data) - n + 1)
+        with open(os.path.join(d, f"f{i % 100:02}.dat"), "wb") as f:
+            f.write(data[off : off + n])
+    with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+        f.write(f"FROM {BUSYBOX}\nCOPY . /src\nRUN du -s /src > /src-size\n")
+    with open(os.path.join(ctx, ".complete"), "w") as f:
+        f.write("")
+
+
+def machine():
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) // (1 << 20)
+    try:
+        with open("/etc/debian_version") as f:
+            debian = "Debian " + f.read().strip()
+    except OSError:
+        debian = platform.platform()
+    return f"{cpu}, {os.cpu_count()} cores, {mem} GiB, Linux {platform.release()}, {debian}"
+
+
+def fs_type(path):
+    return run(["stat", "-f", "-c", "%T", path], check=False).out.strip()
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = args.work
+        os.makedirs(self.work, exist_ok=True)
+        self.kiln = Kiln(args.kiln, self.work)
+        exe = shutil.which("buildah")
+        self.buildah = Buildah(exe, self.work) if exe and not args.kiln_only else None
+        self.builders = [b for b in (self.kiln, self.buildah) if b]
+        self.rows = []
+        self.notes = []
+
+    # -- helpers ------------------------------------------------------------------
+
+    def rounds(self, one, prepare=None):
+        """Alternates the builders for --rounds rounds; one(builder) -> Run."""
+        got = {b.name: [] for b in self.builders}
+        for i in range(self.args.rounds):
+            for b in self.builders if i % 2 == 0 else reversed(self.builders):
+                if prepare:
+                    prepare(b, i)
+                r = one(b)
+                got[b.name].append(r)
+                print(f"    {b.name:8} round {i + 1}: {r.wall:7.2f} s  {r.rss_kib / 1024:6.1f} MiB", flush=True)
+        return got
+
+    def row(self, case, got, target, met, reference=""):
+        k = got["kiln"]
+        b = got.get("buildah", [])
+        kw, bw = median([r.wall for r in k]), median([r.wall for r in b])
+        self.rows.append(
+            dict(
+                case=case,
+                kiln=kw,
+                buildah=bw,
+                ratio=(kw / bw) if bw else None,
+                kiln_rss=max(r.rss_kib for r in k) / 1024,
+                buildah_rss=(max(r.rss_kib for r in b) / 1024) if b else None,
+                reference=reference,
+                target=target,
+                met=met,
+            )
+        )
+
+    def ctx(self, name, dockerfile):
+        d = os.path.join(self.work, "ctx", name)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "Dockerfile"), "w") as f:
+            f.write(dockerfile)
+        return d
+
+    def ratio_ok(self, got, limit):
+        if "buildah" not in got:
+            return None
+        return median([r.wall for r in got["kiln"]]) <= limit * median([r.wall for r in got["buildah"]])
+
+    def rss_ok(self, got):
+        return max(r.rss_kib for r in got["kiln"]) < 150 * 1024
+
+    # -- cases --------------------------------------------------------------------
+
+    def parallel_stages(self):
+        # Calibrate the job: busybox awk (the base image's) on the host, ~2 s of one core.
+        job = "awk 'BEGIN{for(i=0;i<%d;i++)s+=i*%d; print s}'"
+        n = 200000
+        while True:
+            r = run(["busybox", "sh", "-c", job % (n, 1)])
+            if r.cpu > 0.3:
+                break
+            n *= 4
+        n = int(n * 2.0 * self.args.scale / r.cpu)
+        cpu = [run(["busybox", "sh", "-c", job % (n, k)]).cpu for k in (1, 2, 3, 4)]
+        work = sum(cpu)
+        df = ""
+        for k in (1, 2, 3, 4):
+            df += f"FROM {BUSYBOX} AS s{k}\nRUN {job % (n, k)} > /out\n"
+        df += f"FROM {BUSYBOX}\n" + "".join(f"COPY --from=s{k} /out /s{k}\n" for k in (1, 2, 3, 4))
+        ctx = self.ctx("parallel", df)
+        for b in self.builders:  # pull the base image outside the measurement
+            b.build(ctx)
+        got = self.rounds(lambda b: b.build(ctx, "--no-cache"))
+        ideal = work / 2
+        kw = median([r.wall for r in got["kiln"]])
+        ok = kw <= 1.15 * ideal and self.ratio_ok(got, 0.6) is not False and self.rss_ok(got)
+        self.row(
+            "parallel-stages",
+            got,
+            "≤ 1.15 × CPU work / 2 cores; ≤ 0.6 × buildah",
+            ok,
+            f"CPU work {work:.2f} s (4 jobs of {min(cpu):.2f}–{max(cpu):.2f} s), / 2 cores = {ideal:.2f} s; kiln {kw / ideal:.2f}×",
+        )
+
+    def tree(self):
+        files = max(100, int(20000 * self.args.scale))
+        ctx = os.path.join(self.work, "ctx", f"tree-{files}")
+        make_tree_context(ctx, files, int(200 * MIB * self.args.scale))
+        return ctx
+
+    def find_time(self, ctx):
+        t = [run(["find", ctx, "-printf", "%s %T@ %p\\n"]).wall for _ in range(5)]
+        return median(t)
+
+    def noop_rebuild(self):
+        ctx = self.tree()
+        for b in self.builders:
+            b.build(ctx)
+        got = self.rounds(lambda b: b.build(ctx))
+        f = self.find_time(ctx)
+        kw = median([r.wall for r in got["kiln"]])
+        ok = kw <= 3 * f and self.ratio_ok(got, 0.1) is not False and self.rss_ok(got)
+        self.row(
+            "noop-rebuild",
+            got,
+            "≤ 0.1 × buildah; ≤ 3 × find",
+            ok,
+            f"`find` stats the context in {f:.3f} s; kiln {kw / f:.1f}×",
+        )
+
+    def one_file_change(self):
+        ctx = self.tree()
+        target = os.path.join(ctx, "d000", "f00.dat")
+        counter = [0]
+
+        def change(_b, _i):
+            counter[0] += 1
+            with open(target, "a") as f:
+                f.write(f"change {counter[0]}\n")
+
+        for b in self.builders:
+            b.build(ctx)
+        got = self.rounds(lambda b: b.build(ctx), prepare=change)
+        for r in got["kiln"]:
+            # Only the COPY and the RUN after it may run again.
+            if r.out.count("CACHED") < 1:
+                raise Failed("one-file-change: kiln reused nothing:\n" + r.out[-2000:])
+        ok = self.ratio_ok(got, 0.5) is not False and self.rss_ok(got)
+        self.row("one-file-change", got, "≤ 0.5 × buildah", ok)
+
+    def big_layer(self, compression):
+        size = int(1024 * MIB * self.args.scale)
+        seed_size = max(MIB, size // 16)
+        ctx = os.path.join(self.work, "ctx", "big")
+        os.makedirs(ctx, exist_ok=True)
+        seed = os.path.join(ctx, "seed.bin")
+        if not os.path.exists(seed) or os.path.getsize(seed) != seed_size:
+            write_mixed(seed, seed_size, 3)
+        gen = "mkdir -p {d} && for i in $(seq 16); do cat {s} > {d}/part$i; done"
+        with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+            f.write(
+                f"FROM {BUSYBOX}\n"
+                "RUN --mount=type=bind,source=seed.bin,target=/seed.bin "
+                + gen.format(d="/data", s="/seed.bin")
+                + "\n"
+            )
+        out = os.path.join(self.work, "out")
+        os.makedirs(out, exist_ok=True)
+        dest = os.path.join(out, "image.tar")
+
+        def one(b):
+            if os.path.exists(dest):
+                os.remove(dest)
+            if b is self.kiln:
+                spec = f"type=oci,dest={dest}" + (",compression=zstd" if compression == "zstd" else "")
+                return b.build(ctx, "--no-cache", "--output", spec)
+            extra = ["--compression-format", "zstd"] if compression == "zstd" else []
+            built = b.build(ctx, "--no-cache", "-t", "bench-big")
+            pushed = b.push("bench-big", f"oci-archive:{dest}", *extra)
+            return Run(built.wall + pushed.wall, max(built.rss_kib, pushed.rss_kib), built.cpu + pushed.cpu, built.out + pushed.out)
+
+        for b in self.builders:
+            b.build(ctx, *(["-t", "bench-big"] if b is self.buildah else []))
+        got = self.rounds(one)
+        # The same work by hand: make the data, then tar and compress it.
+        data = os.path.join(self.work, "ref-data")
+        tool = "pigz -p 2" if compression == "gzip" else "zstd -q -T2"
+        refs = []
+        for _ in range(3):
+            shutil.rmtree(data, ignore_errors=True)
+            g = run(gen.format(d=data, s=seed), shell=True)
+            c = run(f"tar -C {data} -cf - . | {tool} > {out}/ref.blob", shell=True)
+            refs.append((g.wall, c.wall))
+        shutil.rmtree(data, ignore_errors=True)
+        g, c = median([x[0] for x in refs]), median([x[1] for x in refs])
+        kw = median([r.wall for r in got["kiln"]])
+        ok = kw <= 1.2 * (g + c) and self.rss_ok(got)
+        self.row(
+            f"big-layer-{compression}",
+            got,
+            f"≤ 1.2 × (make the data + `tar | {tool}`)",
+            ok,
+            f"{size / MIB:.0f} MiB: making it {g:.2f} s + `tar | {tool}` {c:.2f} s = {g + c:.2f} s; kiln {kw / (g + c):.2f}×",
+        )
+
+    def push_unchanged(self):
+        ctx = self.ctx("push", f"FROM {BUSYBOX}\nRUN echo pushed > /hello\n")
+
+        def one(b):
+            if b is self.kiln:
+                return b.build(ctx, "--output", f"type=registry,name={REGISTRY}/bench/kiln-push:latest")
+            built = b.build(ctx, "-t", f"{REGISTRY}/bench/buildah-push:latest")
+            pushed = b.push(f"{REGISTRY}/bench/buildah-push:latest", f"docker://{REGISTRY}/bench/buildah-push:latest")
+            return Run(built.wall + pushed.wall, max(built.rss_kib, pushed.rss_kib), built.cpu + pushed.cpu, built.out + pushed.out)
+
+        for b in self.builders:
+            one(b)
+        got = self.rounds(one)
+        uploads = sum(r.out.count(": Pushed") for r in got["kiln"])
+        kw = median([r.wall for r in got["kiln"]])
+        ok = uploads == 0 and kw < 0.3 and self.rss_ok(got)
+        self.row(
+            "push-unchanged",
+            got,
+            "no blob upload; < 0.3 s",
+            ok,
+            f"kiln uploaded {uploads} blobs in {len(got['kiln'])} pushes (cached build + push)",
+        )
+
+    def cold_build(self):
+        app = os.path.join(self.work, "ctx", "cold")
+        os.makedirs(os.path.join(app, "app"), exist_ok=True)
+        rnd = random.Random(5)
+        for i in range(20):
+            with open(os.path.join(app, "app", f"data{i:02}.txt"), "w") as f:
+                f.write("\n".join(str(rnd.randrange(10**6)) for _ in range(2000)) + "\n")
+        with open(os.path.join(app, "Dockerfile"), "w") as f:
+            f.write(
+                f"FROM {DEBIAN}\n"
+                "WORKDIR /app\n"
+                "COPY app/ ./\n"
+                "RUN for f in data*.txt; do sort -n \"$f\" > \"sorted-$f\"; done && wc -l sorted-* > manifest\n"
+                'CMD ["cat", "/app/manifest"]\n'
+            )
+        roots = {b.name: os.path.join(self.work, f"cold-{b.name}") for b in self.builders}
+
+        def prepare(b, _i):
+            b.wipe(roots[b.name])
+
+        got = self.rounds(lambda b: b.build(app, root=roots[b.name]), prepare=prepare)
+        for b in self.builders:
+            b.wipe(roots[b.name])
+        self.row("cold-build", got, "(compared; peak RSS)", self.rss_ok(got))
+
+    # -- report ---------------------------------------------------------------------
+
+    def report(self, elapsed):
+        def s(x, fmt="{:.2f} s"):
+            return fmt.format(x) if x is not None else "–"
+
+        kiln_version = run([self.args.kiln, "--version"], check=False).out.strip()
+        lines = [
+            "# Whole-build benchmarks: kiln and buildah",
+            "",
+            "Written by `benches/builds.py` (see its header and the README); do not edit by hand.",
+            "",
+            f"- Machine: {machine()}; work directory on {fs_type(self.work)}.",
+            f"- kiln: {kiln_version}{' (' + self.args.commit + ')' if self.args.commit else ''}, release build.",
+        ]
+        if self.buildah:
+            v = run([self.buildah.exe, "--version"], check=False).out.strip()
+            lines.append(
+                f"- buildah: {v}, rootless, BUILDAH_ISOLATION=chroot, cgroups disabled, overlay storage, `--layers`."
+            )
+        else:
+            lines.append("- buildah: not installed; kiln measured alone.")
+        lines += [
+            f"- {self.args.rounds} rounds per case, builders alternating; median wall time; peak RSS is the largest"
+            " process of any round (kiln's target: under 150 MiB).",
+        ]
+        if self.args.scale != 1:
+            lines.append(f"- **Scaled run (--scale {self.args.scale}): not the targets' figures.**")
+        lines += [
+            f"- The whole run took {elapsed / 60:.1f} min.",
+            "",
+            "| case | kiln | buildah | kiln/buildah | kiln peak RSS | buildah peak RSS | target | met |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        ]
+        for r in self.rows:
+            lines.append(
+                "| {case} | {k} | {b} | {ratio} | {krss} | {brss} | {target} | {met} |".format(
+                    case=r["case"],
+                    k=s(r["kiln"]),
+                    b=s(r["buildah"]),
+                    ratio=s(r["ratio"], "{:.2f}"),
+                    krss=s(r["kiln_rss"], "{:.0f} MiB"),
+                    brss=s(r["buildah_rss"], "{:.0f} MiB"),
+                    target=r["target"],
+                    met={True: "yes", False: "**no**", None: "–"}[r["met"]],
+                )
+            )
+        refs = [r for r in self.rows if r["reference"]]
+        if refs:
+            lines += ["", "References measured in the same run:", ""]
+            lines += [f"- {r['case']}: {r['reference']}" for r in refs]
+        lines += self.notes
+        return "\n".join(lines) + "\n"
+
+
+def as_user(args):
+    """Root: build kiln, then run this script as the test user."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    user = os.environ.get("KILN_TEST_USER", "kiln-ci")
+    pw = pwd.getpwnam(user)
+    state = os.environ.get("KILN_CI_STATE", "/var/tmp/kiln-ci")
+    bindir = os.path.join(state, "bench-bin")
+    os.makedirs(bindir, exist_ok=True)
+    if not args.kiln:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "kiln"], cwd=repo, check=True)
+        args.kiln = os.path.join(repo, "target", "release", "kiln")
+    shutil.copy(args.kiln, os.path.join(bindir, "kiln"))
+    shutil.copy(os.path.abspath(__file__), os.path.join(bindir, "builds.py"))
+    work = args.work or os.path.join(state, "bench")
+    os.makedirs(work, exist_ok=True)
+    os.chown(work, pw.pw_uid, pw.pw_gid)
+    result = os.path.join(work, "RESULTS.md")
+    commit = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cmd = ["runuser", "-u", user, "--", "env", "-i", f"PATH={PATH}", f"HOME={pw.pw_dir}"]
+    cmd += ["python3", os.path.join(bindir, "builds.py"), "--kiln", os.path.join(bindir, "kiln")]
+    cmd += ["--work", work, "--out", result, "--rounds", str(args.rounds), "--scale", str(args.scale)]
+    cmd += ["--cases", ",".join(args.cases), "--commit", commit]
+    if args.kiln_only:
+        cmd.append("--kiln-only")
+    code = subprocess.run(cmd).returncode
+    if os.path.exists(result):
+        out = args.out or os.path.join(repo, "benches", "RESULTS.md")
+        shutil.copy(result, out)
+        print(f"[bench] table written to {out}")
+    return code
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--kiln", default=os.environ.get("KILN"))
+    p.add_argument("--kiln-only", action="store_true", help="do not run buildah even if installed")
+    p.add_argument("--work", help="working directory (default /var/tmp/kiln-ci/bench)")
+    p.add_argument("--out", help="the table (default benches/RESULTS.md)")
+    p.add_argument("--commit", default="")
+    args = p.parse_args()
+    args.cases = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown:
+        p.error(f"unknown case(s) {', '.join(unknown)}; cases: {', '.join(CASES)}")
+    if os.geteuid() == 0:
+        return as_user(args)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args.kiln = args.kiln or os.path.join(repo, "target", "release", "kiln")
+    args.work = args.work or os.path.join(os.environ.get("TMPDIR", "/var/tmp"), f"kiln-bench-{os.getuid()}")
+    args.out = args.out or os.path.join(repo, "benches", "RESULTS.md")
+    if subprocess.call(["curl", "-fsS", "-o", "/dev/null", f"http://{REGISTRY}/v2/"]) != 0:
+        print(f"[bench] no registry answers on {REGISTRY}: run scripts/setup.sh first", file=sys.stderr)
+        return 1
+    for tool in ("pigz", "zstd", "busybox", "tar", "/usr/bin/time"):
+        if not shutil.which(tool):
+            print(f"[bench] {tool} is missing: run scripts/setup.sh first", file=sys.stderr)
+            return 1
+    bench = Bench(args)
+    if not bench.buildah:
+        print("[bench] buildah is not installed (or --kiln-only): measuring kiln alone", flush=True)
+    start = time.monotonic()
+    status = 0
+    for case in args.cases:
+        print(f"[bench] {case}", flush=True)
+        try:
+            if case.startswith("big-layer-"):
+                bench.big_layer(case.rsplit("-", 1)[1])
+            else:
+                getattr(bench, case.replace("-", "_"))()
+        except Failed as e:
+            print(f"[bench] {case} failed: {e}", file=sys.stderr)
+            bench.notes.append(f"\n**{case} failed:** {str(e).splitlines()[0]}")
+            status = 1
+    for b in bench.builders:
+        b.wipe()
+    report = bench.report(time.monotonic() - start)
+    with open(args.out, "w") as f:
+        f.write(report)
+    print(report)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
