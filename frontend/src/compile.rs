@@ -137,10 +137,11 @@ pub struct CopySpec {
 /// A filesystem operation: every vertex of the graph is one.
 #[derive(Debug, Clone, Serialize)]
 pub enum Op {
-    /// A base image, pinned by digest.
+    /// A base image, pinned by digest to its manifest for `platform`.
     Image {
         name: String,
         pinned: String,
+        platform: Platform,
     },
     /// The empty filesystem.
     Scratch,
@@ -674,6 +675,7 @@ impl Compiler<'_> {
                 let op = Op::Image {
                     name: name.to_string(),
                     pinned: resolved.pinned.clone(),
+                    platform: platform.clone(),
                 };
                 let n = self.add(
                     Step {
