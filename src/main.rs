@@ -113,6 +113,11 @@ struct BuildArgs {
     /// `graph-dot` (Graphviz).
     #[arg(long = "print", value_parser = ["graph", "graph-dot"])]
     print: Option<String>,
+    /// Instead of building, write the build as BuildKit LLB (a marshalled
+    /// pb.Definition) to stdout, for `buildctl build --local context=CONTEXT`; with
+    /// --metadata-file, the image config goes there as `containerimage.config`.
+    #[arg(long = "emit-llb", conflicts_with_all = ["print", "outputs", "push"])]
+    emit_llb: bool,
     /// Build context directory.
     context: PathBuf,
 }
@@ -321,6 +326,47 @@ fn probe_snapshotter(
     Ok(chosen)
 }
 
+/// `--emit-llb`: the compiled build as LLB on stdout, the image config (BuildKit's
+/// `containerimage.config` exporter metadata) in the metadata file.
+fn emit_llb(
+    graphs: &[kiln_frontend::BuildGraph],
+    excludes: Vec<String>,
+    metadata_file: Option<&std::path::Path>,
+) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    let [graph] = graphs else {
+        bail!(
+            "--emit-llb writes one definition, for one platform: run it once per platform (e.g. --platform linux/arm64)"
+        );
+    };
+    let bytes = kiln_llb::marshal(graph, &kiln_llb::Options { excludes })?;
+    let mut out = std::io::stdout().lock();
+    if out.is_terminal() {
+        bail!(
+            "--emit-llb writes binary protobuf: redirect it to a file or pipe it to buildctl build"
+        );
+    }
+    if let Some(p) = metadata_file {
+        let platform = kiln_frontend::Platform {
+            os: graph.config.os.clone(),
+            architecture: graph.config.architecture.clone(),
+            variant: graph.config.variant.clone(),
+        };
+        let config = serde_json::to_value(&graph.config)?;
+        let md = serde_json::json!({
+            "containerimage.config": config,
+            format!("containerimage.config/{platform}"): config,
+            "llb.definition.digest": kiln_llb::digest(&bytes),
+        });
+        std::fs::write(p, serde_json::to_vec_pretty(&md)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    out.write_all(&bytes)
+        .and_then(|()| out.flush())
+        .context("writing the definition to stdout")?;
+    Ok(())
+}
+
 fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()> {
     let secrets = parse_secrets(&b.secrets)?;
     let platforms = platforms::parse(b.platform.as_deref())?;
@@ -483,6 +529,9 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
             return Ok(());
         }
         None => {}
+    }
+    if b.emit_llb {
+        return emit_llb(&graphs, excludes, b.metadata_file.as_deref());
     }
     let emulators = platforms::plan(&graphs, &launcher, &progress)?;
 
