@@ -393,22 +393,14 @@ impl Builder<'_> {
                         }
                     };
                     mount.input = inputs.index(&from);
-                    let sel = abs(&sp.source);
-                    if sel != "/" {
-                        mount.selector = sel;
-                        caps.push("exec.mount.selector");
-                    }
+                    select(&mut mount, &sp.source, &mut caps);
                 }
                 MountKind::Cache => {
                     mount.mount_type = pb::MountType::Cache as i32;
                     if let Some(CopyFrom::Step(s)) = m.from {
                         let from = self.node(s)?;
                         mount.input = inputs.index(&from);
-                        let sel = abs(&sp.source);
-                        if sel != "/" {
-                            mount.selector = sel;
-                            caps.push("exec.mount.selector");
-                        }
+                        select(&mut mount, &sp.source, &mut caps);
                     }
                     mount.cache_opt = Some(pb::CacheOpt {
                         id: if sp.id.is_empty() {
@@ -433,14 +425,18 @@ impl Builder<'_> {
                     caps.push("exec.mount.tmpfs");
                 }
                 MountKind::Secret => {
-                    if let (Some(name), true) = (&sp.env, sp.target.is_empty()) {
+                    // `env=` exposes the secret as a variable; a target as well, or
+                    // without `env=`, as a file.
+                    if let Some(name) = &sp.env {
                         secretenv.push(pb::SecretEnv {
                             id: sp.id.clone(),
                             name: name.clone(),
                             optional: !sp.required,
                         });
                         caps.push("exec.secretenv");
-                        continue;
+                        if sp.target.is_empty() {
+                            continue;
+                        }
                     }
                     mount.mount_type = pb::MountType::Secret as i32;
                     mount.readonly = true;
@@ -452,14 +448,6 @@ impl Builder<'_> {
                         optional: !sp.required,
                     });
                     caps.push("exec.mount.secret");
-                    if let Some(name) = &sp.env {
-                        secretenv.push(pb::SecretEnv {
-                            id: sp.id.clone(),
-                            name: name.clone(),
-                            optional: !sp.required,
-                        });
-                        caps.push("exec.secretenv");
-                    }
                 }
                 MountKind::Ssh => {
                     mount.mount_type = pb::MountType::Ssh as i32;
@@ -539,6 +527,15 @@ impl Builder<'_> {
         };
         let name = self.g.dag[n].name.clone();
         Ok(self.add(op, Some(&name), &caps))
+    }
+}
+
+/// Mounts only `source` of the mount's input, when that is not all of it.
+fn select(mount: &mut pb::Mount, source: &str, caps: &mut Vec<&str>) {
+    let sel = abs(source);
+    if sel != "/" {
+        mount.selector = sel;
+        caps.push("exec.mount.selector");
     }
 }
 
