@@ -347,11 +347,7 @@ fn emit_llb(
         );
     }
     if let Some(p) = metadata_file {
-        let platform = kiln_frontend::Platform {
-            os: graph.config.os.clone(),
-            architecture: graph.config.architecture.clone(),
-            variant: graph.config.variant.clone(),
-        };
+        let platform = graph.config.platform();
         let config = serde_json::to_value(&graph.config)?;
         let md = serde_json::json!({
             "containerimage.config": config,

@@ -27,6 +27,17 @@ pub struct ImageConfig {
     pub history: Vec<History>,
 }
 
+impl ImageConfig {
+    /// The platform the config describes.
+    pub fn platform(&self) -> Platform {
+        Platform {
+            os: self.os.clone(),
+            architecture: self.architecture.clone(),
+            variant: self.variant.clone(),
+        }
+    }
+}
+
 /// The `config` object: what a container started from the image gets.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ContainerConfig {

@@ -74,8 +74,7 @@ pub fn definition(g: &BuildGraph, opts: &Options) -> Result<pb::Definition> {
         def: pb::Definition::default(),
         seen: HashSet::new(),
         done: HashMap::new(),
-        platforms: HashMap::new(),
-        target: platform_of(g),
+        target: pb_platform(&g.config.platform()),
     };
     if let Some(target) = b.node(g.target)? {
         let terminal = pb::Op {
@@ -92,15 +91,6 @@ pub fn marshal(g: &BuildGraph, opts: &Options) -> Result<Vec<u8>> {
     Ok(definition(g, opts)?.encode_to_vec())
 }
 
-/// The target's platform.
-fn platform_of(g: &BuildGraph) -> pb::Platform {
-    pb_platform(&Platform {
-        os: g.config.os.clone(),
-        architecture: g.config.architecture.clone(),
-        variant: g.config.variant.clone(),
-    })
-}
-
 fn pb_platform(p: &Platform) -> pb::Platform {
     pb::Platform {
         architecture: p.architecture.clone(),
@@ -114,12 +104,10 @@ struct Builder<'a> {
     opts: &'a Options,
     def: pb::Definition,
     seen: HashSet<String>,
-    /// Each vertex's output (`None`: scratch).
-    done: HashMap<NodeIndex, Option<pb::Input>>,
-    /// Each vertex's platform: its image's or RUN's, else its parent's (a stage's
-    /// file operations run on the stage's platform, so that what targets share keeps
-    /// one digest).
-    platforms: HashMap<NodeIndex, pb::Platform>,
+    /// Each vertex's output (`None`: scratch) and platform: its image's or RUN's,
+    /// else its parent's (a stage's file operations run on the stage's platform, so
+    /// that what targets share keeps one digest).
+    done: HashMap<NodeIndex, (Option<pb::Input>, pb::Platform)>,
     /// The target's platform (scratch stages).
     target: pb::Platform,
 }
@@ -185,7 +173,7 @@ impl Builder<'_> {
 
     /// The output of vertex `n`, adding it and what it needs.
     fn node(&mut self, n: NodeIndex) -> Result<Option<pb::Input>> {
-        if let Some(o) = self.done.get(&n) {
+        if let Some((o, _)) = self.done.get(&n) {
             return Ok(o.clone());
         }
         let step = &self.g.dag[n];
@@ -197,13 +185,12 @@ impl Builder<'_> {
             (Op::Image { platform, .. }, _) => pb_platform(platform),
             (Op::Run(spec), _) => pb_platform(&spec.platform),
             (_, Some(p)) => self
-                .platforms
+                .done
                 .get(&p)
-                .cloned()
+                .map(|(_, pl)| pl.clone())
                 .unwrap_or_else(|| self.target.clone()),
             (_, None) => self.target.clone(),
         };
-        self.platforms.insert(n, platform.clone());
         let out = match &step.op {
             Op::Scratch => None,
             Op::Image {
@@ -308,7 +295,7 @@ impl Builder<'_> {
                 ))
             }
         };
-        self.done.insert(n, out.clone());
+        self.done.insert(n, (out.clone(), platform));
         Ok(out)
     }
 
