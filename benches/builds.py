@@ -173,6 +173,11 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def wall(got, builder):
+    """The median wall time of `builder`'s rounds (None when it did not run)."""
+    return median([r.wall for r in got.get(builder, [])])
+
+
 def write_mixed(path, size, seed):
     """Deterministic data that compresses like real layers do: runs of random bytes
     (compressed files), of words (text, scripts) and of sparse structured records
@@ -282,7 +287,7 @@ class Bench:
     def row(self, case, got, target, met, reference=""):
         k = got["kiln"]
         b = got.get("buildah", [])
-        kw, bw = median([r.wall for r in k]), median([r.wall for r in b])
+        kw, bw = wall(got, "kiln"), wall(got, "buildah")
         self.rows.append(
             dict(
                 case=case,
@@ -307,7 +312,7 @@ class Bench:
     def ratio_ok(self, got, limit):
         if "buildah" not in got:
             return None
-        return median([r.wall for r in got["kiln"]]) <= limit * median([r.wall for r in got["buildah"]])
+        return wall(got, "kiln") <= limit * wall(got, "buildah")
 
     def rss_ok(self, got):
         return max(r.rss_kib for r in got["kiln"]) < 150 * 1024
@@ -335,7 +340,7 @@ class Bench:
             b.build(ctx)
         got = self.rounds(lambda b: b.build(ctx, "--no-cache"))
         ideal = work / 2
-        kw = median([r.wall for r in got["kiln"]])
+        kw = wall(got, "kiln")
         ok = kw <= 1.15 * ideal and self.ratio_ok(got, 0.6) is not False and self.rss_ok(got)
         self.row(
             "parallel-stages",
@@ -361,7 +366,7 @@ class Bench:
             b.build(ctx)
         got = self.rounds(lambda b: b.build(ctx))
         f = self.find_time(ctx)
-        kw = median([r.wall for r in got["kiln"]])
+        kw = wall(got, "kiln")
         ok = kw <= 3 * f and self.ratio_ok(got, 0.1) is not False and self.rss_ok(got)
         self.row(
             "noop-rebuild",
@@ -436,7 +441,7 @@ class Bench:
             refs.append((g.wall, c.wall))
         shutil.rmtree(data, ignore_errors=True)
         g, c = median([x[0] for x in refs]), median([x[1] for x in refs])
-        kw = median([r.wall for r in got["kiln"]])
+        kw = wall(got, "kiln")
         ok = kw <= 1.2 * (g + c) and self.rss_ok(got)
         self.row(
             f"big-layer-{compression}",
@@ -460,7 +465,7 @@ class Bench:
             one(b)
         got = self.rounds(one)
         uploads = sum(r.out.count(": Pushed") for r in got["kiln"])
-        kw = median([r.wall for r in got["kiln"]])
+        kw = wall(got, "kiln")
         ok = uploads == 0 and kw < 0.3 and self.rss_ok(got)
         self.row(
             "push-unchanged",
