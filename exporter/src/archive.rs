@@ -9,7 +9,7 @@
 
 use crate::image::{Descriptor, Image, Index, Multi, DOCKER_LIST, OCI_INDEX};
 use crate::{io, Error, Result};
-use kiln_snapshotter::{digest, store::atomic_write, Store};
+use kiln_snapshotter::{digest, digest::WriteBehind, store::atomic_write, Store};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
@@ -215,11 +215,15 @@ pub fn write(
     let dest = PathBuf::from(dest);
     let tmp = sibling_tmp(&dest);
     let f = File::create(&tmp).map_err(io(&tmp))?;
-    let result = write_tar(std::io::BufWriter::new(f), &l, &tmp).and_then(|w| {
-        let f = w.into_inner().map_err(|e| Error::Io {
-            path: tmp.display().to_string(),
-            source: e.into_error(),
-        })?;
+    let out = std::io::BufWriter::with_capacity(1 << 20, WriteBehind::new(f));
+    let result = write_tar(out, &l, &tmp).and_then(|w| {
+        let f = w
+            .into_inner()
+            .map_err(|e| Error::Io {
+                path: tmp.display().to_string(),
+                source: e.into_error(),
+            })?
+            .into_inner();
         f.sync_all().map_err(io(&tmp))?;
         fs::rename(&tmp, &dest).map_err(io(&dest))
     });

@@ -14,7 +14,7 @@
 //! `force-compression=true`.
 
 use crate::{Error, Result};
-use kiln_snapshotter::digest::{self, HashWriter};
+use kiln_snapshotter::digest::{self, HashWriter, WriteBehind};
 use kiln_snapshotter::records::Kind;
 use kiln_snapshotter::Store;
 use kiln_solver::cache::{Layer, Record};
@@ -184,7 +184,7 @@ fn convert(
     let tmp = store.tmp_path("convert");
     let out = File::create(&tmp).map_err(crate::io(&tmp))?;
     let result = (|| {
-        let hashed = HashWriter::new(BufWriter::with_capacity(1 << 20, out));
+        let hashed = HashWriter::new(BufWriter::with_capacity(1 << 20, WriteBehind::new(out)));
         let (hashed, diff_id) = match compression {
             Compression::Uncompressed => write_tar(tar, HashWriter::new(hashed), opts, &tmp)?,
             Compression::Gzip => {
@@ -209,7 +209,8 @@ fn convert(
         let f = buf
             .into_inner()
             .map_err(|e| e.into_error())
-            .map_err(crate::io(&tmp))?;
+            .map_err(crate::io(&tmp))?
+            .into_inner();
         f.sync_all().map_err(crate::io(&tmp))?;
         if opts.clamp_mtime.is_none() && diff_id != layer.diff_id {
             return Err(Error::Assemble(format!(

@@ -6,7 +6,7 @@
 //! dropped. Entries are written in byte order of their names so the same tree always
 //! gives the same tar.
 
-use crate::digest::HashWriter;
+use crate::digest::{HashWriter, WriteBehind};
 use crate::unpack::OPAQUE_XATTR;
 use crate::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -58,7 +58,7 @@ pub struct LayerDigests {
 
 /// Writes the layer for `upper` to `out`, compressed as `compression` says.
 pub fn write_layer(upper: &Path, out: File, compression: LayerCompression) -> Result<LayerDigests> {
-    let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, out));
+    let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, WriteBehind::new(out)));
     let (compressed, diff_id, entries) = match compression {
         LayerCompression::Gzip => {
             let gz = crate::pargz::Writer::new(compressed, 6, 2);
@@ -89,7 +89,8 @@ pub fn write_layer(upper: &Path, out: File, compression: LayerCompression) -> Re
     let file = buf
         .into_inner()
         .map_err(|e| e.into_error())
-        .ctx(|| "flushing layer".into())?;
+        .ctx(|| "flushing layer".into())?
+        .into_inner();
     file.sync_all().ctx(|| "syncing layer".into())?;
     Ok(LayerDigests {
         diff_id,

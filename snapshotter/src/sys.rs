@@ -1,6 +1,6 @@
 //! The storage layer's system calls, and its only `unsafe`: handing pipe ends to a child
 //! at fixed fd numbers and adopting them in the helper, whiteout device nodes, overlay
-//! and bind mounts, entering the user namespace.
+//! and bind mounts, entering the user namespace, starting writeback of a file being written.
 
 use crate::{Context, Result};
 use nix::mount::{mount, MsFlags};
@@ -44,6 +44,25 @@ pub(crate) fn inherited(fd: RawFd) -> File {
     // SAFETY: `fd` was installed by `pass_fds` in the parent for this process alone and
     // nothing else in the helper refers to it, so the File is its only owner.
     unsafe { File::from_raw_fd(fd) }
+}
+
+/// Asks the kernel to start writing `len` bytes of `file` at `offset` back to disk,
+/// without waiting for it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Only a hint: the
+/// fsync that makes the file durable still follows.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: the fd is borrowed from a live File for the duration of the call, and
+    // sync_file_range reads no memory of ours; a failure (EINVAL on filesystems without
+    // writeback, say) only means the hint was not taken.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 /// An overlay whiteout: a 0/0 character device (allowed unprivileged since Linux 5.8).
