@@ -29,7 +29,14 @@ pub fn mount_rw(
         upper.display(),
         work.display()
     );
-    sys::mount_overlay(&opts, target, false)
+    // `volatile` (Linux 5.10): unmounting does not sync the upper filesystem. The step's
+    // files are synced once, with syncfs, while its layer is written (see the solver's
+    // helper), instead of by the unmount before that starts. Older kernels refuse the
+    // option; the mount is tried again without it.
+    match sys::mount_overlay(&format!("{opts},volatile"), target, false) {
+        Ok(()) => Ok(()),
+        Err(_) => sys::mount_overlay(&opts, target, false),
+    }
 }
 
 /// Mounts `ids` (top-first) read-only at `target`.

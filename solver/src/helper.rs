@@ -358,7 +358,17 @@ fn step(
     }
     let out =
         fs::File::create(layer_out).map_err(io_ctx(format!("creating {}", layer_out.display())))?;
-    let digests = kiln_snapshotter::diff::write_layer(&upper, out, compression)?;
+    // The snapshot must be on disk before it is committed (`place_snapshot` syncs it):
+    // start that now, so the disk writes what the step wrote while the layer is
+    // compressed, rather than after.
+    let early_sync = fs::File::open(&upper)
+        .ok()
+        .map(|d| std::thread::spawn(move || nix::unistd::syncfs(&d)));
+    let digests = kiln_snapshotter::diff::write_layer(&upper, out, compression);
+    if let Some(t) = early_sync {
+        let _ = t.join();
+    }
+    let digests = digests?;
     if digests.entries == 0 {
         let _ = fs::remove_file(layer_out);
         return Ok(Response::Step {
