@@ -12,6 +12,9 @@ bash scripts/setup.sh
 
 echo "[test] unit tests"
 cargo test --workspace --quiet
+# The micro-benchmarks once each, small (criterion's test mode): they build, and their
+# checks (the context's digest, the layer written) hold.
+cargo test --quiet --bench micro
 
 echo "[test] end-to-end tests as $TEST_USER"
 exe=$(cargo test --no-run --test e2e --message-format=json 2>/dev/null \
