@@ -177,9 +177,15 @@ fn parse(c: &mut Criterion) {
     let lines = text.lines().count();
     let mut g = c.benchmark_group("parse");
     g.throughput(Throughput::Bytes(text.len() as u64));
-    g.bench_function(BenchmarkId::new("dockerfile", format!("{lines} lines")), |b| {
-        b.iter(|| kiln_frontend::parser::parse(&text, "Dockerfile").expect("the bench Dockerfile parses"))
-    });
+    g.bench_function(
+        BenchmarkId::new("dockerfile", format!("{lines} lines")),
+        |b| {
+            b.iter(|| {
+                kiln_frontend::parser::parse(&text, "Dockerfile")
+                    .expect("the bench Dockerfile parses")
+            })
+        },
+    );
     g.finish();
 }
 
@@ -247,7 +253,9 @@ fn layer(c: &mut Criterion) {
         });
         let bin = tool.split(' ').next().unwrap_or(tool);
         if !has(bin) {
-            eprintln!("layer/{name}: {bin} is not installed, no reference (scripts/setup.sh installs it)");
+            eprintln!(
+                "layer/{name}: {bin} is not installed, no reference (scripts/setup.sh installs it)"
+            );
             continue;
         }
         let script = format!(
@@ -257,7 +265,11 @@ fn layer(c: &mut Criterion) {
         );
         g.bench_function(BenchmarkId::new(format!("tar | {tool}"), name), |b| {
             b.iter(|| {
-                let st = Command::new("sh").arg("-c").arg(&script).status().expect("running sh");
+                let st = Command::new("sh")
+                    .arg("-c")
+                    .arg(&script)
+                    .status()
+                    .expect("running sh");
                 assert!(st.success(), "{script} failed");
             })
         });
