@@ -38,7 +38,10 @@ pub struct Store {
 impl Store {
     /// Opens (creating as needed) the store at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        // Absolute, because the namespace helper changes its working directory (overlay
+        // lowerdirs are given relative to the snapshots directory).
         let root = root.into();
+        let root = std::path::absolute(&root).ctx(|| format!("resolving {}", root.display()))?;
         for d in [
             "blobs/sha256",
             "snapshots/empty",
