@@ -154,13 +154,16 @@ impl Inventory {
             .into_iter()
             .map(|n| root.join("tmp").join(n))
             .collect();
-        // Remembered context file digests (a few bytes per file) go with any prune:
-        // losing them costs one read of the context.
-        tmp_paths.extend(
-            list(&root.join("context-hashes"))?
-                .into_iter()
-                .map(|n| root.join("context-hashes").join(n)),
-        );
+        // Remembered context file digests (a few bytes per file) and the last snapshot
+        // of each COPY from a context go with any prune: losing them costs one read of
+        // the context, and one full copy.
+        for hints in ["context-hashes", "copy-refs"] {
+            tmp_paths.extend(
+                list(&root.join(hints))?
+                    .into_iter()
+                    .map(|n| root.join(hints).join(n)),
+            );
+        }
         let mounts_dir = root.join("cache-mounts");
         let mut lock_bytes: HashMap<String, u64> = HashMap::new();
         let mut mount_used: HashMap<String, SystemTime> = HashMap::new();

@@ -10,6 +10,7 @@ use kiln_frontend::dockerignore::Matcher;
 use kiln_snapshotter::native::{self, Snapshotter};
 use kiln_snapshotter::Store;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,11 @@ pub struct CopyAction {
     pub excludes: Vec<String>,
     /// ADD: unpack local tar archives (plain, gzip or zstd) into the destination.
     pub unpack: bool,
+    /// A snapshot made earlier by the same COPY from the context: a file whose content
+    /// and metadata there are exactly what this copy would write is hard-linked from
+    /// it instead of written again (see [`Links`]).
+    #[serde(default)]
+    pub link_from: Option<String>,
 }
 
 impl Default for Source {
@@ -226,7 +232,7 @@ pub fn copy(
     merged: &Path,
     scratch: &Path,
     c: &CopyAction,
-) -> Result<()> {
+) -> Result<Links> {
     let mut ignore = Matcher::default();
     let (src_root, keep_owner) = match &c.source {
         Source::Context { dir, excludes } => {
@@ -275,10 +281,34 @@ pub fn copy(
     let dest_dir_form =
         c.dest.ends_with('/') || count > 1 || c.parents || c.srcs.iter().any(|s| has_glob(s));
     let dest = resolve_in_root(merged, &dest_rel, true)?;
+    // Linking needs real owners (an emulated owner is an xattr a link would share
+    // with the earlier snapshot's file only by luck), a snapshot that is still there,
+    // and one source (a directory: only copy_tree plans links), so that no path is
+    // written twice by this COPY.
+    let link_from = match (&c.source, &c.link_from) {
+        (Source::Context { .. }, Some(id))
+            if sources.len() == 1
+                && c.inline.is_empty()
+                && !c.unpack
+                && !kiln_snapshotter::owner::emulating()
+                && !id.is_empty()
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            Some(store.snapshot_path(id)).filter(|p| p.is_dir())
+        }
+        _ => None,
+    };
     let opts = Opts {
         owner,
         chmod: c.chmod,
         excludes,
+        links: Links {
+            merged: merged.to_path_buf(),
+            from: link_from,
+            planned: std::cell::RefCell::new(Vec::new()),
+        },
     };
     for f in &c.inline {
         if f.name.is_empty() || f.name.contains('/') || f.name == ".." || f.name == "." {
@@ -332,7 +362,154 @@ pub fn copy(
             copy_entry(&from, &target, &meta, &opts)?;
         }
     }
-    Ok(())
+    Ok(opts.links)
+}
+
+/// The files of a COPY that are hard-linked from an earlier snapshot rather than
+/// written. While the overlay is mounted they cannot be (a link cannot cross into the
+/// mount), so [`copy_tree`] plans them and [`Links::apply`] makes them in the upper
+/// directory once the overlay is unmounted (or in the native snapshotter's tree).
+///
+/// A rebuild after a one-file change in a large context then creates no inode and
+/// writes no data for the unchanged files: a file is linked only when the earlier
+/// snapshot has, at the same path, a regular file with the same size, mode, owner and
+/// modification time and byte-for-byte the same content, so the tree (and its layer)
+/// is exactly what copying would give. Files are only planned inside a copied
+/// directory, whose directory is in the upper layer already (created or copied up by
+/// its metadata), and only where nothing is in the way in the lower layers.
+#[derive(Debug)]
+pub struct Links {
+    merged: PathBuf,
+    from: Option<PathBuf>,
+    planned: std::cell::RefCell<Vec<Planned>>,
+}
+
+#[derive(Debug)]
+struct Planned {
+    /// Relative to the rootfs.
+    rel: PathBuf,
+    /// The earlier snapshot's file.
+    link: PathBuf,
+    /// The context file, copied if the link cannot be made.
+    source: PathBuf,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    meta: fs::Metadata,
+}
+
+impl Links {
+    /// How many files are planned.
+    pub fn len(&self) -> usize {
+        self.planned.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Plans `to` as a link when the earlier snapshot has the very file `from` would
+    /// become; says whether it did.
+    fn plan(
+        &self,
+        from: &Path,
+        to: &Path,
+        meta: &fs::Metadata,
+        owner: (u32, u32),
+        mode: u32,
+    ) -> bool {
+        let Some(root) = &self.from else {
+            return false;
+        };
+        let Ok(rel) = to.strip_prefix(&self.merged) else {
+            return false;
+        };
+        let link = root.join(rel);
+        let Ok(m) = fs::symlink_metadata(&link) else {
+            return false;
+        };
+        let same_meta = m.file_type().is_file()
+            && m.len() == meta.len()
+            && m.mode() & 0o7777 == mode
+            && (m.uid(), m.gid()) == owner
+            && (m.mtime(), m.mtime_nsec()) == (meta.mtime(), meta.mtime_nsec())
+            && xattr::list(&link)
+                .map(|mut l| l.next().is_none())
+                .unwrap_or(false);
+        // Nothing may be in the way in the lower layers: no whiteout is needed then.
+        if !same_meta
+            || fs::symlink_metadata(to).is_ok()
+            || !same_content(from, &link).unwrap_or(false)
+        {
+            return false;
+        }
+        self.planned.borrow_mut().push(Planned {
+            rel: rel.to_path_buf(),
+            link,
+            source: from.to_path_buf(),
+            uid: owner.0,
+            gid: owner.1,
+            mode,
+            meta: meta.clone(),
+        });
+        true
+    }
+
+    /// Makes the planned files under `root` (the upper directory, or the native
+    /// snapshotter's tree); one whose link fails (the earlier snapshot was pruned
+    /// meanwhile, say) is copied from the context after all.
+    pub fn apply(self, root: &Path) -> Result<()> {
+        let planned = self.planned.into_inner();
+        // Linking changes the directories' times, which copy_tree has set from the
+        // source: they are put back afterwards.
+        let mut dirs: HashMap<PathBuf, fs::Metadata> = HashMap::new();
+        for p in &planned {
+            if let Some(d) = root.join(&p.rel).parent() {
+                if !dirs.contains_key(d) {
+                    let m =
+                        fs::symlink_metadata(d).map_err(io_ctx(format!("stat {}", d.display())))?;
+                    dirs.insert(d.to_path_buf(), m);
+                }
+            }
+        }
+        for p in planned {
+            let to = root.join(&p.rel);
+            // Only a COPY of one directory plans links, and it writes each path once:
+            // something already there would be a bug, and is left as it is.
+            if fs::symlink_metadata(&to).is_ok() {
+                continue;
+            }
+            if fs::hard_link(&p.link, &to).is_ok() {
+                continue;
+            }
+            fs::copy(&p.source, &to).map_err(io_ctx(format!("copying to {}", to.display())))?;
+            kiln_snapshotter::owner::chown(&to, p.uid, p.gid)?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(p.mode))
+                .map_err(io_ctx(format!("chmod {}", to.display())))?;
+            native::set_times(&to, &p.meta)?;
+        }
+        for (d, m) in dirs {
+            native::set_times(&d, &m)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether two files hold the same bytes.
+fn same_content(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let (mut fa, mut fb) = (fs::File::open(a)?, fs::File::open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 128 * 1024], vec![0u8; 128 * 1024]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(fb.read(&mut bb[..1])? == 0);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
 }
 
 /// Where a single file source lands: `dest/name` when the destination is a directory
@@ -360,6 +537,7 @@ struct Opts {
     chmod: Option<u32>,
     /// `--exclude`, matched against paths below each copied directory.
     excludes: Matcher,
+    links: Links,
 }
 
 /// Writes a here-document file.
@@ -479,12 +657,25 @@ fn copy_tree(from: &Path, to: &Path, opts: &Opts, rel: &str, ignore: &Matcher) -
                 fs::remove_dir(&dst).map_err(io_ctx(format!("removing {}", dst.display())))?;
                 continue;
             }
-        } else {
+        } else if !(m.is_file() && plan_link(&src, &dst, &m, opts)) {
             copy_entry(&src, &dst, &m, opts)?;
         }
         copied = true;
     }
+    // Creating the entries changed the directory's times: it gets the source's, as
+    // in BuildKit, so that the same context makes the same layer in every build.
+    native::set_times(to, &meta)?;
     Ok(copied)
+}
+
+/// Plans the regular file `from` as a link (see [`Links`]) when the earlier snapshot
+/// has it with the owner and mode this copy gives it.
+fn plan_link(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> bool {
+    let Some(owner) = opts.owner else {
+        return false;
+    };
+    let mode = opts.chmod.unwrap_or(meta.mode() & 0o7777);
+    opts.links.plan(from, to, meta, owner, mode)
 }
 
 /// Copies one non-directory entry (file, symlink, fifo) to `to`, replacing what is there.

@@ -326,12 +326,16 @@ fn step(
             Some(since)
         }
     };
+    let mut links = None;
     let outcome = match action {
         Action::Run(spec) => {
             exec::run(store, kind, &merged, &dir.join("mounts"), spec).map(|code| (code, None))
         }
         Action::Copy(c) => match fileop::copy(store, kind, &merged, &dir.join("src"), c) {
-            Ok(()) => Ok((0, None)),
+            Ok(l) => {
+                links = Some(l);
+                Ok((0, None))
+            }
             Err(e) => Ok((1, Some(e.to_string()))),
         },
         Action::Mkdir { path, user } => fileop::mkdir(&merged, path, user).map(|_| (0, None)),
@@ -352,6 +356,15 @@ fn step(
             layer: None,
             message,
         });
+    }
+    // COPY's hard links from an earlier snapshot, now that nothing is mounted over the
+    // tree they go into.
+    if let Some(l) = links.filter(|l| !l.is_empty()) {
+        println!(
+            "linked {} unchanged files from the previous build of this COPY",
+            l.len()
+        );
+        l.apply(if since.is_some() { &merged } else { &upper })?;
     }
     if let Some(since) = since {
         native::diff(store, lowers, &merged, &upper, since)?;

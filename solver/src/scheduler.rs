@@ -7,7 +7,7 @@ use crate::exec::{Mount, MountSource, RunAction};
 use crate::fileop::{CopyAction, Source};
 use crate::helper::{Action, Launcher, Request, Response};
 use crate::progress::{Progress, Vertex};
-use crate::{Error, Result};
+use crate::{io_ctx, Error, Result};
 use kiln_frontend::{
     BuildGraph, CopyFrom, MountKind, Network, Op, RunSpec, Security, Sharing, Source as SrcKind,
     Step,
@@ -18,6 +18,7 @@ use petgraph::graph::NodeIndex;
 use petgraph::Direction;
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::fs;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -260,6 +261,20 @@ fn run_vertex(
                 }
             };
             let key = cache::key(&["copy", parent_key, &source_key, &spec]);
+            // The snapshot this COPY made last time, whose unchanged files the new one
+            // links (see fileop::Links); --no-cache copies everything afresh.
+            let link_ref = match c.from {
+                CopyFrom::Context if !paths.is_empty() && !s.no_cache => {
+                    Some(s.store.root().join("copy-refs").join(
+                        &cache::key(&["copy-ref", &s.context.to_string_lossy(), &spec])[..32],
+                    ))
+                }
+                _ => None,
+            };
+            let link_from = link_ref
+                .as_ref()
+                .and_then(|p| fs::read_to_string(p).ok())
+                .map(|id| id.trim().to_string());
             let action = CopyAction {
                 source,
                 srcs: paths,
@@ -270,12 +285,32 @@ fn run_vertex(
                 parents: c.parents,
                 excludes: c.excludes.clone(),
                 unpack: c.unpack,
+                link_from,
             };
             cached_or(s, step, key, parent_layers, |v, lowers| {
-                execute(s, step, v, lowers, Action::Copy(action.clone()))
+                let layer = execute(s, step, v, lowers, Action::Copy(action.clone()))?;
+                if let (Some(l), Some(p)) = (&layer, &link_ref) {
+                    // Only a hint: a missing or stale one costs a full copy.
+                    let _ = remember_copy(s, p, &l.snapshot);
+                }
+                Ok(layer)
             })
         }
     }
+}
+
+/// Notes `snapshot` as the last result of a COPY (`copy-refs/`; pruned with the
+/// context digests).
+fn remember_copy(s: &Solver, path: &std::path::Path, snapshot: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
+    }
+    let tmp = s.store.tmp_path("copy-ref");
+    let r = kiln_snapshotter::store::atomic_write(path, snapshot.as_bytes(), &tmp);
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    Ok(r?)
 }
 
 /// Turns a RUN's mounts into what the helper mounts, refusing what kiln cannot do yet;
