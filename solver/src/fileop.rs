@@ -439,7 +439,7 @@ impl Links {
         // Nothing may be in the way in the lower layers: no whiteout is needed then.
         if !same_meta
             || fs::symlink_metadata(to).is_ok()
-            || !same_content(from, &link).unwrap_or(false)
+            || !same_content(from, &link, meta.len()).unwrap_or(false)
         {
             return false;
         }
@@ -495,11 +495,13 @@ impl Links {
     }
 }
 
-/// Whether two files hold the same bytes.
-fn same_content(a: &Path, b: &Path) -> std::io::Result<bool> {
+/// Whether two files of `len` bytes (as their metadata says) hold the same bytes.
+fn same_content(a: &Path, b: &Path, len: u64) -> std::io::Result<bool> {
     use std::io::Read;
     let (mut fa, mut fb) = (fs::File::open(a)?, fs::File::open(b)?);
-    let (mut ba, mut bb) = (vec![0u8; 128 * 1024], vec![0u8; 128 * 1024]);
+    // Most context files are small: their buffers are too (one more byte to see the end).
+    let size = (len.min(128 * 1024) + 1) as usize;
+    let (mut ba, mut bb) = (vec![0u8; size], vec![0u8; size]);
     loop {
         let n = fa.read(&mut ba)?;
         if n == 0 {

@@ -364,7 +364,10 @@ fn step(
             "linked {} unchanged files from the previous build of this COPY",
             l.len()
         );
-        l.apply(if since.is_some() { &merged } else { &upper })?;
+        l.apply(match kind {
+            Snapshotter::Overlay => &upper,
+            Snapshotter::Native => &merged,
+        })?;
     }
     if let Some(since) = since {
         native::diff(store, lowers, &merged, &upper, since)?;
