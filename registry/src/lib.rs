@@ -221,9 +221,35 @@ impl Scheme {
 #[derive(Clone)]
 struct Host {
     chunked: Client,
-    monolithic: Client,
+    /// Made on first use: only pushes need it, and every client loads the system's
+    /// root certificates (a few ms of each build that only pulls).
+    monolithic: std::sync::Arc<std::sync::OnceLock<Client>>,
+    scheme: Scheme,
     auth: RegistryAuth,
     credential: Option<auth::Credential>,
+}
+
+impl Host {
+    fn monolithic(&self) -> Client {
+        self.monolithic
+            .get_or_init(|| client(self.scheme, true))
+            .clone()
+    }
+}
+
+/// An oci-client client for a host spoken to with `scheme`.
+fn client(scheme: Scheme, monolithic: bool) -> Client {
+    Client::new(ClientConfig {
+        protocol: match scheme {
+            Scheme::Http => ClientProtocol::Http,
+            _ => ClientProtocol::Https,
+        },
+        accept_invalid_certificates: scheme == Scheme::HttpsUnverified,
+        use_monolithic_push: monolithic,
+        connect_timeout: Some(std::time::Duration::from_secs(15)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        ..Default::default()
+    })
 }
 
 /// oci-client's chunk size for chunked uploads.
@@ -351,26 +377,14 @@ impl Registry {
             return Ok(h.clone());
         }
         let scheme = self.scheme(&host, insecure).await;
-        let make = |monolithic: bool| {
-            Client::new(ClientConfig {
-                protocol: match scheme {
-                    Scheme::Http => ClientProtocol::Http,
-                    _ => ClientProtocol::Https,
-                },
-                accept_invalid_certificates: scheme == Scheme::HttpsUnverified,
-                use_monolithic_push: monolithic,
-                connect_timeout: Some(std::time::Duration::from_secs(15)),
-                read_timeout: Some(std::time::Duration::from_secs(60)),
-                ..Default::default()
-            })
-        };
         let auth = match &credential {
             Some(c) => RegistryAuth::Basic(c.username.clone(), c.secret.clone()),
             None => RegistryAuth::Anonymous,
         };
         let h = Host {
-            chunked: make(false),
-            monolithic: make(true),
+            chunked: client(scheme, false),
+            monolithic: Default::default(),
+            scheme,
             auth,
             credential,
         };
@@ -693,7 +707,7 @@ impl Registry {
         let r = endpoint_reference(&asked, &ep)?;
         let host = self.host(&r, ep.insecure).await?;
         // Authenticate for push once, so the token covers pull and push.
-        for c in [&host.chunked, &host.monolithic] {
+        for c in [&host.chunked, &host.monolithic()] {
             self.retried(
                 self.policy,
                 &format!("authenticating to {}", r.registry()),
@@ -794,7 +808,7 @@ impl Registry {
             }
         };
         let first = if b.size <= CHUNK {
-            host.monolithic.clone()
+            host.monolithic()
         } else {
             host.chunked.clone()
         };
@@ -816,7 +830,7 @@ impl Registry {
                 self.retried(
                     self.policy,
                     &format!("uploading {what} to {}", r.whole()),
-                    || upload(host.monolithic.clone()),
+                    || upload(host.monolithic()),
                 )
                 .await
             }
