@@ -125,6 +125,20 @@ impl Run {
         self
     }
 
+    /// Whether the step whose title contains `title` ended with `status` (`DONE`,
+    /// `CACHED`) in the plain progress output.
+    fn step_ended(&self, title: &str, status: &str) -> bool {
+        let id = self
+            .stderr
+            .lines()
+            .find(|l| l.contains(title))
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or_else(|| panic!("no step {title:?} in:\n{}", self.stderr));
+        self.stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("{id} {status}")))
+    }
+
     /// The image digest kiln reports at the end of a build.
     fn image_digest(&self) -> String {
         self.stderr
@@ -152,6 +166,15 @@ fn tool(cmd: &str, args: &[&str]) -> String {
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
+}
+
+/// The image config of `reference` (`oci-archive:PATH[:TAG]`, `docker://...`), as stored,
+/// read with skopeo.
+fn image_config(reference: &str) -> serde_json::Value {
+    json(&tool(
+        "skopeo",
+        &["inspect", "--raw", "--config", reference],
+    ))
 }
 
 /// Extracts an OCI archive into the directory `layout`.
@@ -419,17 +442,8 @@ fn second_build_is_all_cached_and_gives_the_same_digest() {
     assert!(!done_steps.is_empty());
     // --no-cache runs the steps again.
     let fresh = case.build(&["--no-cache"]).expect_ok();
-    let run_line = fresh
-        .stderr
-        .lines()
-        .find(|l| l.contains("[builder 4/4] RUN"))
-        .expect("RUN step");
-    let id = run_line.split(' ').next().expect("#N");
     assert!(
-        fresh
-            .stderr
-            .lines()
-            .any(|l| l.starts_with(&format!("{id} DONE"))),
+        fresh.step_ended("[builder 4/4] RUN", "DONE"),
         "{}",
         fresh.stderr
     );
@@ -604,7 +618,7 @@ fn dockerignore_hides_files_from_copy_with_moby_semantics() {
 /// `--raw` re-encodes it with the OCI fields only, dropping Healthcheck, OnBuild and
 /// Shell), and its history `created_by` rows that kiln wrote.
 fn own_history(archive: &str) -> (serde_json::Value, Vec<String>) {
-    let config = json(&tool("skopeo", &["inspect", "--raw", "--config", archive]));
+    let config = image_config(archive);
     let history = config["history"]
         .as_array()
         .expect("history")

@@ -13,16 +13,7 @@ RUN cat /app/b.txt > /b-before && echo "run $N" >> /app/b.txt
 
 /// The diffIDs of the image in OCI archive `archive` (read with skopeo).
 fn diff_ids(archive: &Path) -> Vec<String> {
-    let config = json(&tool(
-        "skopeo",
-        &[
-            "inspect",
-            "--raw",
-            "--config",
-            &format!("oci-archive:{}", archive.display()),
-        ],
-    ));
-    config["rootfs"]["diff_ids"]
+    image_config(&format!("oci-archive:{}", archive.display()))["rootfs"]["diff_ids"]
         .as_array()
         .expect("diff_ids")
         .iter()
@@ -78,14 +69,8 @@ fn rebuild_after_one_file_change_links_the_rest_and_matches_a_fresh_copy() {
     let back = case
         .build(&["--build-arg", "N=2", "-t", "e2e/copy:1", "-o", &oci("back")])
         .expect_ok();
-    let copy_line = back
-        .stderr
-        .lines()
-        .find(|l| l.contains("COPY app /app"))
-        .expect("the COPY step");
-    let id = copy_line.split(' ').next().expect("#N");
     assert!(
-        back.stderr.contains(&format!("{id} CACHED")),
+        back.step_ended("COPY app /app", "CACHED"),
         "{}",
         back.stderr
     );

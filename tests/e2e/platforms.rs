@@ -70,15 +70,7 @@ fn a_foreign_run_executes_under_qemu_registered_in_kilns_namespace() {
         fs::read_to_string(rootfs.join("arch")).expect("arch"),
         "aarch64\n"
     );
-    let config = json(&tool(
-        "skopeo",
-        &[
-            "inspect",
-            "--config",
-            "--raw",
-            &format!("oci-archive:{}:1", out.display()),
-        ],
-    ));
+    let config = image_config(&format!("oci-archive:{}:1", out.display()));
     assert_eq!(config["architecture"], "arm64");
     assert_eq!(config["os"], "linux");
     // `kiln info` says so too.
