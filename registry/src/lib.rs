@@ -188,19 +188,15 @@ pub fn parse_reference(name: &str) -> Result<Reference> {
 /// else gives `None` and goes to oci-client.
 ///
 /// Hand-written because of a measurement: oci-client's reference regular expression
-/// (Unicode `\w{0,127}` for tags) takes about 15 ms to compile, once per process, which
-/// was a tenth of a no-op rebuild. `plain_references_parse_as_oci_client_does` checks
+/// (Unicode `\w{0,127}` for tags) is compiled once per process, and that was a third of
+/// a no-op rebuild of a 20,000-file context (0.14 s -> 0.09 s without it). `plain_references_parse_as_oci_client_does` checks
 /// that both parsers agree.
 fn plain_reference(name: &str) -> Option<Reference> {
     let (rest, digest) = match name.split_once('@') {
-        Some((rest, d)) => {
-            let hex = d.strip_prefix("sha256:")?;
-            let ok = hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-            (rest, Some(ok.then_some(d)?))
-        }
+        Some((rest, d)) => (
+            rest,
+            Some(kiln_snapshotter::digest::hex_part(d).ok().map(|_| d)?),
+        ),
         None => (name, None),
     };
     let (host, path) = rest.split_once('/')?;
