@@ -12,7 +12,7 @@ use crate::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -24,7 +24,8 @@ pub const MEDIA_TYPE_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 /// How a step's layer is compressed when it is made. BuildKit compresses a layer when
 /// an exporter asks for it; kiln compresses it as the step finishes, in the
-/// compression the build's outputs ask for, so that exporting it is a copy.
+/// compression the build's outputs ask for, so that exporting it is a copy (or, for an
+/// archive's top layer, nothing: the step writes it into the archive).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LayerCompression {
     /// Level 6 (gzip's default), on two workers: see `pargz`.
@@ -56,9 +57,18 @@ pub struct LayerDigests {
     pub entries: u64,
 }
 
-/// Writes the layer for `upper` to `out`, compressed as `compression` says.
-pub fn write_layer(upper: &Path, out: File, compression: LayerCompression) -> Result<LayerDigests> {
-    let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, WriteBehind::new(out)));
+/// Writes the layer for `upper` to `out` from its current position, compressed as
+/// `compression` says.
+pub fn write_layer(
+    upper: &Path,
+    mut out: File,
+    compression: LayerCompression,
+) -> Result<LayerDigests> {
+    let start = out.stream_position().ctx(|| "positioning layer".into())?;
+    let compressed = HashWriter::new(BufWriter::with_capacity(
+        1 << 20,
+        WriteBehind::at(out, start),
+    ));
     let (compressed, diff_id, entries) = match compression {
         LayerCompression::Gzip => {
             let gz = crate::pargz::Writer::new(compressed, 6, 2);

@@ -112,10 +112,16 @@ pub const WRITE_BEHIND: u64 = 8 << 20;
 
 impl WriteBehind {
     pub fn new(file: std::fs::File) -> Self {
+        Self::at(file, 0)
+    }
+
+    /// For a file whose position is `offset`: writeback requests name the ranges
+    /// actually written.
+    pub fn at(file: std::fs::File, offset: u64) -> Self {
         WriteBehind {
             file,
-            written: 0,
-            started: 0,
+            written: offset,
+            started: offset,
         }
     }
 
