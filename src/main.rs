@@ -459,6 +459,7 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
             Ok::<(), kiln_solver::Error>(())
         },
     )?;
+    forget_synced_marks(&store);
     launcher.snapshotter = choose_snapshotter(snapshotter, &launcher, &progress)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -624,4 +625,34 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         ));
     }
     Ok(())
+}
+
+/// Snapshots are placed unsynced and marked so (`Store::mark_unsynced`). Marks older
+/// than a minute name snapshots the kernel's own writeback (30 s) has most likely
+/// written already: a `syncfs` in the background makes sure, and then they go. A
+/// build that ends first leaves them for the next one.
+fn forget_synced_marks(store: &Store) {
+    let minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    let old: Vec<PathBuf> = store
+        .unsynced_marks()
+        .into_iter()
+        .filter(|m| {
+            std::fs::metadata(m)
+                .and_then(|md| md.modified())
+                .is_ok_and(|t| t < minute_ago)
+        })
+        .collect();
+    let Ok(root) = std::fs::File::open(store.root()) else {
+        return;
+    };
+    if old.is_empty() {
+        return;
+    }
+    std::thread::spawn(move || {
+        if nix::unistd::syncfs(&root).is_ok() {
+            for m in old {
+                let _ = std::fs::remove_file(m);
+            }
+        }
+    });
 }

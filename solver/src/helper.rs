@@ -286,9 +286,13 @@ fn place_snapshot(store: &Store, tmp: &Path, id: &str) -> Result<()> {
         let _ = fs::remove_dir_all(tmp);
         return Ok(());
     }
-    let dir = fs::File::open(tmp).map_err(io_ctx(format!("opening {}", tmp.display())))?;
-    nix::unistd::syncfs(&dir)
-        .map_err(|e| Error::Helper(format!("syncing {}: {e}", tmp.display())))?;
+    // Trusted in this boot only until a later syncfs (see `Store::mark_unsynced`);
+    // synced now where the boot has no id.
+    if !store.mark_unsynced(id)? {
+        let dir = fs::File::open(tmp).map_err(io_ctx(format!("opening {}", tmp.display())))?;
+        nix::unistd::syncfs(&dir)
+            .map_err(|e| Error::Helper(format!("syncing {}: {e}", tmp.display())))?;
+    }
     match fs::rename(tmp, &dst) {
         Ok(()) => Ok(()),
         Err(_) if dst.exists() => {
@@ -374,16 +378,7 @@ fn step(
     }
     let out =
         fs::File::create(layer_out).map_err(io_ctx(format!("creating {}", layer_out.display())))?;
-    // The snapshot must be on disk before it is committed (`place_snapshot` syncs it):
-    // start that now, so the disk writes what the step wrote while the layer is
-    // compressed, rather than after.
-    let early_sync = fs::File::open(&upper)
-        .ok()
-        .map(|d| std::thread::spawn(move || nix::unistd::syncfs(&d)));
     let digests = kiln_snapshotter::diff::write_layer(&upper, out, compression);
-    if let Some(t) = early_sync {
-        let _ = t.join();
-    }
     let digests = digests?;
     if digests.entries == 0 {
         let _ = fs::remove_file(layer_out);
