@@ -532,6 +532,19 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
     }
     let emulators = platforms::plan(&graphs, &launcher, &progress)?;
 
+    // One graph for every platform, so what they share is built once.
+    let merged = kiln_frontend::merge(&graphs);
+    let whole = kiln_frontend::BuildGraph {
+        dag: merged.dag,
+        target: merged.maps[0][&graphs[0].target],
+        config: graphs[0].config.clone(),
+        history: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let spool = outputs::spool_path(&outputs, graphs.len());
+    // Whatever happens, the spool file is gone at the end: renamed into the archive, or
+    // removed here.
+    let _spool_guard = RemoveOnDrop(spool.clone());
     let solver = kiln_solver::Solver {
         store: store.clone(),
         launcher,
@@ -546,17 +559,17 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         emulators,
         compression: outputs::layer_compression(&outputs),
         progress: progress.clone(),
-    };
-    // One graph for every platform, so what they share is built once.
-    let merged = kiln_frontend::merge(&graphs);
-    let whole = kiln_frontend::BuildGraph {
-        dag: merged.dag,
-        target: merged.maps[0][&graphs[0].target],
-        config: graphs[0].config.clone(),
-        history: Vec::new(),
-        warnings: Vec::new(),
+        spool: spool.map(|path| kiln_solver::Spool {
+            node: whole.target,
+            path,
+            layer: Default::default(),
+        }),
     };
     let all = kiln_solver::solve(&solver, &whole)?;
+    let spooled = solver.spool.as_ref().and_then(|sp| {
+        let layer = sp.layer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        layer.map(|l| (l, sp.path.clone()))
+    });
     let mut images = Vec::new();
     for ((graph, map), platform) in graphs.iter().zip(&merged.maps).zip(&platforms) {
         let results: HashMap<_, _> = map
@@ -586,8 +599,19 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         images: &images,
         tags: &b.tags,
         epoch,
+        spooled,
     };
-    let mut done = outputs::export_all(&ctx, &outputs)?;
+    let exported = outputs::export_all(&ctx, &outputs);
+    if let Some((layer, path)) = &ctx.spooled {
+        // Not made into the archive (the export failed): the store keeps the layer.
+        if path.exists() {
+            if let Err(e) = outputs::keep_spooled(&store, layer, path) {
+                // It can be made again from its snapshot.
+                tracing::warn!("{e:#}");
+            }
+        }
+    }
+    let mut done = exported?;
     if done.image.is_none() {
         // No image output: the image is still made (and its digest shown), as the
         // one an image output with default options would write.
@@ -595,7 +619,7 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
             epoch,
             ..Default::default()
         };
-        let (img, index) = outputs::finish_all(&images, &opts, BTreeMap::new(), &store)?;
+        let (img, index) = outputs::finish_all(&ctx, &opts, BTreeMap::new())?;
         done.image = Some(img);
         done.index = index;
         done.names = b.tags.clone();
@@ -625,6 +649,17 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         ));
     }
     Ok(())
+}
+
+/// Removes a file, if it is still there, when dropped.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// Snapshots are placed unsynced and marked so (`Store::mark_unsynced`). Marks older

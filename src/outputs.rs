@@ -63,6 +63,96 @@ pub fn layer_compression(outputs: &[Output]) -> kiln_snapshotter::diff::LayerCom
     }
 }
 
+/// The temp file into which the exported image's top layer is written as its step
+/// compresses it (`kiln_solver::Spool`), when that is the whole export: one output, an
+/// OCI or Docker tar file for one platform, taking the layer as the step makes it (no
+/// other compression or level, no rewritten times). `None` otherwise.
+pub fn spool_path(outputs: &[Output], platforms: usize) -> Option<PathBuf> {
+    let [o] = outputs else { return None };
+    let dest = o.dest.as_deref().filter(|d| !d.is_empty() && *d != "-")?;
+    use kiln_snapshotter::diff::LayerCompression as Made;
+    let as_made = matches!(
+        (o.image.layers.compression, layer_compression(outputs)),
+        (Compression::Gzip, Made::Gzip) | (Compression::Zstd, Made::Zstd)
+    );
+    let dest = Path::new(dest);
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    (matches!(o.kind, Kind::Oci { tar: true } | Kind::Docker { tar: true })
+        && platforms == 1
+        && as_made
+        && o.image.layers.level.is_none()
+        && !o.rewrite_timestamp
+        && dir.is_dir())
+    .then(|| {
+        let name = dest.file_name().map(|n| n.to_string_lossy().to_string());
+        dir.join(format!(
+            ".{}.kiln-{}.layer.tmp",
+            name.unwrap_or_else(|| "out".into()),
+            std::process::id()
+        ))
+    })
+}
+
+// The room a step leaves before the layer it writes into an archive is what the
+// archive writer fills.
+const _: () = assert!(kiln_solver::SPOOL_OFFSET == archive::BASE_OFFSET);
+
+/// Gives the store the blob of a layer its step wrote into a spool file that no
+/// archive was made of (the export failed, or did not take it).
+pub fn keep_spooled(store: &Store, layer: &kiln_solver::cache::Layer, spool: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    if store.has_blob(&layer.digest) {
+        return Ok(());
+    }
+    let mut f =
+        std::fs::File::open(spool).with_context(|| format!("opening {}", spool.display()))?;
+    f.seek(SeekFrom::Start(kiln_solver::SPOOL_OFFSET))?;
+    let tmp = store.tmp_path("layer");
+    let r = (|| -> Result<()> {
+        let mut out = std::fs::File::create(&tmp)?;
+        std::io::copy(&mut f.by_ref().take(layer.size), &mut out)?;
+        out.sync_all()?;
+        // Checked: the spool is a file beside the output, not the store's own.
+        store.commit_blob(&tmp, &layer.digest)?;
+        Ok(())
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.with_context(|| format!("keeping layer {} from {}", layer.digest, spool.display()))
+}
+
+/// Makes again the blobs of the images' layers that the store lacks (their steps wrote
+/// them into an archive: see `kiln_solver::Spool`), but `except`'s, which is in the
+/// archive being made.
+fn remake_blobs(ctx: &Ctx, except: Option<&str>) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for l in ctx.images.iter().flat_map(|p| &p.built.layers) {
+        if l.pulled
+            || Some(l.digest.as_str()) == except
+            || ctx.store.has_blob(&l.digest)
+            || !seen.insert(&l.digest)
+        {
+            continue;
+        }
+        let v = ctx.progress.vertex(&format!(
+            "making layer {} again from its snapshot",
+            l.digest
+        ));
+        match kiln_solver::remake_blob(ctx.launcher, ctx.store, l) {
+            Ok(()) => v.done(),
+            Err(e) => {
+                v.error(&e.to_string());
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Splits a CSV record as Go's encoding/csv does (what buildx uses): commas separate
 /// fields; a field in double quotes may hold commas, and `""` is a quote.
 fn csv_fields(s: &str) -> Result<Vec<String>> {
@@ -270,16 +360,19 @@ pub struct Ctx<'a> {
     pub images: &'a [PlatformImage],
     pub tags: &'a [String],
     pub epoch: Option<u64>,
+    /// The top layer its step wrote into the archive's temp file, and that file.
+    pub spooled: Option<(kiln_solver::cache::Layer, PathBuf)>,
 }
 
 /// Finishes every platform's image with `opts`: the first platform's image, and with
 /// several platforms the index over all of them.
 pub fn finish_all(
-    images: &[PlatformImage],
+    ctx: &Ctx,
     opts: &ImageOptions,
     index_annotations: BTreeMap<String, String>,
-    store: &Store,
 ) -> Result<(Image, Option<Multi>)> {
+    let (images, store) = (ctx.images, ctx.store);
+    remake_blobs(ctx, ctx.spooled.as_ref().map(|(l, _)| l.digest.as_str()))?;
     let imgs = images
         .iter()
         .map(|p| kiln_exporter::finish(&p.built, opts, store))
@@ -319,7 +412,7 @@ pub fn export_all(ctx: &Ctx, outputs: &[Output]) -> Result<Exported> {
         if o.rewrite_timestamp {
             opts.layers.clamp_mtime = ctx.epoch;
         }
-        let (img, multi) = finish_all(ctx.images, &opts, o.index_annotations.clone(), ctx.store)?;
+        let (img, multi) = finish_all(ctx, &opts, o.index_annotations.clone())?;
         let subject = match &multi {
             Some(m) => archive::Subject::Many(m),
             None => archive::Subject::One(&img),
@@ -358,7 +451,16 @@ pub fn export_all(ctx: &Ctx, outputs: &[Output]) -> Result<Exported> {
                         v.log(&format!("exporting config {}", img.config_digest));
                     }
                 }
-                match archive::write(subject, format, &naming, &dest, *tar, ctx.store) {
+                let base = ctx
+                    .spooled
+                    .as_ref()
+                    .filter(|_| *tar && dest != "-")
+                    .map(|(l, path)| archive::Base {
+                        digest: &l.digest,
+                        path,
+                        offset: kiln_solver::SPOOL_OFFSET,
+                    });
+                match archive::write(subject, format, &naming, &dest, *tar, ctx.store, base) {
                     Ok(()) => v.done(),
                     Err(e) => {
                         v.error(&e.to_string());

@@ -20,6 +20,8 @@ mod outputs;
 mod platforms;
 #[path = "e2e/registry.rs"]
 mod registry;
+#[path = "e2e/spool.rs"]
+mod spool;
 #[path = "e2e/store.rs"]
 mod store;
 

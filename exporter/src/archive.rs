@@ -182,8 +182,22 @@ fn layout<'a>(
     Ok(Layout { files })
 }
 
+/// Where a [`Base`] blob starts: after the entries of the blob directories and its
+/// own header (three tar blocks).
+pub const BASE_OFFSET: u64 = 3 * 512;
+
+/// A layer blob already written into the file that becomes the archive, at `offset`
+/// ([`BASE_OFFSET`]), by the step that made it (`kiln_solver::Spool`).
+#[derive(Debug, Clone, Copy)]
+pub struct Base<'a> {
+    pub digest: &'a str,
+    pub path: &'a Path,
+    pub offset: u64,
+}
+
 /// Writes the image as an archive to `dest`: a tar file (`-` for stdout) or, with
-/// `tar == false`, a layout directory.
+/// `tar == false`, a layout directory. With `base` (a tar file only), the archive is
+/// made in `base.path` around the blob already there, which then comes first.
 pub fn write(
     subject: Subject,
     format: Format,
@@ -191,6 +205,7 @@ pub fn write(
     dest: &str,
     tar: bool,
     store: &Store,
+    base: Option<Base>,
 ) -> Result<()> {
     let index = index_for(subject, naming)?;
     let docker = match (format, subject) {
@@ -213,6 +228,21 @@ pub fn write(
         return out.flush().map_err(io(Path::new("-")));
     }
     let dest = PathBuf::from(dest);
+    if let Some(b) = base {
+        let name = format!("blobs/sha256/{}", digest::hex_part(b.digest)?);
+        if let Some(i) = l.files.iter().position(|(n, _)| *n == name) {
+            let mut l = l;
+            let (name, content) = l.files.remove(i);
+            let Content::Blob(_, size) = content else {
+                return Err(Error::Assemble(format!("{name} is not a layer")));
+            };
+            let r = write_around(&l, &name, size, b, &dest);
+            if r.is_err() {
+                let _ = fs::remove_file(b.path);
+            }
+            return r;
+        }
+    }
     let tmp = sibling_tmp(&dest);
     let f = File::create(&tmp).map_err(io(&tmp))?;
     let out = std::io::BufWriter::with_capacity(1 << 20, WriteBehind::new(f));
@@ -233,6 +263,56 @@ pub fn write(
     result
 }
 
+/// The tar in `base.path`: the blob `name` (`size` bytes at `base.offset`) with the
+/// header it lacked, then the rest of `l`; fsynced and renamed to `dest`.
+fn write_around(l: &Layout, name: &str, size: u64, base: Base, dest: &Path) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    let path = base.path;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    let len = f.metadata().map_err(io(path))?.len();
+    if base.offset != BASE_OFFSET || len != base.offset + size {
+        return Err(Error::Assemble(format!(
+            "{}: {len} bytes, where the layer written there should end at {}",
+            path.display(),
+            base.offset + size
+        )));
+    }
+    // The blob's end, padded to a tar block with zeros.
+    let end = (base.offset + size).div_ceil(512) * 512;
+    f.set_len(end).map_err(io(path))?;
+    f.seek(SeekFrom::Start(end)).map_err(io(path))?;
+    let out = std::io::BufWriter::with_capacity(1 << 20, WriteBehind::at(f, end));
+    let f = write_entries(out, l, path, true)?
+        .into_inner()
+        .map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e.into_error(),
+        })?
+        .into_inner();
+    // The blob directories' entries and the blob's header, as `write_entries` makes
+    // those of the others. Readers that extract the archive (skopeo) want the
+    // directories before the files in them.
+    let mut head = Vec::with_capacity(BASE_OFFSET as usize);
+    for (name, kind, mode, size) in [
+        (BLOB_DIRS[0], tar::EntryType::Directory, 0o755, 0),
+        (BLOB_DIRS[1], tar::EntryType::Directory, 0o755, 0),
+        (name, tar::EntryType::Regular, 0o644, size),
+    ] {
+        let mut h = entry_header(kind, mode, size);
+        h.set_path(name).map_err(io(path))?;
+        h.set_cksum();
+        head.extend_from_slice(h.as_bytes());
+    }
+    f.write_all_at(&head, 0).map_err(io(path))?;
+    f.sync_all().map_err(io(path))?;
+    fs::rename(path, dest).map_err(io(dest))
+}
+
 /// `.NAME.kiln-PID.tmp` next to `dest`.
 pub fn sibling_tmp(dest: &Path) -> PathBuf {
     let dir = dest
@@ -247,19 +327,28 @@ pub fn sibling_tmp(dest: &Path) -> PathBuf {
 }
 
 fn write_tar<W: Write>(out: W, l: &Layout, path: &Path) -> Result<W> {
+    write_entries(out, l, path, false)
+}
+
+/// Header of an entry of the archive: no owners, no time.
+fn entry_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(0);
+    h
+}
+
+/// The blob directories' entries, which come before the first blob.
+const BLOB_DIRS: [&str; 2] = ["blobs", "blobs/sha256"];
+
+fn write_entries<W: Write>(out: W, l: &Layout, path: &Path, mut dirs_done: bool) -> Result<W> {
     let mut tar = tar::Builder::new(out);
-    let header = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_mtime(0);
-        h
-    };
-    let mut dirs_done = false;
+    let header = entry_header;
     for (name, content) in &l.files {
         if name.starts_with("blobs/") && !dirs_done {
-            for d in ["blobs", "blobs/sha256"] {
+            for d in BLOB_DIRS {
                 let mut h = header(tar::EntryType::Directory, 0o755, 0);
                 tar.append_data(&mut h, d, std::io::empty())
                     .map_err(io(path))?;
@@ -369,4 +458,143 @@ fn add_to_layout(l: &Layout, dest: &Path, index: &[u8]) -> Result<()> {
     let bytes = serde_json::to_vec(&index).map_err(|e| Error::Assemble(e.to_string()))?;
     atomic_write(&path, &bytes, &sibling_tmp(&path))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{Image, OCI_MANIFEST};
+    use kiln_solver::cache::Layer;
+    use std::io::Read;
+
+    fn layer(store: &Store, bytes: &[u8]) -> Layer {
+        Layer {
+            diff_id: digest::of(b"not checked here"),
+            digest: store.write_blob(bytes).expect("blob"),
+            size: bytes.len() as u64,
+            media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+            snapshot: "s".into(),
+            pulled: false,
+            source: None,
+        }
+    }
+
+    /// name -> content of every regular file of a tar.
+    fn files(path: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut ar = tar::Archive::new(File::open(path).expect("open"));
+        let mut out = Vec::new();
+        for e in ar.entries().expect("entries") {
+            let mut e = e.expect("entry");
+            if e.header().entry_type() == tar::EntryType::Regular {
+                let mut v = Vec::new();
+                e.read_to_end(&mut v).expect("read");
+                out.push((e.path().expect("path").display().to_string(), v));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn an_archive_made_around_a_written_layer_is_the_same_archive() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(d.path().join("store")).expect("store");
+        let below = layer(&store, b"the layer below");
+        // 1000 bytes: the blob does not end on a tar block.
+        let top_bytes: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let top = layer(&store, &top_bytes);
+        let config = br#"{"rootfs":{}}"#.to_vec();
+        let manifest = br#"{"schemaVersion":2}"#.to_vec();
+        let img = Image {
+            config_digest: digest::of(&config),
+            config,
+            manifest_digest: digest::of(&manifest),
+            manifest,
+            manifest_media_type: OCI_MANIFEST.into(),
+            layers: vec![below, top.clone()],
+        };
+        let naming = Naming::default();
+        let plain = d.path().join("plain.tar");
+        write(
+            Subject::One(&img),
+            Format::Oci,
+            &naming,
+            plain.to_str().expect("utf8"),
+            true,
+            &store,
+            None,
+        )
+        .expect("plain archive");
+
+        // The top layer as a step leaves it: after one block of room, not in the store.
+        let spool = d.path().join(".around.tar.kiln-1.layer.tmp");
+        let mut f = File::create(&spool).expect("spool");
+        f.write_all(&[0u8; BASE_OFFSET as usize]).expect("room");
+        f.write_all(&top_bytes).expect("layer");
+        drop(f);
+        fs::remove_file(store.blob_path(&top.digest).expect("path")).expect("rm");
+        let around = d.path().join("around.tar");
+        let base = Base {
+            digest: &top.digest,
+            path: &spool,
+            offset: BASE_OFFSET,
+        };
+        write(
+            Subject::One(&img),
+            Format::Oci,
+            &naming,
+            around.to_str().expect("utf8"),
+            true,
+            &store,
+            Some(base),
+        )
+        .expect("archive around the layer");
+        assert!(!spool.exists(), "renamed into place");
+        assert_eq!(files(&around), files(&plain));
+        let first = tar::Archive::new(File::open(&around).expect("open"))
+            .entries()
+            .expect("entries")
+            .nth(2)
+            .expect("a third entry, after the blob directories")
+            .expect("entry")
+            .path()
+            .expect("path")
+            .display()
+            .to_string();
+        assert_eq!(
+            first,
+            format!(
+                "blobs/sha256/{}",
+                digest::hex_part(&top.digest).expect("hex")
+            )
+        );
+        // GNU tar reads it too (headers, checksums and the end of the archive).
+        let listed = std::process::Command::new("tar")
+            .arg("-tf")
+            .arg(&around)
+            .output()
+            .expect("tar");
+        assert!(
+            listed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+
+        // A spool that does not hold what the image says is refused, and removed.
+        let mut f = File::create(&spool).expect("spool");
+        f.write_all(&[0u8; 600]).expect("short");
+        drop(f);
+        let err = write(
+            Subject::One(&img),
+            Format::Oci,
+            &naming,
+            around.to_str().expect("utf8"),
+            true,
+            &store,
+            Some(base),
+        )
+        .expect_err("wrong length");
+        assert!(err.to_string().contains("should end at 2536"), "{err}");
+        assert!(!spool.exists());
+    }
 }

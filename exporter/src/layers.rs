@@ -132,7 +132,14 @@ pub fn export_layer(store: &Store, layer: &Layer, opts: &LayerOptions) -> Result
     );
     let media_type = compression.media_type(opts.oci_media_types)?.to_string();
     if let Some(r) = store.load_record(&key) {
-        if let Some(l) = r.layers.into_iter().next() {
+        // A conversion is only as good as its blob (a record of one made by kiln
+        // stays usable without it).
+        if let Some(l) = r
+            .layers
+            .into_iter()
+            .next()
+            .filter(|l| store.has_blob(&l.digest))
+        {
             return Ok(Layer { media_type, ..l });
         }
     }

@@ -72,12 +72,13 @@ impl Record {
             .collect()
     }
 
-    /// Whether everything the record names is still in `store`.
+    /// Whether everything the record names is still in `store`. A layer kiln made
+    /// needs only its snapshot: its blob can be made again from it (it is missing when
+    /// the step wrote it straight into an archive); a pulled layer needs its blob.
     pub fn usable(&self, store: &Store) -> bool {
-        self.layers
-            .iter()
-            .all(|l| store.snapshot_path(&l.snapshot).is_dir() && store.has_blob(&l.digest))
-            && self.blobs.iter().all(|b| store.has_blob(b))
+        self.layers.iter().all(|l| {
+            store.snapshot_path(&l.snapshot).is_dir() && (!l.pulled || store.has_blob(&l.digest))
+        }) && self.blobs.iter().all(|b| store.has_blob(b))
     }
 }
 

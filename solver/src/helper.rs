@@ -14,7 +14,7 @@ use kiln_snapshotter::native::{self, Snapshotter};
 use kiln_snapshotter::{overlay, store, unpack, Store};
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -43,6 +43,18 @@ pub enum Request {
         layer_out: PathBuf,
         /// How the layer blob is compressed.
         #[serde(default)]
+        compression: LayerCompression,
+        /// Where in `layer_out` the blob starts (room for an archive's tar header when
+        /// the step writes its layer straight into the archive being exported).
+        #[serde(default)]
+        layer_offset: u64,
+    },
+    /// Make the layer blob of snapshot `id` again, at `out` (a store whose blob was
+    /// written into an archive instead): the same walk as the step that made it.
+    Layer {
+        store: PathBuf,
+        id: String,
+        out: PathBuf,
         compression: LayerCompression,
     },
     /// `-o type=local` / `-o type=tar`: the filesystem of `lowers` (top-first) with
@@ -84,6 +96,9 @@ pub enum Response {
         exit_code: i32,
         layer: Option<LayerDigests>,
         message: Option<String>,
+    },
+    Layer {
+        layer: LayerDigests,
     },
     Removed,
     Exported,
@@ -162,6 +177,7 @@ fn handle(req: Request) -> Result<Response> {
             action,
             layer_out,
             compression,
+            layer_offset,
         } => {
             let store = Store::open(store)?;
             let r = step(
@@ -170,11 +186,30 @@ fn handle(req: Request) -> Result<Response> {
                 &lowers,
                 &dir,
                 &action,
-                &layer_out,
+                (&layer_out, layer_offset),
                 compression,
             );
             let _ = fs::remove_dir_all(&dir);
             r
+        }
+        Request::Layer {
+            store,
+            id,
+            out,
+            compression,
+        } => {
+            let store = Store::open(store)?;
+            let snapshot = store.snapshot_path(&id);
+            if !snapshot.is_dir() {
+                return Err(Error::Helper(format!("snapshot {id} is not in the store")));
+            }
+            let f =
+                fs::File::create(&out).map_err(io_ctx(format!("creating {}", out.display())))?;
+            let layer = kiln_snapshotter::diff::write_layer(&snapshot, f, compression);
+            if layer.is_err() {
+                let _ = fs::remove_file(&out);
+            }
+            Ok(Response::Layer { layer: layer? })
         }
         Request::ExportFs {
             store,
@@ -309,7 +344,7 @@ fn step(
     lowers: &[String],
     dir: &Path,
     action: &Action,
-    layer_out: &Path,
+    (layer_out, layer_offset): (&Path, u64),
     compression: LayerCompression,
 ) -> Result<Response> {
     crate::sys::private_mount_ns()?;
@@ -376,8 +411,10 @@ fn step(
     if let Some(since) = since {
         native::diff(store, lowers, &merged, &upper, since)?;
     }
-    let out =
+    let mut out =
         fs::File::create(layer_out).map_err(io_ctx(format!("creating {}", layer_out.display())))?;
+    out.seek(std::io::SeekFrom::Start(layer_offset))
+        .map_err(io_ctx(format!("positioning in {}", layer_out.display())))?;
     let digests = kiln_snapshotter::diff::write_layer(&upper, out, compression);
     let digests = digests?;
     if digests.entries == 0 {

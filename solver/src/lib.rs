@@ -18,7 +18,7 @@ pub mod progress;
 mod scheduler;
 mod sys;
 
-pub use scheduler::{solve, Solver};
+pub use scheduler::{remake_blob, solve, Solver, Spool, SPOOL_OFFSET};
 
 /// Everything that can go wrong while solving.
 #[derive(Debug, thiserror::Error)]

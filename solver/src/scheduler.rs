@@ -46,6 +46,27 @@ pub struct Solver {
     /// How steps compress their layers: as the build's outputs want them.
     pub compression: diff::LayerCompression,
     pub progress: Progress,
+    /// Where the exported image's last step writes its layer, when the build's one
+    /// output is an archive file (see [`Spool`]).
+    pub spool: Option<Spool>,
+}
+
+/// Where a blob starts in a [`Spool`] file: after the archive's first tar headers (the
+/// blob directories', and its own).
+pub const SPOOL_OFFSET: u64 = 3 * 512;
+
+/// The temp file of an archive output, into which the step that makes the image's
+/// top layer writes that layer as it compresses it (after [`SPOOL_OFFSET`] bytes of
+/// room for tar headers), so the layer is written once, not into the store and
+/// then copied. The store keeps the snapshot and the cache record, and makes the blob
+/// again from the snapshot (`remake_blob`) when a later export needs it.
+#[derive(Debug)]
+pub struct Spool {
+    /// The vertex whose layer goes there.
+    pub node: NodeIndex,
+    pub path: PathBuf,
+    /// The layer written there, once its step has run and made one.
+    pub layer: Mutex<Option<Layer>>,
 }
 
 /// A finished vertex: its cache key and result.
@@ -203,7 +224,7 @@ fn run_vertex(
             let spec_json = serde_json::to_string(spec).unwrap_or_default();
             let key = cache::key(&["run", parent_key, &spec_json, &inputs_key]);
             cached_or(s, step, key, parent_layers, |v, lowers| {
-                execute(s, step, v, lowers, Action::Run(action))
+                execute(s, n, step, v, lowers, Action::Run(action))
             })
         }
         Op::Mkdir { path, user } => {
@@ -211,6 +232,7 @@ fn run_vertex(
             cached_or(s, step, key, parent_layers, |v, lowers| {
                 execute(
                     s,
+                    n,
                     step,
                     v,
                     lowers,
@@ -288,7 +310,7 @@ fn run_vertex(
                 link_from,
             };
             cached_or(s, step, key, parent_layers, |v, lowers| {
-                let layer = execute(s, step, v, lowers, Action::Copy(action.clone()))?;
+                let layer = execute(s, n, step, v, lowers, Action::Copy(action.clone()))?;
                 if let (Some(l), Some(p)) = (&layer, &link_ref) {
                     // Only a hint: a missing or stale one costs a full copy.
                     let _ = remember_copy(s, p, &l.snapshot);
@@ -470,15 +492,56 @@ fn cached_or(
     }
 }
 
+/// Makes `layer`'s blob again from its snapshot, for a store that has the snapshot but
+/// not the blob (its step wrote the blob into an archive: see [`Spool`]). The helper
+/// walks the snapshot as the step walked its upper directory, so the blob comes out
+/// the same; it is checked against the layer's digests before it is stored.
+pub fn remake_blob(launcher: &Launcher, store: &Store, layer: &Layer) -> Result<()> {
+    let compression = if layer.media_type.ends_with("zstd") {
+        diff::LayerCompression::Zstd
+    } else {
+        diff::LayerCompression::Gzip
+    };
+    let tmp = store.tmp_path("layer");
+    let req = Request::Layer {
+        store: store.root().to_path_buf(),
+        id: layer.snapshot.clone(),
+        out: tmp.clone(),
+        compression,
+    };
+    let what = |why: String| Error::Helper(format!("making layer {} again: {why}", layer.digest));
+    let result = match launcher.run(&req, &|l: &str| tracing::info!("{l}")) {
+        Ok(Response::Layer { layer: d }) if d.digest == layer.digest && d.diff_id == layer.diff_id => {
+            store.commit_blob_trusted(&tmp, &layer.digest).map_err(Error::from)
+        }
+        Ok(Response::Layer { layer: d }) => Err(what(format!(
+            "snapshot {} now gives {} (diffID {}), not the recorded {} (diffID {}); build again with --no-cache",
+            layer.snapshot, d.digest, d.diff_id, layer.digest, layer.diff_id
+        ))),
+        Ok(other) => Err(what(format!("unexpected helper answer {other:?}"))),
+        Err(Error::Helper(m)) => Err(what(m)),
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Runs a step in the namespace helper and stores its layer.
 fn execute(
     s: &Solver,
+    n: NodeIndex,
     step: &Step,
     v: &Vertex,
     lowers: Vec<String>,
     action: Action,
 ) -> Result<Option<Layer>> {
-    let layer_out = s.store.tmp_path("layer");
+    let spool = s.spool.as_ref().filter(|sp| sp.node == n);
+    let (layer_out, layer_offset) = match spool {
+        Some(sp) => (sp.path.clone(), SPOOL_OFFSET),
+        None => (s.store.tmp_path("layer"), 0),
+    };
     let argv = match &action {
         Action::Run(r) => r.argv.clone(),
         _ => Vec::new(),
@@ -491,6 +554,7 @@ fn execute(
         action,
         layer_out: layer_out.clone(),
         compression: s.compression,
+        layer_offset,
     };
     match s
         .launcher
@@ -502,8 +566,7 @@ fn execute(
             layer: Some(d),
             ..
         } => {
-            s.store.commit_blob_trusted(&layer_out, &d.digest)?;
-            Ok(Some(Layer {
+            let layer = Layer {
                 snapshot: s.snapshot_id(&d.diff_id)?,
                 diff_id: d.diff_id,
                 digest: d.digest,
@@ -511,7 +574,14 @@ fn execute(
                 media_type: s.compression.media_type().into(),
                 pulled: false,
                 source: None,
-            }))
+            };
+            match spool {
+                Some(sp) => {
+                    *sp.layer.lock().unwrap_or_else(|p| p.into_inner()) = Some(layer.clone());
+                }
+                None => s.store.commit_blob_trusted(&layer_out, &layer.digest)?,
+            }
+            Ok(Some(layer))
         }
         Response::Step {
             exit_code: 0,
