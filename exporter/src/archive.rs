@@ -514,19 +514,22 @@ mod tests {
             layers: vec![below, top.clone()],
         };
         let naming = Naming::default();
+        let export = |dest: &Path, base: Option<Base>| {
+            let dest = dest.to_str().expect("utf8");
+            write(
+                Subject::One(&img),
+                Format::Oci,
+                &naming,
+                dest,
+                true,
+                &store,
+                base,
+            )
+        };
         let plain = d.path().join("plain.tar");
-        write(
-            Subject::One(&img),
-            Format::Oci,
-            &naming,
-            plain.to_str().expect("utf8"),
-            true,
-            &store,
-            None,
-        )
-        .expect("plain archive");
+        export(&plain, None).expect("plain archive");
 
-        // The top layer as a step leaves it: after one block of room, not in the store.
+        // The top layer as a step leaves it: after room for headers, not in the store.
         let spool = d.path().join(".around.tar.kiln-1.layer.tmp");
         let mut f = File::create(&spool).expect("spool");
         f.write_all(&[0u8; BASE_OFFSET as usize]).expect("room");
@@ -539,16 +542,7 @@ mod tests {
             path: &spool,
             offset: BASE_OFFSET,
         };
-        write(
-            Subject::One(&img),
-            Format::Oci,
-            &naming,
-            around.to_str().expect("utf8"),
-            true,
-            &store,
-            Some(base),
-        )
-        .expect("archive around the layer");
+        export(&around, Some(base)).expect("archive around the layer");
         assert!(!spool.exists(), "renamed into place");
         assert_eq!(files(&around), files(&plain));
         let first = tar::Archive::new(File::open(&around).expect("open"))
@@ -584,16 +578,7 @@ mod tests {
         let mut f = File::create(&spool).expect("spool");
         f.write_all(&[0u8; 600]).expect("short");
         drop(f);
-        let err = write(
-            Subject::One(&img),
-            Format::Oci,
-            &naming,
-            around.to_str().expect("utf8"),
-            true,
-            &store,
-            Some(base),
-        )
-        .expect_err("wrong length");
+        let err = export(&around, Some(base)).expect_err("wrong length");
         assert!(err.to_string().contains("should end at 2536"), "{err}");
         assert!(!spool.exists());
     }
