@@ -677,12 +677,12 @@ fn forget_synced_marks(store: &Store) {
                 .is_ok_and(|t| t < minute_ago)
         })
         .collect();
-    let Ok(root) = std::fs::File::open(store.root()) else {
-        return;
-    };
     if old.is_empty() {
         return;
     }
+    let Ok(root) = std::fs::File::open(store.root()) else {
+        return;
+    };
     std::thread::spawn(move || {
         if nix::unistd::syncfs(&root).is_ok() {
             for m in old {
