@@ -245,15 +245,7 @@ pub fn write(
     }
     let tmp = sibling_tmp(&dest);
     let f = File::create(&tmp).map_err(io(&tmp))?;
-    let out = std::io::BufWriter::with_capacity(1 << 20, WriteBehind::new(f));
-    let result = write_tar(out, &l, &tmp).and_then(|w| {
-        let f = w
-            .into_inner()
-            .map_err(|e| Error::Io {
-                path: tmp.display().to_string(),
-                source: e.into_error(),
-            })?
-            .into_inner();
+    let result = write_to_file(f, 0, &l, &tmp, false).and_then(|f| {
         f.sync_all().map_err(io(&tmp))?;
         fs::rename(&tmp, &dest).map_err(io(&dest))
     });
@@ -286,14 +278,7 @@ fn write_around(l: &Layout, name: &str, size: u64, base: Base, dest: &Path) -> R
     let end = (base.offset + size).div_ceil(512) * 512;
     f.set_len(end).map_err(io(path))?;
     f.seek(SeekFrom::Start(end)).map_err(io(path))?;
-    let out = std::io::BufWriter::with_capacity(1 << 20, WriteBehind::at(f, end));
-    let f = write_entries(out, l, path, true)?
-        .into_inner()
-        .map_err(|e| Error::Io {
-            path: path.display().to_string(),
-            source: e.into_error(),
-        })?
-        .into_inner();
+    let f = write_to_file(f, end, l, path, true)?;
     // The blob directories' entries and the blob's header, as `write_entries` makes
     // those of the others. Readers that extract the archive (skopeo) want the
     // directories before the files in them.
@@ -328,6 +313,19 @@ pub fn sibling_tmp(dest: &Path) -> PathBuf {
 
 fn write_tar<W: Write>(out: W, l: &Layout, path: &Path) -> Result<W> {
     write_entries(out, l, path, false)
+}
+
+/// The entries of `l` into `f` (positioned at `start`), buffered and written behind;
+/// returns the file, everything handed to the kernel but not synced.
+fn write_to_file(f: File, start: u64, l: &Layout, path: &Path, dirs_done: bool) -> Result<File> {
+    let out = std::io::BufWriter::with_capacity(1 << 20, WriteBehind::at(f, start));
+    Ok(write_entries(out, l, path, dirs_done)?
+        .into_inner()
+        .map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e.into_error(),
+        })?
+        .into_inner())
 }
 
 /// Header of an entry of the archive: no owners, no time.
