@@ -75,25 +75,15 @@ pub fn spool_path(outputs: &[Output], platforms: usize) -> Option<PathBuf> {
         (o.image.layers.compression, layer_compression(outputs)),
         (Compression::Gzip, Made::Gzip) | (Compression::Zstd, Made::Zstd)
     );
-    let dest = Path::new(dest);
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    // `.NAME.kiln-PID.layer.tmp`: beside the archive's own temp file, never it.
+    let spool = archive::sibling_tmp(Path::new(dest)).with_extension("layer.tmp");
     (matches!(o.kind, Kind::Oci { tar: true } | Kind::Docker { tar: true })
         && platforms == 1
         && as_made
         && o.image.layers.level.is_none()
         && !o.rewrite_timestamp
-        && dir.is_dir())
-    .then(|| {
-        let name = dest.file_name().map(|n| n.to_string_lossy().to_string());
-        dir.join(format!(
-            ".{}.kiln-{}.layer.tmp",
-            name.unwrap_or_else(|| "out".into()),
-            std::process::id()
-        ))
-    })
+        && spool.parent().is_some_and(Path::is_dir))
+    .then_some(spool)
 }
 
 // The room a step leaves before the layer it writes into an archive is what the
