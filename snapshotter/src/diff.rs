@@ -154,6 +154,9 @@ fn header_for(path: &Path, meta: &fs::Metadata, kind: tar::EntryType) -> tar::He
 
 impl<W: Write> Walker<W> {
     fn dir(&mut self, abs: &Path, rel: &Path) -> Result<()> {
+        if rel.components().count() >= crate::MAX_TREE_DEPTH {
+            return Err(crate::too_deep(rel));
+        }
         let mut names: Vec<_> = fs::read_dir(abs)
             .ctx(|| format!("reading {}", abs.display()))?
             .map(|e| e.map(|e| e.file_name()))

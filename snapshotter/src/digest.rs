@@ -80,6 +80,16 @@ impl<R: Read> HashReader<R> {
         }
     }
 
+    /// How many bytes were read so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The digest of what was read so far.
+    pub fn digest(&self) -> String {
+        format(self.hash.clone())
+    }
+
     /// Reads to the end and returns the digest and byte count.
     pub fn finish(mut self) -> io::Result<(String, u64)> {
         io::copy(&mut self, &mut io::sink())?;

@@ -27,24 +27,25 @@ pub fn disk_bytes(meta: &fs::Metadata) -> u64 {
 /// Disk usage of a tree, not following symlinks, each inode once; unreadable parts
 /// are skipped (the helper, root of the namespace, can read everything kiln wrote).
 pub fn disk_usage(path: &Path) -> u64 {
-    fn walk(p: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
-        let Ok(m) = fs::symlink_metadata(p) else {
-            return 0;
+    // A work list, not recursion: a RUN can leave a tree of any depth in a cache mount.
+    let mut seen = HashSet::new();
+    let mut todo = vec![path.to_path_buf()];
+    let mut n = 0;
+    while let Some(p) = todo.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
         };
         if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-            return 0;
+            continue;
         }
-        let mut n = disk_bytes(&m);
+        n += disk_bytes(&m);
         if m.is_dir() {
-            if let Ok(rd) = fs::read_dir(p) {
-                for e in rd.flatten() {
-                    n += walk(&e.path(), seen);
-                }
+            if let Ok(rd) = fs::read_dir(&p) {
+                todo.extend(rd.flatten().map(|e| e.path()));
             }
         }
-        n
     }
-    walk(path, &mut HashSet::new())
+    n
 }
 
 /// One thing a store object can be.

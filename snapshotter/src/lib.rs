@@ -21,9 +21,25 @@ pub mod pargz;
 pub mod records;
 pub mod store;
 mod sys;
+pub mod tree;
 pub mod unpack;
 
 pub use store::Store;
+
+/// How deep a directory tree kiln walks (contexts, copies, layers, diffs, snapshots)
+/// before it stops with an error instead of recursing further. Linux paths are at most
+/// 4096 bytes, so no tree that honest tools can address is deeper than 2048 levels,
+/// and real ones stay far below this; the bound keeps every recursive walk within
+/// the stack of a worker thread whatever the input.
+pub const MAX_TREE_DEPTH: usize = 512;
+
+/// The error of a walk that reached [`MAX_TREE_DEPTH`] at `at`.
+pub fn too_deep(at: &std::path::Path) -> Error {
+    Error::BadLayer(format!(
+        "{}: directory tree deeper than {MAX_TREE_DEPTH} levels",
+        at.display()
+    ))
+}
 
 /// Everything that can go wrong in the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +63,10 @@ pub enum Error {
     /// A layer entry tried to leave the directory it is unpacked into.
     #[error("layer entry {0:?} escapes the root it is unpacked into")]
     Escape(String),
+    /// A layer is malformed or hostile in a way other than escaping (a whiteout naming
+    /// no single entry, a decompression bomb, a tree too deep to walk).
+    #[error("{0}")]
+    BadLayer(String),
     /// The user namespace or its identity mapping could not be set up.
     #[error("user namespace: {0}")]
     UserNs(String),

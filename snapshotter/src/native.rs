@@ -96,7 +96,7 @@ pub fn materialize(store: &Store, ids: &[String], dest: &Path, how: How) -> Resu
         how,
         dir_times: HashMap::new(),
     };
-    for id in ids.iter().rev() {
+    for id in store.visible(ids).iter().rev() {
         let src = store.snapshot_path(id);
         m.apply(&src, Path::new(""), &mut HashMap::new())?;
     }
@@ -126,6 +126,9 @@ impl Materializer<'_> {
         rel: &Path,
         links: &mut HashMap<(u64, u64), PathBuf>,
     ) -> Result<()> {
+        if rel.components().count() >= crate::MAX_TREE_DEPTH {
+            return Err(crate::too_deep(rel));
+        }
         for name in sorted_names(&src.join(rel))? {
             let r = rel.join(&name);
             let (s, d) = (src.join(&r), self.dest.join(&r));
@@ -279,7 +282,11 @@ pub fn settle(dir: &Path) -> Result<Mark> {
 /// upper format: new and changed entries (non-directories as hard links to `merged`'s),
 /// their parent directories, 0/0 whiteouts for deletions.
 pub fn diff(store: &Store, ids: &[String], merged: &Path, upper: &Path, since: Mark) -> Result<()> {
-    let lowers: Vec<PathBuf> = ids.iter().map(|id| store.snapshot_path(id)).collect();
+    let lowers: Vec<PathBuf> = store
+        .visible(ids)
+        .iter()
+        .map(|id| store.snapshot_path(id))
+        .collect();
     let mut d = Differ {
         merged,
         upper,
@@ -338,6 +345,9 @@ fn child_lowers(lowers: &[PathBuf], name: &OsString) -> Vec<PathBuf> {
 
 impl Differ<'_> {
     fn walk(&mut self, rel: &Path, lowers: &[PathBuf]) -> Result<()> {
+        if rel.components().count() >= crate::MAX_TREE_DEPTH {
+            return Err(crate::too_deep(rel));
+        }
         let here = self.merged.join(rel);
         let names = sorted_names(&here)?;
         let present: HashSet<&OsString> = names.iter().collect();

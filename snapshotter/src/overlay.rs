@@ -13,6 +13,17 @@ fn lowerdir(ids: &[String]) -> String {
     v.join(":")
 }
 
+/// `p` as the mount options name it, relative to the snapshots directory (the cwd of
+/// the mount) when it is in the store: the options are what `/proc/self/mountinfo`
+/// shows a RUN, and the store's absolute path (the user's home, often) is not its
+/// business.
+fn option_path(store: &Store, p: &Path) -> String {
+    match p.strip_prefix(store.root()) {
+        Ok(rel) => format!("../{}", rel.display()),
+        Err(_) => p.display().to_string(),
+    }
+}
+
 /// Mounts `ids` (top-first) with a writable `upper` at `target`.
 pub fn mount_rw(
     store: &Store,
@@ -25,9 +36,9 @@ pub fn mount_rw(
         .ctx(|| "entering the snapshots directory".into())?;
     let opts = format!(
         "lowerdir={},upperdir={},workdir={},userxattr",
-        lowerdir(ids),
-        upper.display(),
-        work.display()
+        lowerdir(store.visible(ids)),
+        option_path(store, upper),
+        option_path(store, work)
     );
     // `volatile` (Linux 5.10): unmounting does not sync the upper filesystem. The step's
     // files are synced once, with syncfs, while its layer is written (see the solver's
@@ -47,6 +58,6 @@ pub fn mount_ro(store: &Store, ids: &[String], target: &Path) -> Result<()> {
         let empty = store.snapshot_path("empty");
         return sys::bind_ro(&empty, target);
     }
-    let opts = format!("lowerdir={},userxattr", lowerdir(ids));
+    let opts = format!("lowerdir={},userxattr", lowerdir(store.visible(ids)));
     sys::mount_overlay(&opts, target, true)
 }

@@ -167,7 +167,7 @@ impl Store {
             }
             // The snapshots' renames are on disk before their marks are gone.
             sync_dir(&self.root.join("snapshots"))?;
-            fs::remove_dir_all(&dir).ctx(|| format!("removing {}", dir.display()))?;
+            crate::tree::remove_all(&dir)?;
         }
         Ok(n)
     }
@@ -263,10 +263,14 @@ impl Store {
     }
 
     fn rename_into_place(&self, tmp: &Path, dst: &Path) -> Result<()> {
-        File::open(tmp)
+        let placed = File::open(tmp)
             .and_then(|f| f.sync_all())
-            .ctx(|| format!("syncing {}", tmp.display()))?;
-        fs::rename(tmp, dst).ctx(|| format!("renaming into {}", dst.display()))?;
+            .ctx(|| format!("syncing {}", tmp.display()))
+            .and_then(|()| fs::rename(tmp, dst).ctx(|| format!("renaming into {}", dst.display())));
+        if placed.is_err() {
+            let _ = fs::remove_file(tmp);
+        }
+        placed?;
         sync_dir(dst.parent().unwrap_or(&self.root))
     }
 
@@ -282,6 +286,24 @@ impl Store {
     /// The directory of snapshot `id`.
     pub fn snapshot_path(&self, id: &str) -> PathBuf {
         self.root.join("snapshots").join(id)
+    }
+
+    /// The part of the stack `ids` (top-first) that can be seen: down to the first
+    /// snapshot whose root is opaque (a layer with `.wh..wh..opq` at its top, which
+    /// hides everything below it). Overlay ignores an opaque root, so the stack is cut
+    /// here for every snapshotter.
+    pub fn visible<'a>(&self, ids: &'a [String]) -> &'a [String] {
+        let cut = ids.iter().position(|id| {
+            xattr::get(self.snapshot_path(id), crate::unpack::OPAQUE_XATTR)
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some(b"y")
+        });
+        match cut {
+            Some(i) => &ids[..=i],
+            None => ids,
+        }
     }
 
     /// The snapshots directory (overlay lowerdirs are given relative to it).
@@ -342,11 +364,15 @@ pub fn snapshot_id(diff_id: &str, emulated_owners: bool) -> Result<String> {
 
 /// Writes `bytes` to `dst` through `tmp`: write, fsync, rename, fsync the directory.
 pub fn atomic_write(dst: &Path, bytes: &[u8], tmp: &Path) -> Result<()> {
-    let mut f = File::create(tmp).ctx(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .ctx(|| format!("writing {}", tmp.display()))?;
-    fs::rename(tmp, dst).ctx(|| format!("renaming into {}", dst.display()))?;
+    let written = File::create(tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .ctx(|| format!("writing {}", tmp.display()))
+        .and_then(|()| fs::rename(tmp, dst).ctx(|| format!("renaming into {}", dst.display())));
+    if written.is_err() {
+        // ENOSPC, say: the temp file does not stay behind.
+        let _ = fs::remove_file(tmp);
+    }
+    written?;
     match dst.parent() {
         Some(p) => sync_dir(p),
         None => Ok(()),

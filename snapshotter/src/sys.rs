@@ -71,6 +71,12 @@ pub(crate) fn mknod_whiteout(path: &Path) -> Result<()> {
         .ctx(|| format!("creating whiteout {}", path.display()))
 }
 
+/// A FIFO with `mode`.
+pub(crate) fn mkfifo(path: &Path, mode: u32) -> Result<()> {
+    nix::unistd::mkfifo(path, Mode::from_bits_truncate(mode))
+        .ctx(|| format!("creating FIFO {}", path.display()))
+}
+
 /// Mounts an overlay with `options` at `target`.
 pub(crate) fn mount_overlay(options: &str, target: &Path, read_only: bool) -> Result<()> {
     let flags = if read_only {

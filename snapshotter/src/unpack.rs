@@ -13,7 +13,7 @@
 //! in the `user.rootlesscontainers` xattr ([`Owners::Emulate`], see [`crate::owner`]).
 //! Directory mtimes are set once the whole layer is in, since later entries touch them.
 
-use crate::{Context, Error, Result};
+use crate::{digest, Context, Error, Result};
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
@@ -26,6 +26,56 @@ pub const OPAQUE_XATTR: &str = "user.overlay.opaque";
 pub struct Unpacked {
     /// Device nodes that could not be created without privileges and were skipped.
     pub skipped_devices: Vec<String>,
+    /// The digest of the uncompressed tar stream (the layer's diffID).
+    pub diff_id: String,
+    /// Its length.
+    pub size: u64,
+}
+
+/// The environment variable that sets how many times its compressed size a layer may
+/// expand to (`0`: no bound).
+pub const EXPANSION_ENV: &str = "KILN_LAYER_EXPANSION_LIMIT";
+/// The default of [`EXPANSION_ENV`]. Real layers expand 2 to 10 times; gzip cannot
+/// exceed about 1030 (a layer of zeros), so only a bomb, or a layer that is mostly one
+/// huge run of zeros, goes past this.
+pub const DEFAULT_EXPANSION: u64 = 100;
+/// Whatever its compressed size, a layer may always expand to this much.
+pub const EXPANSION_FLOOR: u64 = 1 << 30;
+
+/// How many bytes (of tar stream, or of file contents the entries declare) a layer of
+/// `compressed` bytes may unpack to: `None` for no bound.
+pub fn expansion_limit(compressed: u64) -> Option<u64> {
+    let ratio = match std::env::var(EXPANSION_ENV) {
+        Ok(v) => v.trim().parse().unwrap_or(DEFAULT_EXPANSION),
+        Err(_) => DEFAULT_EXPANSION,
+    };
+    (ratio != 0).then(|| compressed.saturating_mul(ratio).max(EXPANSION_FLOOR))
+}
+
+/// Counts, hashes and bounds the uncompressed stream.
+struct Bounded<R> {
+    inner: digest::HashReader<R>,
+    limit: Option<u64>,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(limit) = self.limit {
+            if self.inner.count() > limit {
+                return Err(std::io::Error::other(bomb(limit)));
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn bomb(limit: u64) -> String {
+    format!(
+        "the layer expands to more than {limit} bytes: refused as a decompression bomb \
+         (the bound is {DEFAULT_EXPANSION} times the compressed size and at least 1 GiB; \
+         {EXPANSION_ENV}=N sets the factor, 0 removes the bound)"
+    )
 }
 
 /// Opens a possibly compressed layer: gzip and zstd are recognised by magic bytes.
@@ -63,9 +113,24 @@ impl Owners {
     }
 }
 
-/// Unpacks the tar stream `r` (compressed or not) into `dest`.
+/// Unpacks the tar stream `r` (compressed or not) into `dest`, with no bound on its size.
 pub fn unpack(r: impl Read, dest: &Path, owners: Owners) -> Result<Unpacked> {
-    let mut ar = tar::Archive::new(decompress(r)?);
+    unpack_bounded(r, dest, owners, None)
+}
+
+/// Unpacks the tar stream `r` (compressed or not) into `dest`, stopping with an error
+/// once it (or the file sizes its entries declare: sparse files) passes `limit` bytes.
+/// The whole stream is read, so [`Unpacked::diff_id`] is the layer's diffID.
+pub fn unpack_bounded(
+    r: impl Read,
+    dest: &Path,
+    owners: Owners,
+    limit: Option<u64>,
+) -> Result<Unpacked> {
+    let mut ar = tar::Archive::new(Bounded {
+        inner: digest::HashReader::new(decompress(r)?),
+        limit,
+    });
     ar.set_preserve_permissions(true);
     ar.set_preserve_mtime(true);
     ar.set_preserve_ownerships(owners == Owners::Keep);
@@ -73,10 +138,20 @@ pub fn unpack(r: impl Read, dest: &Path, owners: Owners) -> Result<Unpacked> {
     ar.set_overwrite(true);
     let mut out = Unpacked::default();
     let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
+    let mut declared: u64 = 0;
     for entry in ar.entries().ctx(|| "reading layer".into())? {
-        let mut entry = entry.ctx(|| "reading layer entry".into())?;
+        let mut entry = entry
+            .map_err(with_causes)
+            .ctx(|| "reading layer entry".into())?;
+        declared = declared.saturating_add(entry.size());
+        if let Some(limit) = limit.filter(|&l| declared > l) {
+            return Err(Error::BadLayer(bomb(limit)));
+        }
         let raw = entry.path().ctx(|| "layer entry path".into())?.into_owned();
         let rel = clean(&raw)?;
+        if rel.components().count() > crate::MAX_TREE_DEPTH {
+            return Err(crate::too_deep(&rel));
+        }
         let Some(name) = rel.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
             continue; // the root itself
         };
@@ -88,6 +163,14 @@ pub fn unpack(r: impl Read, dest: &Path, owners: Owners) -> Result<Unpacked> {
             continue;
         }
         if let Some(hidden) = name.strip_prefix(".wh.") {
+            // A whiteout names one entry of its own directory: not the directory, not
+            // its parent (`.wh...` would remove the unpack directory's parent).
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                return Err(Error::BadLayer(format!(
+                    "layer entry {:?} is a whiteout that names no entry",
+                    raw.display().to_string()
+                )));
+            }
             let dir = mkdir_contained(dest, parent)?;
             let target = dir.join(hidden);
             remove_any(&target)?;
@@ -107,6 +190,33 @@ pub fn unpack(r: impl Read, dest: &Path, owners: Owners) -> Result<Unpacked> {
             entry.header().gid().unwrap_or(0) as u32,
         );
         let mtime = entry.header().mtime().unwrap_or(0);
+        if kind == tar::EntryType::Fifo {
+            // The tar crate would write a FIFO as an empty regular file.
+            let dir = mkdir_contained(dest, parent)?;
+            let at = dir.join(&name);
+            remove_any(&at)?;
+            let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
+            crate::sys::mkfifo(&at, mode)?;
+            if owners == Owners::Keep {
+                std::os::unix::fs::lchown(&at, Some(uid), Some(gid))
+                    .ctx(|| format!("chown {}", at.display()))?;
+            } else if (uid, gid) != (0, 0) {
+                crate::owner::chown(&at, uid, gid)?;
+            }
+            // chown may clear set-id bits: the mode goes last.
+            std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .ctx(|| format!("chmod {}", at.display()))?;
+            let t = nix::sys::time::TimeSpec::new(mtime as i64, 0);
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &at,
+                &t,
+                &t,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .ctx(|| format!("setting the times of {}", at.display()))?;
+            continue;
+        }
         if !entry
             .unpack_in(dest)
             .map_err(with_causes)
@@ -142,6 +252,11 @@ pub fn unpack(r: impl Read, dest: &Path, owners: Owners) -> Result<Unpacked> {
         )
         .ctx(|| format!("setting the times of {}", dir.display()))?;
     }
+    // The tar reader stops at the end-of-archive blocks; the diffID covers the rest.
+    let mut rest = ar.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink()).ctx(|| "reading layer".into())?;
+    out.size = rest.inner.count();
+    out.diff_id = rest.inner.digest();
     Ok(out)
 }
 
@@ -190,7 +305,7 @@ fn mkdir_contained(root: &Path, rel: &Path) -> Result<PathBuf> {
 
 pub(crate) fn remove_any(p: &Path) -> Result<()> {
     match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p).ctx(|| format!("removing {}", p.display())),
+        Ok(m) if m.is_dir() => crate::tree::remove_all(p),
         Ok(_) => fs::remove_file(p).ctx(|| format!("removing {}", p.display())),
         Err(_) => Ok(()),
     }
