@@ -19,6 +19,7 @@ pub mod auth;
 pub mod conf;
 #[cfg(test)]
 mod fake;
+mod limited;
 pub mod retry;
 
 use futures_util::TryStreamExt;
@@ -720,6 +721,19 @@ impl Registry {
     /// Downloads blob `digest` of image `pinned` into the store, verifying it; the
     /// mirror that served the manifest is asked first.
     pub async fn fetch_blob(&self, pinned: &str, digest: &str, store: &Store) -> Result<()> {
+        self.fetch_sized(pinned, digest, None, store).await
+    }
+
+    /// [`Registry::fetch_blob`] of a blob whose descriptor gives its `size`: a registry
+    /// that sends more or fewer bytes fails the fetch, and never more than `size` bytes
+    /// reach the disk.
+    pub async fn fetch_sized(
+        &self,
+        pinned: &str,
+        digest: &str,
+        size: Option<u64>,
+        store: &Store,
+    ) -> Result<()> {
         if store.has_blob(digest) {
             return Ok(());
         }
@@ -736,7 +750,7 @@ impl Registry {
         let n = endpoints.len();
         for (i, ep) in endpoints.into_iter().enumerate() {
             let er = endpoint_reference(&r, &ep)?;
-            match self.fetch_blob_at(&er, &ep, digest, store).await {
+            match self.fetch_blob_at(&er, &ep, digest, size, store).await {
                 Ok(()) => return Ok(()),
                 Err(e) if i + 1 < n => {
                     (self.notify)(&format!("{}: {e}; trying the next source", ep.repository));
@@ -756,6 +770,7 @@ impl Registry {
         r: &Reference,
         ep: &conf::Endpoint,
         digest: &str,
+        size: Option<u64>,
         store: &Store,
     ) -> Result<()> {
         let host = self.host(r, ep.insecure).await?;
@@ -769,13 +784,33 @@ impl Registry {
                 &format!("fetching blob {digest} of {}", ep.repository),
                 || async {
                     let file = tokio::fs::File::create(&tmp).await?;
-                    host.chunked.pull_blob(r, digest, file).await
+                    host.chunked
+                        .pull_blob(r, digest, limited::Limited::new(file, size))
+                        .await
                 },
             )
             .await;
+        let wrong_size = |got: u64, want: u64| {
+            Error::Invalid {
+            reference: format!("{}/{}", r.registry(), r.repository()),
+            message: format!(
+                "blob {digest}: the manifest gives its size as {want} bytes, the registry sent {got}"
+            ),
+        }
+        };
         if let Err(e) = res {
             let _ = std::fs::remove_file(&tmp);
+            if let Some(got) = limited::overrun(&e) {
+                return Err(wrong_size(got, size.unwrap_or_default()));
+            }
             return Err(self.explain(e, r, &host, Action::Pull, &format!("blob {digest}")));
+        }
+        if let Some(want) = size {
+            let got = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or_default();
+            if got != want {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(wrong_size(got, want));
+            }
         }
         store.commit_blob(&tmp, digest)?;
         Ok(())

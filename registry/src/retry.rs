@@ -57,7 +57,8 @@ pub fn transient(e: &OciDistributionError) -> bool {
         OciDistributionError::RequestError(r) => {
             r.is_connect() || r.is_timeout() || r.is_request() || r.is_body()
         }
-        OciDistributionError::IoError(_) => true,
+        // A body longer than its descriptor says is not a network hiccup.
+        OciDistributionError::IoError(_) => crate::limited::overrun(e).is_none(),
         _ => false,
     }
 }
