@@ -229,6 +229,10 @@ fn hash_tree(
     ignore: &Matcher,
     known: &FileHashes,
 ) -> Result<()> {
+    // Bounded: each level is a few frames of rayon's on a worker thread's stack.
+    if rel.split('/').count() > kiln_snapshotter::MAX_TREE_DEPTH {
+        return Err(kiln_snapshotter::too_deep(Path::new(rel)).into());
+    }
     let m = fs::symlink_metadata(p).map_err(io_ctx(format!("stat {}", p.display())))?;
     if ignore.excluded(rel) && !(m.is_dir() && ignore.has_exclusions()) {
         return Ok(());

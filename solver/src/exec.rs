@@ -14,9 +14,12 @@
 
 use crate::{io_ctx, sys, Error, Result};
 use kiln_frontend::InlineFile;
-use nix::unistd::ForkResult;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fstatat, Mode, SFlag};
+use nix::unistd::{unlinkat, ForkResult, UnlinkatFlags};
 use serde::{Deserialize, Serialize};
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -106,51 +109,128 @@ impl SecretFrom {
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// A mount point kiln had to create in the rootfs, removed again after the run so that
-/// it does not end up in the layer.
-struct Created(Vec<PathBuf>);
+/// The mount points kiln had to create in the rootfs (stubs), removed again after the
+/// run so that they do not end up in the layer.
+///
+/// The RUN can change the tree between the two (unmount a stub, replace `/etc` by a
+/// symlink to a host directory, as in BuildKit's CVE-2024-23652), and the helper's root
+/// is still the host's: so both walks are fd-relative from the rootfs's own directory,
+/// never through a symlink or a mount point ([`sys::open_dir_beneath`]), and a stub is
+/// only removed while it is still what kiln made (an empty file or an empty directory).
+struct Stubs {
+    root: OwnedFd,
+    /// Relative paths, in the order they were made.
+    made: Vec<String>,
+}
 
-impl Created {
-    /// Creates `rel` under `root` as a dir or an empty file unless it exists; refuses to
-    /// go through symlinks (they could point outside the rootfs).
-    fn ensure(&mut self, root: &Path, rel: &str, dir: bool) -> bool {
-        let mut cur = root.to_path_buf();
+impl Stubs {
+    fn open(root: &Path) -> Result<Stubs> {
+        let root = nix::fcntl::open(
+            root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::Helper(format!("opening the rootfs {}: {e}", root.display())))?;
+        Ok(Stubs {
+            root,
+            made: Vec::new(),
+        })
+    }
+
+    /// Creates `rel` as a directory (or an empty file) unless it is there, with every
+    /// missing parent; says whether `rel` is now of that kind. A symlink or a file of
+    /// the other kind on the way stops it (a symlink could point anywhere).
+    fn ensure(&mut self, rel: &str, dir: bool) -> bool {
         let parts: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
         for (i, part) in parts.iter().enumerate() {
-            cur.push(part);
             let last = i + 1 == parts.len();
-            match fs::symlink_metadata(&cur) {
-                Ok(m) if m.file_type().is_symlink() => return false,
-                Ok(m) => {
-                    if !last && !m.is_dir() {
-                        return false;
-                    }
+            let parent = parts[..i].join("/");
+            let Ok(pfd) = sys::open_dir_beneath(&self.root, &parent) else {
+                return false;
+            };
+            match fstatat(&pfd, *part, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => {
+                    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+                    let is_dir = kind == SFlag::S_IFDIR;
                     if last {
-                        return m.is_dir() == dir;
+                        return if dir { is_dir } else { kind == SFlag::S_IFREG };
+                    }
+                    if !is_dir {
+                        return false;
                     }
                 }
                 Err(_) => {
                     let made = if last && !dir {
-                        fs::File::create(&cur).map(|_| ())
+                        nix::fcntl::openat(
+                            &pfd,
+                            *part,
+                            OFlag::O_CREAT
+                                | OFlag::O_EXCL
+                                | OFlag::O_WRONLY
+                                | OFlag::O_NOFOLLOW
+                                | OFlag::O_CLOEXEC,
+                            Mode::from_bits_truncate(0o644),
+                        )
+                        .map(drop)
                     } else {
-                        fs::create_dir(&cur)
+                        nix::sys::stat::mkdirat(&pfd, *part, Mode::from_bits_truncate(0o755))
                     };
                     if made.is_err() {
                         return false;
                     }
-                    self.0.push(cur.clone());
+                    self.made.push(parts[..=i].join("/"));
                 }
             }
         }
         true
     }
 
+    /// Removes the stubs, deepest first; what the RUN replaced, filled or moved behind a
+    /// symlink is left alone.
     fn remove(self) {
-        for p in self.0.iter().rev() {
-            let _ = fs::remove_file(p).or_else(|_| fs::remove_dir(p));
+        for rel in self.made.iter().rev() {
+            let (parent, name) = match rel.rsplit_once('/') {
+                Some((p, n)) => (p, n),
+                None => ("", rel.as_str()),
+            };
+            let Ok(pfd) = sys::open_dir_beneath(&self.root, parent) else {
+                continue;
+            };
+            let Ok(st) = fstatat(&pfd, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+            let how = match kind {
+                // Fails while the directory has entries: then it stays.
+                SFlag::S_IFDIR => UnlinkatFlags::RemoveDir,
+                SFlag::S_IFREG if st.st_size == 0 => UnlinkatFlags::NoRemoveDir,
+                _ => continue,
+            };
+            let _ = unlinkat(&pfd, name, how);
         }
     }
 }
+
+/// What the RUN sees at `/etc/hosts`: a file of its own, as in BuildKit (the host's
+/// entries are not the container's business).
+const HOSTS: &str = "127.0.0.1\tlocalhost kiln\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+
+/// Paths of /proc hidden from RUN (a character device or an empty read-only tmpfs over
+/// them), and paths made read-only: runc's defaults, as Docker and BuildKit use them.
+const MASKED: [&str; 11] = [
+    "proc/acpi",
+    "proc/asound",
+    "proc/interrupts",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sysrq-trigger",
+];
+const READ_ONLY: [&str; 4] = ["proc/bus", "proc/fs", "proc/irq", "proc/sys"];
 
 /// Runs `spec` in the sandbox; returns the exit code (128+signal when killed).
 /// `scratch` is a free directory of the helper for mount sources.
@@ -161,13 +241,29 @@ pub fn run(
     scratch: &Path,
     spec: &RunAction,
 ) -> Result<i32> {
-    let mut created = Created(Vec::new());
-    let proc_ok = created.ensure(merged, "proc", true);
-    let dev_ok = created.ensure(merged, "dev", true);
-    let etc: Vec<&str> = ["etc/resolv.conf", "etc/hosts"]
-        .into_iter()
-        .filter(|f| Path::new("/").join(f).exists() && created.ensure(merged, f, false))
-        .collect();
+    let mut created = Stubs::open(merged)?;
+    let proc_ok = created.ensure("proc", true);
+    let dev_ok = created.ensure("dev", true);
+    // /etc/hosts and /etc/resolv.conf are files of the step's own (read-only in the RUN,
+    // as in BuildKit): the host's resolv.conf copied, a hosts file of kiln's.
+    // They live on a small tmpfs of their own, so that /proc/self/mountinfo names them
+    // by their path in it rather than by a path in the store.
+    let etc_dir = scratch.join("etc");
+    fs::create_dir_all(&etc_dir).map_err(io_ctx(format!("creating {}", etc_dir.display())))?;
+    sys::mount_tmpfs(&etc_dir, "mode=755,size=256k", false)?;
+    let mut etc = Vec::new();
+    for (rel, content) in [
+        ("etc/resolv.conf", fs::read("/etc/resolv.conf").ok()),
+        ("etc/hosts", Some(HOSTS.as_bytes().to_vec())),
+    ] {
+        let Some(content) = content else { continue };
+        if !created.ensure(rel, false) {
+            continue;
+        }
+        let file = etc_dir.join(rel.trim_start_matches("etc/"));
+        fs::write(&file, content).map_err(io_ctx(format!("writing {}", file.display())))?;
+        etc.push((rel, file));
+    }
     // Mount sources are prepared here, in the helper's mount namespace; the targets
     // are created in the rootfs (and removed afterwards).
     let mut spec = spec.clone();
@@ -252,7 +348,7 @@ pub fn run(
                 continue;
             }
         };
-        if !created.ensure(merged, &rel, is_dir) {
+        if !created.ensure(&rel, is_dir) {
             return Err(Error::Helper(format!(
                 "cannot create mount point {} in the rootfs (a symlink or a file of the other kind is in the way)",
                 m.target
@@ -263,7 +359,7 @@ pub fn run(
             _ => None,
         };
         prepared.push(Prepared {
-            target: merged.join(&rel),
+            target: rel,
             src,
             readonly,
             size,
@@ -274,6 +370,7 @@ pub fn run(
     }
     if spec.no_network {
         sys::own_net_ns()?;
+        sys::loopback_up()?;
     }
     // The new pid namespace is entered by an intermediate child, not the helper: a
     // process that unshared CLONE_NEWPID can no longer start threads, and the helper
@@ -312,7 +409,8 @@ enum Never {}
 
 /// A mount ready to be made in the sandbox.
 struct Prepared {
-    target: PathBuf,
+    /// Relative to the rootfs.
+    target: String,
     /// `None`: a tmpfs.
     src: Option<PathBuf>,
     readonly: bool,
@@ -321,22 +419,40 @@ struct Prepared {
 
 /// In the forked child (pid 1 of the new pid namespace): set up mounts, pivot, drop to
 /// the user, exec. Returns only on failure.
+///
+/// Every mount target is resolved inside the rootfs (`openat2` with `RESOLVE_IN_ROOT`)
+/// and mounted onto through its descriptor, after the mounts before it: a nested
+/// target (a cache inside a cache) is found, or made, in the mount above it, and a
+/// symlink on the way resolves as it would for the RUN.
 fn sandbox_init(
     root: &Path,
     spec: &RunAction,
     proc_ok: bool,
     dev_ok: bool,
-    etc: &[&str],
+    etc: &[(&str, PathBuf)],
     mounts: &[Prepared],
 ) -> Result<Never> {
+    // First of all: nothing the caller left open may reach the RUN.
+    sys::close_inherited_fds()?;
     sys::own_mount_ns()?;
     let _ = sys::set_hostname("kiln");
+    let rootfd = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Helper(format!("opening the rootfs: {e}")))?;
     if proc_ok {
-        sys::mount_proc(&root.join("proc"))?;
+        let t = target_in_root(&rootfd, "proc", true)?;
+        sys::mount_proc(&sys::fd_path(&t))?;
+        mask_proc(&rootfd)?;
     }
     if dev_ok {
-        let dev = root.join("dev");
-        sys::mount_tmpfs(&dev, "mode=755,size=65536k", true)?;
+        let t = target_in_root(&rootfd, "dev", true)?;
+        sys::mount_tmpfs(&sys::fd_path(&t), "mode=755,size=65536k", true)?;
+        // The tmpfs just mounted: a private tree, which only this process writes.
+        let devfd = target_in_root(&rootfd, "dev", true)?;
+        let dev = sys::fd_path(&devfd);
         for d in DEVICES {
             let target = dev.join(d);
             let host = Path::new("/dev").join(d);
@@ -379,11 +495,20 @@ fn sandbox_init(
         ));
     }
     for m in mounts {
+        let t = target_in_root(
+            &rootfd,
+            &m.target,
+            m.src.as_ref().is_none_or(|s| s.is_dir()),
+        )?;
+        let at = sys::fd_path(&t);
         match &m.src {
             Some(src) => {
-                sys::bind(src, &m.target)?;
+                sys::bind(src, &at)?;
                 if m.readonly {
-                    sys::remount_ro(&m.target)?;
+                    // The descriptor names the directory under the new mount: the
+                    // remount goes through the mount itself, looked up again.
+                    let top = target_in_root(&rootfd, &m.target, src.is_dir())?;
+                    sys::remount_ro(&sys::fd_path(&top))?;
                 }
             }
             None => {
@@ -391,13 +516,17 @@ fn sandbox_init(
                     Some(n) => format!("mode=1777,size={n}"),
                     None => "mode=1777".into(),
                 };
-                sys::mount_tmpfs(&m.target, &opts, true)?;
+                sys::mount_tmpfs(&at, &opts, true)?;
             }
         }
     }
-    for f in etc {
-        sys::bind(&Path::new("/").join(f), &root.join(f))?;
+    for (rel, file) in etc {
+        let t = target_in_root(&rootfd, rel, false)?;
+        sys::bind(file, &sys::fd_path(&t))?;
+        let top = target_in_root(&rootfd, rel, false)?;
+        sys::remount_ro(&sys::fd_path(&top))?;
     }
+    drop(rootfd);
     sys::pivot_into(root)?;
 
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
@@ -407,6 +536,16 @@ fn sandbox_init(
         )));
     }
     std::env::set_current_dir(cwd).map_err(crate::io_ctx(format!("chdir {cwd}")))?;
+    // A working directory that is not below the new root (reached through a magic link,
+    // say) has no path from it: the kernel says "(unreachable)".
+    match std::env::current_dir() {
+        Ok(p) if p.is_absolute() => {}
+        _ => {
+            return Err(Error::Helper(format!(
+                "working directory {cwd} resolves outside the rootfs"
+            )))
+        }
+    }
 
     let user = resolve_user(&spec.user)?;
     let mut env = spec.env.clone();
@@ -426,6 +565,8 @@ fn sandbox_init(
     // Changing credentials cleared the parent-death signal: without it, a killed
     // helper would leave this step running.
     sys::die_with_parent()?;
+    // A session keyring of the RUN's own, owned by its user.
+    sys::new_session_keyring()?;
 
     let Some(argv0) = spec.argv.first() else {
         return Err(Error::Helper("empty command".into()));
@@ -441,6 +582,71 @@ fn sandbox_init(
         ))
     })?;
     Err(sys::exec(&prog, &spec.argv, &env))
+}
+
+/// The mount target `rel` inside the rootfs as it now is (earlier mounts included),
+/// made (with its parents) where it is missing; an `O_PATH` descriptor of it.
+fn target_in_root(root: &OwnedFd, rel: &str, dir: bool) -> Result<OwnedFd> {
+    match sys::open_in_root(root, rel) {
+        Ok(fd) => return Ok(fd),
+        Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(Error::Helper(format!("mount target /{rel}: {e}"))),
+    }
+    let rel = rel.trim_matches('/');
+    let (parent, name) = match rel.rsplit_once('/') {
+        Some((p, n)) => (p, n),
+        None => ("", rel),
+    };
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(Error::Helper(format!("mount target /{rel}: not found")));
+    }
+    let p = target_in_root(root, parent, true)?;
+    let made = if dir {
+        nix::sys::stat::mkdirat(&p, name, Mode::from_bits_truncate(0o755))
+    } else {
+        nix::fcntl::openat(
+            &p,
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map(drop)
+    };
+    made.map_err(|e| Error::Helper(format!("creating mount target /{rel}: {e}")))?;
+    sys::open_in_root(root, rel).map_err(|e| Error::Helper(format!("mount target /{rel}: {e}")))
+}
+
+/// Hides and write-protects the parts of the fresh /proc that runc's defaults do.
+fn mask_proc(root: &OwnedFd) -> Result<()> {
+    for rel in MASKED {
+        let t = match sys::open_in_root(root, rel) {
+            Ok(t) => t,
+            Err(nix::errno::Errno::ENOENT) => continue,
+            Err(e) => return Err(Error::Helper(format!("masking /{rel}: {e}"))),
+        };
+        let at = sys::fd_path(&t);
+        if at.is_dir() {
+            sys::mount_tmpfs(&at, "size=4k,mode=0555", false)?;
+            let top = sys::open_in_root(root, rel)
+                .map_err(|e| Error::Helper(format!("masking /{rel}: {e}")))?;
+            sys::remount_ro(&sys::fd_path(&top))?;
+        } else {
+            sys::bind(Path::new("/dev/null"), &at)?;
+        }
+    }
+    for rel in READ_ONLY {
+        let t = match sys::open_in_root(root, rel) {
+            Ok(t) => t,
+            Err(nix::errno::Errno::ENOENT) => continue,
+            Err(e) => return Err(Error::Helper(format!("protecting /{rel}: {e}"))),
+        };
+        let at = sys::fd_path(&t);
+        sys::bind(&at, &at)?;
+        let top = sys::open_in_root(root, rel)
+            .map_err(|e| Error::Helper(format!("protecting /{rel}: {e}")))?;
+        sys::remount_ro(&sys::fd_path(&top))?;
+    }
+    Ok(())
 }
 
 /// Finds `prog` on `path` inside the sandbox, as execvp would.

@@ -12,7 +12,7 @@ use kiln_snapshotter::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Where COPY reads from, as the helper sees it.
@@ -546,7 +546,7 @@ struct Opts {
 fn write_inline(to: &Path, f: &kiln_frontend::InlineFile, opts: &Opts) -> Result<()> {
     if let Ok(m) = fs::symlink_metadata(to) {
         if m.is_dir() {
-            fs::remove_dir_all(to).map_err(io_ctx(format!("replacing {}", to.display())))?;
+            kiln_snapshotter::tree::remove_all(to)?;
         } else {
             fs::remove_file(to).map_err(io_ctx(format!("replacing {}", to.display())))?;
         }
@@ -621,6 +621,9 @@ fn unpack_archive(from: &Path, dest: &Path, name: &str) -> Result<()> {
 /// Copies the contents of directory `from` (at `rel` in the source) into `to`, leaving
 /// out what `ignore` excludes; returns whether anything was copied.
 fn copy_tree(from: &Path, to: &Path, opts: &Opts, rel: &str, ignore: &Matcher) -> Result<bool> {
+    if rel.split('/').count() > kiln_snapshotter::MAX_TREE_DEPTH {
+        return Err(kiln_snapshotter::too_deep(Path::new(rel)).into());
+    }
     let meta = fs::symlink_metadata(from).map_err(io_ctx(format!("stat {}", from.display())))?;
     apply_meta(from, to, &meta, opts)?;
     let mut entries: Vec<_> = fs::read_dir(from)
@@ -683,9 +686,7 @@ fn plan_link(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> bool {
 /// Copies one non-directory entry (file, symlink, fifo) to `to`, replacing what is there.
 fn copy_entry(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Result<()> {
     match fs::symlink_metadata(to) {
-        Ok(m) if m.is_dir() => {
-            fs::remove_dir_all(to).map_err(io_ctx(format!("replacing {}", to.display())))?
-        }
+        Ok(m) if m.is_dir() => kiln_snapshotter::tree::remove_all(to)?,
         Ok(_) => fs::remove_file(to).map_err(io_ctx(format!("replacing {}", to.display())))?,
         Err(_) => {}
     }
@@ -696,8 +697,23 @@ fn copy_entry(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Resul
             .map_err(io_ctx(format!("symlink {}", to.display())))?;
     } else if ft.is_file() {
         fs::copy(from, to).map_err(io_ctx(format!("copying to {}", to.display())))?;
+    } else if ft.is_fifo() {
+        // A FIFO is copied as a FIFO, as BuildKit's copy does (mknod).
+        nix::unistd::mkfifo(to, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| Error::Helper(format!("creating FIFO {}: {e}", to.display())))?;
     } else {
-        return Ok(()); // sockets, fifos and devices are not copied
+        // Sockets have no content a layer can hold (BuildKit's layer writer skips them
+        // too), and device nodes cannot be made without privileges: said, not copied.
+        let what = if ft.is_socket() {
+            "socket"
+        } else {
+            "device node"
+        };
+        println!(
+            "skipped {what} {}: not copied into the image",
+            from.display()
+        );
+        return Ok(());
     }
     apply_meta(from, to, meta, opts)
 }

@@ -30,6 +30,10 @@ pub enum Request {
         store: PathBuf,
         blob: PathBuf,
         id: String,
+        /// The diffID the image config gives the layer: the unpacked stream must hash
+        /// to it.
+        #[serde(default)]
+        diff_id: Option<String>,
     },
     /// Mount `lowers` (top-first) with a fresh upper in `dir` (or, with the native
     /// snapshotter, copy them), do `action`, and turn the upper (or the changes found
@@ -151,17 +155,34 @@ fn read_request(p: &Path) -> Result<Request> {
 
 fn handle(req: Request) -> Result<Response> {
     match req {
-        Request::Unpack { store, blob, id } => {
+        Request::Unpack {
+            store,
+            blob,
+            id,
+            diff_id,
+        } => {
             let store = Store::open(store)?;
             let tmp = store.tmp_path("unpack");
             fs::create_dir(&tmp).map_err(io_ctx(format!("creating {}", tmp.display())))?;
             let f = fs::File::open(&blob).map_err(io_ctx(format!("opening {}", blob.display())))?;
-            let result = unpack::unpack(f, &tmp, unpack::Owners::here());
+            let limit = f
+                .metadata()
+                .ok()
+                .and_then(|m| unpack::expansion_limit(m.len()));
+            let result = unpack::unpack_bounded(f, &tmp, unpack::Owners::here(), limit)
+                .map_err(Error::from)
+                .and_then(|u| match &diff_id {
+                    Some(want) if *want != u.diff_id => Err(Error::Helper(format!(
+                        "the layer's content is {} but the image config gives its diffID as {want}",
+                        u.diff_id
+                    ))),
+                    _ => Ok(u),
+                });
             let out = match result {
                 Ok(u) => u,
                 Err(e) => {
-                    let _ = fs::remove_dir_all(&tmp);
-                    return Err(e.into());
+                    remove_tree(&tmp);
+                    return Err(e);
                 }
             };
             place_snapshot(&store, &tmp, &id)?;
@@ -189,7 +210,7 @@ fn handle(req: Request) -> Result<Response> {
                 (&layer_out, layer_offset),
                 compression,
             );
-            let _ = fs::remove_dir_all(&dir);
+            remove_tree(&dir);
             r
         }
         Request::Layer {
@@ -229,18 +250,13 @@ fn handle(req: Request) -> Result<Response> {
         }
         Request::Remove { paths } => {
             for p in paths {
-                let removed = match fs::symlink_metadata(&p) {
-                    Ok(m) if m.is_dir() => fs::remove_dir_all(&p),
-                    Ok(_) => fs::remove_file(&p),
-                    Err(_) => Ok(()),
-                };
-                removed.map_err(io_ctx(format!("removing {}", p.display())))?;
+                kiln_snapshotter::tree::remove_all(&p)?;
             }
             Ok(Response::Removed)
         }
         Request::Probe { dir } => {
             let r = probe_overlay(&dir);
-            let _ = fs::remove_dir_all(&dir);
+            remove_tree(&dir);
             Ok(Response::Probe {
                 overlay: r.err().map(|e| e.to_string()),
             })
@@ -263,6 +279,11 @@ fn handle(req: Request) -> Result<Response> {
     }
 }
 
+/// Removes a temporary tree of the helper's (what a RUN left there can be of any depth).
+fn remove_tree(p: &Path) {
+    let _ = kiln_snapshotter::tree::remove_all(p);
+}
+
 /// Writes the filesystem of `lowers` as a tar at `dest`, walking a view of hard links.
 fn export_tar(store: &Store, lowers: &[String], dest: &Path) -> Result<()> {
     let view = store.tmp_path("view");
@@ -280,7 +301,7 @@ fn export_tar(store: &Store, lowers: &[String], dest: &Path) -> Result<()> {
         f.sync_all()
             .map_err(io_ctx(format!("syncing {}", dest.display())))
     })();
-    let _ = fs::remove_dir_all(&view);
+    remove_tree(&view);
     r
 }
 
@@ -318,7 +339,7 @@ fn probe_overlay(dir: &Path) -> Result<()> {
 fn place_snapshot(store: &Store, tmp: &Path, id: &str) -> Result<()> {
     let dst = store.snapshot_path(id);
     if dst.exists() {
-        let _ = fs::remove_dir_all(tmp);
+        remove_tree(tmp);
         return Ok(());
     }
     // Trusted in this boot only until a later syncfs (see `Store::mark_unsynced`);
@@ -331,7 +352,7 @@ fn place_snapshot(store: &Store, tmp: &Path, id: &str) -> Result<()> {
     match fs::rename(tmp, &dst) {
         Ok(()) => Ok(()),
         Err(_) if dst.exists() => {
-            let _ = fs::remove_dir_all(tmp);
+            remove_tree(tmp);
             Ok(())
         }
         Err(e) => Err(io_ctx(format!("renaming into {}", dst.display()))(e)),
@@ -415,8 +436,14 @@ fn step(
         fs::File::create(layer_out).map_err(io_ctx(format!("creating {}", layer_out.display())))?;
     out.seek(std::io::SeekFrom::Start(layer_offset))
         .map_err(io_ctx(format!("positioning in {}", layer_out.display())))?;
-    let digests = kiln_snapshotter::diff::write_layer(&upper, out, compression);
-    let digests = digests?;
+    let digests = match kiln_snapshotter::diff::write_layer(&upper, out, compression) {
+        Ok(d) => d,
+        Err(e) => {
+            // ENOSPC, say: no partial blob stays behind (the step directory goes too).
+            let _ = fs::remove_file(layer_out);
+            return Err(e.into());
+        }
+    };
     if digests.entries == 0 {
         let _ = fs::remove_file(layer_out);
         return Ok(Response::Step {

@@ -677,11 +677,23 @@ fn pull(s: &Solver, pinned: &str, v: &Vertex) -> Result<(Record, bool)> {
         .filter(|l| !s.store.has_blob(&l.digest))
         .collect();
     s.runtime.block_on(async {
-        let fetches = missing
-            .iter()
-            .map(|l| s.registry.fetch_blob(pinned, &l.digest, &s.store));
+        let fetches = missing.iter().map(|l| {
+            s.registry
+                .fetch_sized(pinned, &l.digest, Some(l.size), &s.store)
+        });
         futures_util::future::try_join_all(fetches).await
     })?;
+    // A layer already in the store (from another image) is checked against this
+    // manifest's size too: the exported image repeats the descriptor.
+    for l in &record.layers {
+        let have = fs::metadata(s.store.blob_path(&l.digest)?).map(|m| m.len());
+        if let Some(have) = have.ok().filter(|&n| n != l.size) {
+            return Err(Error::Helper(format!(
+                "{pinned}: layer {}: the manifest gives its size as {} bytes, the blob has {have}",
+                l.digest, l.size
+            )));
+        }
+    }
     for l in &missing {
         v.log(&format!(
             "sha256:{} {} bytes done",
@@ -698,6 +710,7 @@ fn pull(s: &Solver, pinned: &str, v: &Vertex) -> Result<(Record, bool)> {
                 store: s.store.root().to_path_buf(),
                 blob: s.store.blob_path(&l.digest)?,
                 id: l.snapshot.clone(),
+                diff_id: Some(l.diff_id.clone()),
             };
             let answer = s
                 .launcher

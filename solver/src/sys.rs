@@ -1,13 +1,17 @@
 //! The solver's system calls, and its only `unsafe`: namespaces, mounts, the pivot into
-//! the rootfs, dropping to the RUN user, fork, exec and wait. Callers decide what to
-//! do; this module only does it and names what failed.
+//! the rootfs, dropping to the RUN user, fork, exec and wait, closing inherited
+//! descriptors, a fresh session keyring, bringing up loopback, and fd-relative lookups
+//! that stay inside a root (openat2). Callers decide what to do; this module only does
+//! it and names what failed.
 
 use crate::{Error, Result};
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
 fn fail(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> Error {
@@ -59,6 +63,29 @@ pub(crate) fn mount_proc(target: &Path) -> Result<()> {
     .map_err(fail("mounting /proc"))
 }
 
+/// The flags a mount already has (`statvfs`), so that a remount keeps the ones the
+/// kernel locks in a user namespace (nosuid, nodev, noexec, the atime ones).
+fn mount_flags(target: &Path) -> Result<MsFlags> {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let f = statvfs(target)
+        .map_err(fail(format!("statvfs {}", target.display())))?
+        .flags();
+    let mut out = MsFlags::empty();
+    for (a, b) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(a) {
+            out |= b;
+        }
+    }
+    Ok(out)
+}
+
 /// A tmpfs at `target`; `exec` allows running programs from it.
 pub(crate) fn mount_tmpfs(target: &Path, options: &str, exec: bool) -> Result<()> {
     let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -96,16 +123,129 @@ pub(crate) fn bind(src: &Path, target: &Path) -> Result<()> {
     .map_err(fail(format!("bind-mounting {}", src.display())))
 }
 
-/// Makes the bind mount at `target` read-only.
+/// Makes the bind mount at `target` read-only (keeping its other flags).
 pub(crate) fn remount_ro(target: &Path) -> Result<()> {
+    let keep = mount_flags(target)?;
     mount(
         None::<&str>,
         target,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        keep | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
         None::<&str>,
     )
     .map_err(fail(format!("making {} read-only", target.display())))
+}
+
+/// Opens `rel` as if `root` were `/` (`openat2` with `RESOLVE_IN_ROOT`): symlinks and
+/// `..` in the path, planted by whoever wrote the tree, cannot lead out of it, and
+/// magic links of /proc are refused. The result is an `O_PATH` descriptor, for
+/// mounting onto (through `/proc/self/fd`) or as the directory of `*at` calls.
+pub(crate) fn open_in_root(root: &impl AsFd, rel: &str) -> nix::Result<OwnedFd> {
+    let rel = rel.trim_start_matches('/');
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(root, if rel.is_empty() { "." } else { rel }, how)
+}
+
+/// Opens the directory `rel` below `root` only if no component is a symlink or a mount
+/// point and nothing leaves `root` (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+/// RESOLVE_NO_XDEV`): for removing what kiln made in a tree that a RUN has changed.
+pub(crate) fn open_dir_beneath(root: &impl AsFd, rel: &str) -> nix::Result<OwnedFd> {
+    let rel = rel.trim_start_matches('/');
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    openat2(root, if rel.is_empty() { "." } else { rel }, how)
+}
+
+/// The path through which the kernel reaches an open descriptor, for `mount(2)`.
+pub(crate) fn fd_path(fd: &impl AsRawFd) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Closes every descriptor above 2. Whatever kiln's caller left open (a CI runner's
+/// pipes, a shell's `exec 7<dir`) would otherwise reach the RUN, and a directory among
+/// them is a way out of the rootfs (`WORKDIR /proc/self/fd/7`, runc's CVE-2024-21626).
+pub(crate) fn close_inherited_fds() -> Result<()> {
+    // SAFETY: close_range takes three integers and touches no memory of ours; it runs in
+    // the sandbox child, which holds no descriptor it uses after this point (every file
+    // it opens later is opened afterwards).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.9: close them one by one.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(crate::io_ctx("listing /proc/self/fd"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        let _ = nix::unistd::close(fd);
+    }
+    Ok(())
+}
+
+/// Joins a new anonymous session keyring, as runc does for every container: the keys
+/// of the caller's session keyring are not the RUN's.
+pub(crate) fn new_session_keyring() -> Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: KEYCTL_JOIN_SESSION_KEYRING with a NULL name reads no memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if r >= 0 {
+        return Ok(());
+    }
+    match nix::errno::Errno::last() {
+        // A kernel without keys has no keyring to leak.
+        nix::errno::Errno::ENOSYS => Ok(()),
+        e => Err(Error::Helper(format!("joining a new session keyring: {e}"))),
+    }
+}
+
+/// Brings up `lo` in the current network namespace (a new one has it down).
+pub(crate) fn loopback_up() -> Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(fail("socket for bringing up lo"))?;
+    // SAFETY: ifreq is plain old data, zeroed is a valid value for it.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: the ioctls read and write `req`, a live ifreq of the size they expect, on a
+    // socket descriptor we own; the union field written is the flags one SIOCGIFFLAGS set.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(Error::Helper(format!(
+                "reading the flags of lo: {}",
+                nix::errno::Errno::last()
+            )));
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(Error::Helper(format!(
+                "bringing up lo: {}",
+                nix::errno::Errno::last()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A network namespace of its own: only a loopback interface, no route out.
