@@ -21,7 +21,7 @@ use kiln_snapshotter::Store;
 use kiln_solver::helper::{Launcher, Request, Response};
 use kiln_solver::progress::{Mode, Progress};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
@@ -414,16 +414,22 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
     if !context.is_dir() {
         bail!("build context {} is not a directory", b.context.display());
     }
-    let file = b.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    let file = in_context(
+        &context,
+        &b.file.clone().unwrap_or_else(|| context.join("Dockerfile")),
+    )?;
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("reading Dockerfile {}", file.display()))?;
 
     // `<Dockerfile>.dockerignore` next to the Dockerfile wins over CONTEXT/.dockerignore.
     let mut ignore_file = file.clone().into_os_string();
     ignore_file.push(".dockerignore");
-    let ignore_file = [PathBuf::from(ignore_file), context.join(".dockerignore")]
-        .into_iter()
-        .find(|p| p.is_file());
+    let ignore_file = [
+        in_context(&context, &PathBuf::from(ignore_file))?,
+        in_context(&context, &context.join(".dockerignore"))?,
+    ]
+    .into_iter()
+    .find(|p| p.is_file());
     let excludes = match &ignore_file {
         Some(p) => {
             let text =
@@ -690,4 +696,19 @@ fn forget_synced_marks(store: &Store) {
             }
         }
     });
+}
+
+/// `path` as kiln reads it: a file inside the context (the Dockerfile, `.dockerignore`)
+/// is resolved inside it, symlinks included, like every other context path, so that a
+/// context cannot make kiln read (and print) the user's files outside it.
+fn in_context(context: &Path, path: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
+    match abs.strip_prefix(context) {
+        Ok(rel) => Ok(kiln_solver::fileop::resolve_in_root(
+            context,
+            &rel.to_string_lossy(),
+            true,
+        )?),
+        Err(_) => Ok(abs),
+    }
 }
