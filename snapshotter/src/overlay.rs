@@ -36,7 +36,7 @@ pub fn mount_rw(
         .ctx(|| "entering the snapshots directory".into())?;
     let opts = format!(
         "lowerdir={},upperdir={},workdir={},userxattr",
-        lowerdir(store.visible(ids)),
+        lowerdir(&store.visible(ids)),
         option_path(store, upper),
         option_path(store, work)
     );
@@ -58,6 +58,6 @@ pub fn mount_ro(store: &Store, ids: &[String], target: &Path) -> Result<()> {
         let empty = store.snapshot_path("empty");
         return sys::bind_ro(&empty, target);
     }
-    let opts = format!("lowerdir={},userxattr", lowerdir(store.visible(ids)));
+    let opts = format!("lowerdir={},userxattr", lowerdir(&store.visible(ids)));
     sys::mount_overlay(&opts, target, true)
 }

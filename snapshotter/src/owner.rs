@@ -105,10 +105,12 @@ pub fn of(path: &Path, real: (u32, u32)) -> (u32, u32) {
 /// Gives `path` (not following a final symlink) to `uid:gid`, really or by xattr.
 pub fn chown(path: &Path, uid: u32, gid: u32) -> Result<()> {
     if emulating() {
-        let is_link = std::fs::symlink_metadata(path)
-            .map(|m| m.file_type().is_symlink())
+        // user.* xattrs exist only on regular files and directories: a symlink, FIFO,
+        // socket or device keeps root's owner in single-id mode (as with umoci).
+        let plain = std::fs::symlink_metadata(path)
+            .map(|m| m.is_file() || m.is_dir())
             .unwrap_or(false);
-        if is_link {
+        if !plain {
             return Ok(());
         }
         if uid == 0 && gid == 0 {

@@ -288,22 +288,29 @@ impl Store {
         self.root.join("snapshots").join(id)
     }
 
-    /// The part of the stack `ids` (top-first) that can be seen: down to the first
-    /// snapshot whose root is opaque (a layer with `.wh..wh..opq` at its top, which
-    /// hides everything below it). Overlay ignores an opaque root, so the stack is cut
-    /// here for every snapshotter.
-    pub fn visible<'a>(&self, ids: &'a [String]) -> &'a [String] {
-        let cut = ids.iter().position(|id| {
-            xattr::get(self.snapshot_path(id), crate::unpack::OPAQUE_XATTR)
+    /// The stack `ids` (top-first) as it is mounted: down to the first snapshot whose
+    /// root is opaque (a layer with `.wh..wh..opq` at its top hides everything below
+    /// it, and overlay ignores an opaque root, so the stack is cut here for every
+    /// snapshotter), each snapshot once. An image may hold the same layer twice (`RUN
+    /// true` twice leaves two equal layers) and overlay refuses a lower directory that
+    /// is already in the stack; the lower copy can go, since every path the lower one
+    /// decides, the upper one (the same changes) decides first.
+    pub fn visible(&self, ids: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(ids.len());
+        for id in ids {
+            if !out.contains(id) {
+                out.push(id.clone());
+            }
+            let opaque = xattr::get(self.snapshot_path(id), crate::unpack::OPAQUE_XATTR)
                 .ok()
                 .flatten()
                 .as_deref()
-                == Some(b"y")
-        });
-        match cut {
-            Some(i) => &ids[..=i],
-            None => ids,
+                == Some(b"y");
+            if opaque {
+                break;
+            }
         }
+        out
     }
 
     /// The snapshots directory (overlay lowerdirs are given relative to it).
@@ -388,6 +395,20 @@ fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stack_is_cut_at_an_opaque_root_and_holds_each_snapshot_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        for id in ["a", "b", "c"] {
+            fs::create_dir_all(s.snapshot_path(id)).expect("mkdir");
+        }
+        let ids = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(s.visible(&ids(&["a", "a", "b", "a"])), ids(&["a", "b"]));
+        xattr::set(s.snapshot_path("b"), crate::unpack::OPAQUE_XATTR, b"y").expect("xattr");
+        assert_eq!(s.visible(&ids(&["a", "b", "c"])), ids(&["a", "b"]));
+        assert_eq!(s.visible(&ids(&["c", "a"])), ids(&["c", "a"]));
+    }
 
     #[test]
     fn blobs_are_verified_before_they_land() {

@@ -75,10 +75,7 @@ pub fn remove_all(path: &Path) -> Result<()> {
         // For each level below `path`: its name in its parent and the subdirectories
         // of it still to do.
         let mut stack: Vec<(OsString, Vec<OsString>)> = vec![(OsString::new(), clear_files(&cur)?)];
-        loop {
-            let Some((_, pending)) = stack.last_mut() else {
-                break;
-            };
+        while let Some((_, pending)) = stack.last_mut() {
             if let Some(name) = pending.pop() {
                 let child = open_dir(&cur, &name)?;
                 let todo = clear_files(&child)?;

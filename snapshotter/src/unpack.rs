@@ -427,6 +427,54 @@ mod tests {
     }
 
     #[test]
+    fn whiteouts_that_name_no_entry_are_refused() {
+        for name in [".wh...", "d/.wh...", ".wh.", "d/.wh.."] {
+            let outer = tempfile::tempdir().expect("tempdir");
+            let root = outer.path().join("root");
+            fs::create_dir_all(root.join("d")).expect("mkdir");
+            fs::write(outer.path().join("canary"), b"x").expect("write");
+            let data = layer(&[(name, b"")]);
+            let err = unpack(&data[..], &root, Owners::Keep).expect_err(name);
+            assert!(matches!(err, Error::BadLayer(_)), "{name}: {err}");
+            assert!(root.join("d").is_dir() && outer.path().join("canary").exists());
+        }
+    }
+
+    #[test]
+    fn fifos_stay_fifos_and_the_diff_id_covers_the_whole_stream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Fifo);
+        h.set_size(0);
+        h.set_mode(0o640);
+        h.set_mtime(1_000_000);
+        b.append_data(&mut h, "p", std::io::empty()).expect("fifo");
+        let data = b.into_inner().expect("tar");
+        let u = unpack(&data[..], dir.path(), Owners::Keep).expect("unpack");
+        let m = fs::symlink_metadata(dir.path().join("p")).expect("fifo");
+        assert!(m.file_type().is_fifo());
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777,
+            0o640
+        );
+        assert_eq!(u.diff_id, crate::digest::of(&data));
+        assert_eq!(u.size, data.len() as u64);
+    }
+
+    #[test]
+    fn a_layer_past_its_bound_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = layer(&[("a", &[0u8; 4096]), ("b", &[0u8; 4096])]);
+        let err = unpack_bounded(&data[..], dir.path(), Owners::Keep, Some(6000))
+            .expect_err("over the bound");
+        assert!(err.to_string().contains("decompression bomb"), "{err}");
+        unpack_bounded(&data[..], dir.path(), Owners::Keep, Some(1 << 20)).expect("within");
+        assert_eq!(expansion_limit(10), Some(EXPANSION_FLOOR));
+        assert_eq!(expansion_limit(1 << 30), Some(DEFAULT_EXPANSION << 30));
+    }
+
+    #[test]
     fn gzip_layers_are_detected() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
