@@ -217,6 +217,9 @@ fn parse_line(line: &str) -> Option<(String, (Stamp, [u8; 32]))> {
     Some((it.next()?.to_string(), (stamp, d)))
 }
 
+/// How many directory levels of the context are hashed in parallel.
+const PARALLEL_LEVELS: usize = 6;
+
 /// Appends to `out` what the context key takes from the tree at `p` (`rel` in the
 /// context): each entry's path, type and mode, and a file's size and content digest or
 /// a symlink's target. A directory's entries go in name order; they are looked at on
@@ -267,14 +270,21 @@ fn hash_tree(
             .filter_map(|e| e.ok().map(|e| e.file_name()))
             .collect();
         names.sort();
-        let parts = names
-            .par_iter()
-            .map(|n| {
-                let r = format!("{rel}/{}", n.to_string_lossy());
-                let mut part = Vec::new();
-                hash_tree(&mut part, &p.join(n), &r, ignore, known).map(|()| part)
-            })
-            .collect::<Result<Vec<Vec<u8>>>>()?;
+        let one = |n: &std::ffi::OsString| {
+            let r = format!("{rel}/{}", n.to_string_lossy());
+            let mut part = Vec::new();
+            hash_tree(&mut part, &p.join(n), &r, ignore, known).map(|()| part)
+        };
+        // The top levels fan out on the pool; deeper ones, which add no useful
+        // parallelism, recurse plainly (a rayon level costs far more stack).
+        let parts = if rel.split('/').count() < PARALLEL_LEVELS {
+            names
+                .par_iter()
+                .map(one)
+                .collect::<Result<Vec<Vec<u8>>>>()?
+        } else {
+            names.iter().map(one).collect::<Result<Vec<Vec<u8>>>>()?
+        };
         for part in parts {
             out.extend_from_slice(&part);
         }

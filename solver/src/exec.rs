@@ -744,6 +744,47 @@ pub(crate) fn resolve_user_in(spec: &str, passwd: &str, group: &str) -> Result<U
 mod tests {
     use super::*;
 
+    #[test]
+    fn stubs_are_removed_only_where_kiln_made_them() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (root, victim) = (d.path().join("root"), d.path().join("victim"));
+        fs::create_dir_all(root.join("etc")).expect("mkdir");
+        fs::create_dir_all(&victim).expect("mkdir");
+        std::os::unix::fs::symlink("/", root.join("link")).expect("symlink");
+        let mut stubs = Stubs::open(&root).expect("open");
+        assert!(stubs.ensure("etc/hosts", false));
+        assert!(stubs.ensure("nd/x", false));
+        assert!(stubs.ensure("run/secrets", true));
+        assert!(stubs.ensure("keep/dir", true));
+        assert!(!stubs.ensure("link/tmp", true), "no walk through a symlink");
+        assert!(!stubs.ensure("etc/hosts", true), "a file is no directory");
+        assert_eq!(
+            stubs.made,
+            [
+                "etc/hosts",
+                "nd",
+                "nd/x",
+                "run",
+                "run/secrets",
+                "keep",
+                "keep/dir"
+            ]
+        );
+        // What a RUN might do: fill a stub, and swap a stub's parent for a symlink to a
+        // host directory holding files of the stubs' names.
+        fs::write(root.join("keep/dir/data"), b"x").expect("write");
+        fs::write(victim.join("x"), b"precious").expect("write");
+        fs::rename(root.join("nd"), d.path().join("nd.moved")).expect("mv");
+        std::os::unix::fs::symlink(&victim, root.join("nd")).expect("symlink");
+        stubs.remove();
+        assert!(!root.join("etc/hosts").exists() && !root.join("run").exists());
+        assert!(root.join("keep/dir/data").exists(), "a filled stub stays");
+        assert_eq!(fs::read(victim.join("x")).expect("victim"), b"precious");
+        assert!(fs::symlink_metadata(root.join("nd"))
+            .expect("nd")
+            .is_symlink());
+    }
+
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:App:/home/app:/bin/sh\n";
     const GROUP: &str = "root:x:0:\nappgrp:x:1001:\nstaff:x:50:app\n";
 

@@ -106,8 +106,11 @@ pub fn solve(s: &Solver, g: &BuildGraph) -> Result<HashMap<NodeIndex, Record>> {
     // Vertices mostly wait on child processes and the network, so the pool is wider
     // than the core count; the CPU work happens in the helpers.
     let threads = dag.node_count().clamp(2, 16);
+    // Stacks of 16 MiB (address space, touched only as used): the walks a vertex makes
+    // recurse once per directory level, down to `MAX_TREE_DEPTH`.
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
+        .stack_size(16 << 20)
         .build()
         .map_err(|e| Error::Helper(format!("starting the scheduler: {e}")))?;
     pool.scope(|scope| {
