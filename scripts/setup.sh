@@ -2,7 +2,8 @@
 # Prepares a Debian 12 machine for kiln's demo and end-to-end tests. Run as root;
 # safe to run again. It:
 #   - installs the registry, skopeo, umoci, uidmap, busybox-static, attr (getfattr) and
-#     apache2-utils (htpasswd, for the registry-auth test) and qemu-user-static (foreign
+#     apache2-utils (htpasswd, for the registry-auth test), keyutils (keyctl, for the
+#     session-keyring test) and qemu-user-static (foreign
 #     RUN steps; kiln registers it itself, nothing is registered on the host), and for
 #     benches/builds.py buildah, pigz, zstd and GNU time, and protoc (the LLB test
 #     decodes kiln's definition with --decode_raw), with apt-get,
@@ -29,7 +30,7 @@ fi
 install_packages() {
   export DEBIAN_FRONTEND=noninteractive
   local need=0
-  for p in docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler; do
+  for p in docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler keyutils; do
     dpkg -s "$p" >/dev/null 2>&1 || need=1
   done
   if ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -40,7 +41,7 @@ install_packages() {
     log "installing packages"
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends \
-      docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler ca-certificates >/dev/null
+      docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler keyutils ca-certificates >/dev/null
     mkdir -p "$STATE" && touch "$STATE/.apt-updated"
   fi
 }

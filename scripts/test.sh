@@ -33,7 +33,12 @@ install -m 0755 "$exe" "$bin/e2e"
 scratch=$(mktemp -d "/tmp/kiln-e2e-run.XXXXXX")
 # Stores hold files owned by the test user's subordinate ids, which only root can
 # remove from outside kiln's namespace.
-trap 'rm -rf "$scratch"' EXIT
+# A small filesystem of the test user's, for the full-disk test (64 MiB of tmpfs).
+small="$STATE/small-fs"
+mkdir -p "$small"
+mountpoint -q "$small" || mount -t tmpfs -o size=64m,mode=0755 tmpfs "$small"
+chown "$TEST_USER" "$small"
+trap 'rm -rf "$scratch"; umount "$small" 2>/dev/null || true' EXIT
 chown "$TEST_USER" "$scratch"
 # Twice: with the snapshotter kiln picks here (overlay), and with the native one that
 # kiln falls back to where overlay cannot be mounted in a user namespace.
@@ -41,6 +46,6 @@ for snapshotter in auto native; do
   echo "[test] end-to-end tests with KILN_SNAPSHOTTER=$snapshotter"
   runuser -u "$TEST_USER" -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME="$(getent passwd "$TEST_USER" | cut -d: -f6)" TMPDIR="$scratch" \
-    KILN_BIN="$bin/kiln" KILN_E2E_REGISTRY=127.0.0.1:5000 RUST_BACKTRACE=1 \
+    KILN_BIN="$bin/kiln" KILN_E2E_REGISTRY=127.0.0.1:5000 KILN_E2E_SMALL_FS="$small" RUST_BACKTRACE=1 \
     KILN_SNAPSHOTTER=$snapshotter "$bin/e2e" --include-ignored --test-threads=2
 done

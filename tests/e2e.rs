@@ -12,6 +12,8 @@ use std::process::{Command, Output};
 
 #[path = "e2e/copy.rs"]
 mod copy;
+#[path = "e2e/hostile.rs"]
+mod hostile;
 #[path = "e2e/llb.rs"]
 mod llb;
 #[path = "e2e/outputs.rs"]

@@ -16,17 +16,17 @@ pub(super) fn sha256(b: &[u8]) -> String {
 }
 
 /// One tar entry, written with raw names so hostile paths reach kiln unchanged.
-struct Ent<'a> {
-    kind: tar::EntryType,
-    name: &'a str,
-    data: &'a [u8],
-    link: &'a str,
-    mode: u32,
-    owner: (u64, u64),
-    xattrs: &'a [(&'a str, &'a [u8])],
+pub(super) struct Ent<'a> {
+    pub(super) kind: tar::EntryType,
+    pub(super) name: &'a str,
+    pub(super) data: &'a [u8],
+    pub(super) link: &'a str,
+    pub(super) mode: u32,
+    pub(super) owner: (u64, u64),
+    pub(super) xattrs: &'a [(&'a str, &'a [u8])],
 }
 
-fn file<'a>(name: &'a str, data: &'a [u8]) -> Ent<'a> {
+pub(super) fn file<'a>(name: &'a str, data: &'a [u8]) -> Ent<'a> {
     Ent {
         kind: tar::EntryType::Regular,
         name,
@@ -38,7 +38,7 @@ fn file<'a>(name: &'a str, data: &'a [u8]) -> Ent<'a> {
     }
 }
 
-fn dir(name: &str) -> Ent<'_> {
+pub(super) fn dir(name: &str) -> Ent<'_> {
     Ent {
         kind: tar::EntryType::Directory,
         mode: 0o755,
@@ -46,7 +46,7 @@ fn dir(name: &str) -> Ent<'_> {
     }
 }
 
-fn link<'a>(kind: tar::EntryType, name: &'a str, target: &'a str) -> Ent<'a> {
+pub(super) fn link<'a>(kind: tar::EntryType, name: &'a str, target: &'a str) -> Ent<'a> {
     Ent {
         kind,
         link: target,
@@ -55,7 +55,7 @@ fn link<'a>(kind: tar::EntryType, name: &'a str, target: &'a str) -> Ent<'a> {
     }
 }
 
-fn layer(entries: &[Ent]) -> Vec<u8> {
+pub(super) fn layer(entries: &[Ent]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
         if !e.xattrs.is_empty() {
@@ -83,7 +83,7 @@ fn layer(entries: &[Ent]) -> Vec<u8> {
     b.into_inner().expect("tar")
 }
 
-fn gzip(b: &[u8]) -> Vec<u8> {
+pub(super) fn gzip(b: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(b).expect("gzip");
     gz.finish().expect("gzip")
@@ -91,7 +91,12 @@ fn gzip(b: &[u8]) -> Vec<u8> {
 
 /// Pushes `REGISTRY/name:t`: `base`'s layers (if any) plus `layers`, each given as
 /// (uncompressed tar, blob as pushed).
-fn push_image(case: &Case, name: &str, base: Option<&str>, layers: &[(Vec<u8>, Vec<u8>)]) {
+pub(super) fn push_image(
+    case: &Case,
+    name: &str,
+    base: Option<&str>,
+    layers: &[(Vec<u8>, Vec<u8>)],
+) {
     let dir = case.path(&format!("img-{}", name.replace('/', "-")));
     let d = dir.to_str().expect("utf8").to_string();
     let (mut manifest, mut config) = match base {
