@@ -44,7 +44,7 @@ pub enum Error {
         message: String,
     },
     /// The namespace helper could not do its job.
-    #[error("namespace helper: {0}")]
+    #[error("{0}")]
     Helper(String),
     /// An I/O operation failed.
     #[error("{context}: {source}")]
