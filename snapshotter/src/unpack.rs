@@ -206,15 +206,7 @@ pub fn unpack_bounded(
             // chown may clear set-id bits: the mode goes last.
             std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(mode))
                 .ctx(|| format!("chmod {}", at.display()))?;
-            let t = nix::sys::time::TimeSpec::new(mtime as i64, 0);
-            nix::sys::stat::utimensat(
-                nix::fcntl::AT_FDCWD,
-                &at,
-                &t,
-                &t,
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-            )
-            .ctx(|| format!("setting the times of {}", at.display()))?;
+            set_mtime(&at, mtime)?;
             continue;
         }
         if !entry
@@ -242,15 +234,7 @@ pub fn unpack_bounded(
             Ok(c) if c.starts_with(&root) => {}
             _ => continue,
         }
-        let t = nix::sys::time::TimeSpec::new(mtime as i64, 0);
-        nix::sys::stat::utimensat(
-            nix::fcntl::AT_FDCWD,
-            &dir,
-            &t,
-            &t,
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        )
-        .ctx(|| format!("setting the times of {}", dir.display()))?;
+        set_mtime(&dir, mtime)?;
     }
     // The tar reader stops at the end-of-archive blocks; the diffID covers the rest.
     let mut rest = ar.into_inner();
@@ -258,6 +242,19 @@ pub fn unpack_bounded(
     out.size = rest.inner.count();
     out.diff_id = rest.inner.digest();
     Ok(out)
+}
+
+/// Sets the access and modification times of `p` (not following a symlink).
+fn set_mtime(p: &Path, mtime: u64) -> Result<()> {
+    let t = nix::sys::time::TimeSpec::new(mtime as i64, 0);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .ctx(|| format!("setting the times of {}", p.display()))
 }
 
 /// The tar crate wraps the reason (say, "trying to unpack outside of destination

@@ -618,11 +618,15 @@ fn target_in_root(root: &OwnedFd, rel: &str, dir: bool) -> Result<OwnedFd> {
 
 /// Hides and write-protects the parts of the fresh /proc that runc's defaults do.
 fn mask_proc(root: &OwnedFd) -> Result<()> {
+    // A path this kernel lacks is skipped.
+    let existing = |rel: &str, what: &str| match sys::open_in_root(root, rel) {
+        Ok(t) => Ok(Some(t)),
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
+        Err(e) => Err(Error::Helper(format!("{what} /{rel}: {e}"))),
+    };
     for rel in MASKED {
-        let t = match sys::open_in_root(root, rel) {
-            Ok(t) => t,
-            Err(nix::errno::Errno::ENOENT) => continue,
-            Err(e) => return Err(Error::Helper(format!("masking /{rel}: {e}"))),
+        let Some(t) = existing(rel, "masking")? else {
+            continue;
         };
         let at = sys::fd_path(&t);
         if at.is_dir() {
@@ -635,10 +639,8 @@ fn mask_proc(root: &OwnedFd) -> Result<()> {
         }
     }
     for rel in READ_ONLY {
-        let t = match sys::open_in_root(root, rel) {
-            Ok(t) => t,
-            Err(nix::errno::Errno::ENOENT) => continue,
-            Err(e) => return Err(Error::Helper(format!("protecting /{rel}: {e}"))),
+        let Some(t) = existing(rel, "protecting")? else {
+            continue;
         };
         let at = sys::fd_path(&t);
         sys::bind(&at, &at)?;

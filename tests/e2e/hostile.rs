@@ -21,7 +21,10 @@ fn snapshotter_is_native() -> bool {
 
 /// Every blob hashes to its name and no temporary entry is left in the store.
 fn assert_store_consistent(case: &Case) {
-    let store = case.path("store");
+    assert_store_at_consistent(&case.path("store"));
+}
+
+fn assert_store_at_consistent(store: &Path) {
     let tmp: Vec<_> = fs::read_dir(store.join("tmp"))
         .expect("store tmp/")
         .map(|e| e.expect("entry").file_name())
@@ -49,6 +52,17 @@ fn assert_no_crash(run: &Run) {
     ] {
         assert!(!run.stderr.contains(bad), "kiln crashed:\n{}", run.stderr);
     }
+}
+
+/// `run` failed, cleanly, saying `want`.
+fn assert_fails_with(run: &Run, want: &str, what: &str) {
+    assert_no_crash(run);
+    assert!(!run.ok, "{what}: must fail");
+    assert!(
+        run.stderr.contains(want),
+        "{what}: expected {want:?} in\n{}",
+        run.stderr
+    );
 }
 
 /// A directory outside the store holding files with known content.
@@ -156,15 +170,10 @@ fn descriptors_of_the_caller_do_not_reach_run() {
              RUN echo escaped > escaped; ls .. > listing; echo more >> /proc/self/fd/8\n",
             registry()
         ));
-        assert_no_crash(&run);
-        assert!(
-            !run.ok,
-            "{mode}: a working directory outside the rootfs must fail"
-        );
-        assert!(
-            run.stderr.contains("working directory"),
-            "{mode}: {}",
-            run.stderr
+        assert_fails_with(
+            &run,
+            "working directory",
+            &format!("{mode}: a working directory outside the rootfs must fail"),
         );
         assert_canary(&v, &["file"], mode);
         assert_store_consistent(&case);
@@ -350,18 +359,10 @@ fn push_raw(name: &str, config: &serde_json::Value, layers: &[(Vec<u8>, u64)]) {
             format!("http://{}{loc}", registry())
         };
         let sep = if loc.contains('?') { '&' } else { '?' };
-        tool(
-            "curl",
-            &[
-                "-sSf",
-                "-X",
-                "PUT",
-                "-H",
-                "Content-Type: application/octet-stream",
-                "--data-binary",
-                &format!("@{}", f.display()),
-                &format!("{loc}{sep}digest={digest}"),
-            ],
+        curl_put(
+            &f,
+            "application/octet-stream",
+            &format!("{loc}{sep}digest={digest}"),
         );
         digest
     };
@@ -379,6 +380,15 @@ fn push_raw(name: &str, config: &serde_json::Value, layers: &[(Vec<u8>, u64)]) {
         "layers": descs});
     let m = dir.path().join("manifest");
     fs::write(&m, manifest.to_string()).expect("manifest");
+    curl_put(
+        &m,
+        "application/vnd.oci.image.manifest.v1+json",
+        &format!("http://{}/v2/{name}/manifests/t", registry()),
+    );
+}
+
+/// `curl -X PUT` of the file `body` as `content_type`; fails the test on an HTTP error.
+fn curl_put(body: &Path, content_type: &str, url: &str) {
     tool(
         "curl",
         &[
@@ -386,10 +396,10 @@ fn push_raw(name: &str, config: &serde_json::Value, layers: &[(Vec<u8>, u64)]) {
             "-X",
             "PUT",
             "-H",
-            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            &format!("Content-Type: {content_type}"),
             "--data-binary",
-            &format!("@{}", m.display()),
-            &format!("http://{}/v2/{name}/manifests/t", registry()),
+            &format!("@{}", body.display()),
+            url,
         ],
     );
 }
@@ -619,9 +629,11 @@ fn deep_trees_in_the_context_or_a_run_end_in_an_error_not_a_crash() {
         ));
         deep_chain(&case.ctx(), 10_000);
         let run = build(&case, &[], env);
-        assert_no_crash(&run);
-        assert!(!run.ok, "{mode}: a 10,000-level context");
-        assert!(run.stderr.contains("deeper than"), "{mode}: {}", run.stderr);
+        assert_fails_with(
+            &run,
+            "deeper than",
+            &format!("{mode}: a 10,000-level context"),
+        );
         rm_rf(&case.ctx().join("d"));
         // A RUN that leaves 1,500 levels (deeper than kiln walks; the RUN itself is
         // free to make them): the layer is refused, the step's tree removed.
@@ -633,9 +645,7 @@ fn deep_trees_in_the_context_or_a_run_end_in_an_error_not_a_crash() {
             ),
         );
         let run = build(&case, &[], env);
-        assert_no_crash(&run);
-        assert!(!run.ok, "{mode}: a 1,500-level layer");
-        assert!(run.stderr.contains("deeper than"), "{mode}: {}", run.stderr);
+        assert_fails_with(&run, "deeper than", &format!("{mode}: a 1,500-level layer"));
         assert_store_consistent(&case);
     }
 }
@@ -708,21 +718,12 @@ fn a_full_disk_while_writing_a_layer_leaves_the_store_clean_and_usable() {
             Run::from(out)
         };
         let run = run_kiln();
-        assert_no_crash(&run);
-        assert!(
-            !run.ok,
-            "{mode}: 40 MB of random data and its layer cannot fit in 64 MiB"
+        assert_fails_with(
+            &run,
+            "No space left on device",
+            &format!("{mode}: 40 MB of random data and its layer cannot fit in 64 MiB"),
         );
-        assert!(
-            run.stderr.contains("No space left on device"),
-            "{mode}: {}",
-            run.stderr
-        );
-        let tmp: Vec<_> = fs::read_dir(root.join("tmp"))
-            .expect("tmp")
-            .map(|e| e.expect("e").file_name())
-            .collect();
-        assert!(tmp.is_empty(), "{mode}: left in tmp/ after ENOSPC: {tmp:?}");
+        assert_store_at_consistent(&root);
         // Space is back (the failed step's files are gone): the same store builds.
         case.file(
             "Dockerfile",
@@ -731,11 +732,7 @@ fn a_full_disk_while_writing_a_layer_leaves_the_store_clean_and_usable() {
             ),
         );
         run_kiln().expect_ok();
-        for e in fs::read_dir(root.join("blobs/sha256")).expect("blobs") {
-            let e = e.expect("e");
-            let bytes = fs::read(e.path()).expect("blob");
-            assert_eq!(sha256(&bytes)[7..], e.file_name().to_string_lossy());
-        }
+        assert_store_at_consistent(&root);
         // Files of subordinate ids are the helper's to remove: prune, then the rest.
         let out = Command::new(kiln_bin())
             .arg("--root")
