@@ -18,7 +18,7 @@ use crate::parser::{self, Args, Instruction, Kind};
 use crate::{Error, Result};
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 /// What the caller asks to build.
 #[derive(Debug, Clone)]
@@ -654,6 +654,8 @@ impl Compiler<'_> {
                     env: vec![
                         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
                     ],
+                    // BuildKit gives a scratch stage the root as its working directory.
+                    working_dir: "/".into(),
                     ..Default::default()
                 },
                 ..Default::default()
@@ -958,19 +960,23 @@ impl Compiler<'_> {
                 self.meta(st, format!("STOPSIGNAL {sig}"));
             }
             Kind::Expose => {
-                let mut ports = BTreeMap::new();
+                let mut ports = Vec::new();
                 for (w, at) in ins.words() {
                     for p in
                         lexer::expand_words(&w, &vars, self.escape).map_err(|e| self.err(at, e))?
                     {
-                        for port in self.expand_ports(&p, at)? {
-                            ports.insert(port, serde_json::json!({}));
-                        }
+                        ports.extend(self.expand_ports(&p, at)?);
                     }
                 }
-                let shown: Vec<String> = ports.keys().map(|k| format!("{k}:{{}}")).collect();
-                st.config.config.exposed_ports.extend(ports);
-                self.meta(st, format!("EXPOSE map[{}]", shown.join(" ")));
+                // BuildKit's history shows the ports sorted as strings, repeats kept.
+                ports.sort();
+                for p in &ports {
+                    st.config
+                        .config
+                        .exposed_ports
+                        .insert(p.clone(), serde_json::json!({}));
+                }
+                self.meta(st, format!("EXPOSE [{}]", ports.join(" ")));
             }
             Kind::Volume => {
                 let mut vols = Vec::new();
@@ -1011,14 +1017,15 @@ impl Compiler<'_> {
             }
             Kind::Healthcheck => {
                 let hc = self.healthcheck(ins, &text)?;
+                // Go's `%+v` of the HealthConfig value, as BuildKit writes it.
                 let shown = format!(
-                    "HEALTHCHECK &{{{} {} {} {} {} {}}}",
-                    gofmt::quote_list(&hc.test),
-                    gofmt::quote(&gofmt::format_duration(hc.interval)),
-                    gofmt::quote(&gofmt::format_duration(hc.timeout)),
-                    gofmt::quote(&gofmt::format_duration(hc.start_period)),
-                    gofmt::quote(&gofmt::format_duration(hc.start_interval)),
-                    gofmt::quote_rune(hc.retries),
+                    "HEALTHCHECK {{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
+                    hc.test.join(" "),
+                    gofmt::format_duration(hc.interval),
+                    gofmt::format_duration(hc.timeout),
+                    gofmt::format_duration(hc.start_period),
+                    gofmt::format_duration(hc.start_interval),
+                    hc.retries,
                 );
                 st.config.config.healthcheck = Some(hc);
                 self.meta(st, shown);
@@ -1027,11 +1034,15 @@ impl Compiler<'_> {
                 let Some(t) = &ins.trigger else {
                     return Err(self.err(ins.at, "ONBUILD requires an instruction"));
                 };
-                st.config
-                    .config
-                    .on_build
-                    .get_or_insert_with(Vec::new)
-                    .push(t.to_string());
+                // The trigger as written, as BuildKit stores it.
+                let verbatim = t.original.trim();
+                st.config.config.on_build.get_or_insert_with(Vec::new).push(
+                    if verbatim.is_empty() {
+                        t.to_string()
+                    } else {
+                        verbatim.to_string()
+                    },
+                );
             }
             Kind::Workdir => {
                 let dir = self.word(&text, &vars, ins.args_at())?;
@@ -1040,8 +1051,10 @@ impl Compiler<'_> {
                 } else {
                     &st.config.config.working_dir
                 };
+                // As BuildKit's NormalizeWorkdir: an absolute path is kept as written
+                // (a trailing slash too), a relative one is joined and cleaned.
                 let dir = if dir.starts_with('/') {
-                    crate::path::clean(&dir)
+                    dir
                 } else {
                     crate::path::clean(&format!("{base}/{dir}"))
                 };
@@ -1539,14 +1552,13 @@ impl Compiler<'_> {
                     ),
                 ));
             };
-            // ENV values see the pairs before them on the same line.
-            let mut scope = vars.to_vec();
-            scope.extend(out.iter().cloned());
-            let k = self.word(k, &scope, wat)?;
+            // Every word expands against the environment before the instruction, as
+            // in BuildKit: `ENV a=2 b=$a` gives b the earlier a.
+            let k = self.word(k, vars, wat)?;
             if k.is_empty() {
                 return Err(self.err(wat, format!("{what} names can not be blank")));
             }
-            out.push((k, self.word(v, &scope, wat)?));
+            out.push((k, self.word(v, vars, wat)?));
         }
         Ok(out)
     }

@@ -36,21 +36,6 @@ pub fn quote_list(v: &[String]) -> String {
     format!("[{}]", items.join(" "))
 }
 
-/// Go's `%q` of an integer: the quoted rune (`'\x03'`).
-pub fn quote_rune(n: i64) -> String {
-    let Some(c) = u32::try_from(n).ok().and_then(char::from_u32) else {
-        return "'\u{fffd}'".into();
-    };
-    let mut out = String::from("'");
-    match c {
-        '\'' => out.push_str("\\'"),
-        '\\' => out.push_str("\\\\"),
-        c => escape_char(c, &mut out),
-    }
-    out.push('\'');
-    out
-}
-
 const UNITS: [(&str, i64); 8] = [
     ("ns", 1),
     ("us", 1_000),
@@ -184,9 +169,6 @@ mod tests {
     #[test]
     fn quoting_like_go() {
         assert_eq!(quote("a\"b\\c\n\x01é"), "\"a\\\"b\\\\c\\n\\x01é\"");
-        assert_eq!(quote_rune(3), "'\\x03'");
-        assert_eq!(quote_rune(65), "'A'");
-        assert_eq!(quote_rune(10), "'\\n'");
         assert_eq!(quote_list(&["a".into(), "b c".into()]), "[\"a\" \"b c\"]");
     }
 }

@@ -138,7 +138,7 @@ fn seed_multi_stage_prunes_unused_stage() {
             "WORKDIR /app",
             "COPY /out ./ # buildkit",
             "ENV GREETING=hello world PORT=8080",
-            "EXPOSE map[8080/tcp:{} 9000/udp:{}]",
+            "EXPOSE [8080/tcp 9000/udp]",
             "CMD [\"cat\" \"/app/out\"]"
         ]
     );
@@ -430,13 +430,13 @@ EXPOSE 80 443/tcp 53/udp 8000-8002\n";
             "SHELL [/bin/ash -eo pipefail -c]",
             "CMD [\"/bin/ash\" \"-eo\" \"pipefail\" \"-c\" \"echo hi\"]",
             "ENTRYPOINT [\"/entry\"]",
-            "HEALTHCHECK &{[\"CMD-SHELL\" \"curl -f http://localhost/ || exit 1\"] \"5m0s\" \"3s\" \"0s\" \"0s\" '\\x03'}",
+            "HEALTHCHECK {Test:[CMD-SHELL curl -f http://localhost/ || exit 1] Interval:5m0s Timeout:3s StartPeriod:0s StartInterval:0s Retries:3}",
             "STOPSIGNAL SIGQUIT",
             "VOLUME [/data /logs]",
             "LABEL a=1 b c=d e",
             "MAINTAINER someone",
             "USER nobody",
-            "EXPOSE map[443/tcp:{} 53/udp:{} 80/tcp:{} 8000/tcp:{} 8001/tcp:{} 8002/tcp:{}]",
+            "EXPOSE [443/tcp 53/udp 80/tcp 8000/tcp 8001/tcp 8002/tcp]",
         ]
     );
     let g = ok("FROM busybox\nHEALTHCHECK NONE\nHEALTHCHECK CMD [\"/bin/check\", \"-q\"]\n");
