@@ -185,6 +185,14 @@ impl Stubs {
         true
     }
 
+    /// Like [`Stubs::ensure`] for a directory that is not removed afterwards.
+    fn ensure_kept(&mut self, rel: &str) -> bool {
+        let before = self.made.len();
+        let ok = self.ensure(rel, true);
+        self.made.truncate(before);
+        ok
+    }
+
     /// Removes the stubs, deepest first; what the RUN replaced, filled or moved behind a
     /// symlink is left alone.
     fn remove(self) {
@@ -242,8 +250,11 @@ pub fn run(
     spec: &RunAction,
 ) -> Result<i32> {
     let mut created = Stubs::open(merged)?;
-    let proc_ok = created.ensure("proc", true);
-    let dev_ok = created.ensure("dev", true);
+    // /proc, /dev and /sys stay in the layer when the base lacks them, as the mount
+    // points runc makes do in BuildKit's.
+    let proc_ok = created.ensure_kept("proc");
+    let dev_ok = created.ensure_kept("dev");
+    created.ensure_kept("sys");
     // /etc/hosts and /etc/resolv.conf are files of the step's own (read-only in the RUN,
     // as in BuildKit): the host's resolv.conf copied, a hosts file of kiln's.
     // They live on a small tmpfs of their own, so that /proc/self/mountinfo names them

@@ -95,7 +95,7 @@ pub enum Response {
     Unpacked {
         skipped_devices: Vec<String>,
     },
-    /// `layer` is `None` when the action failed (non-zero `exit_code`) or changed nothing.
+    /// `layer` is `None` when the action failed (non-zero `exit_code`).
     Step {
         exit_code: i32,
         layer: Option<LayerDigests>,
@@ -444,14 +444,8 @@ fn step(
             return Err(e.into());
         }
     };
-    if digests.entries == 0 {
-        let _ = fs::remove_file(layer_out);
-        return Ok(Response::Step {
-            exit_code: 0,
-            layer: None,
-            message: None,
-        });
-    }
+    // A step that changed nothing still has its (empty) layer, as in BuildKit, whose
+    // RUN, COPY, ADD and WORKDIR each add one.
     let id = store::snapshot_id(&digests.diff_id, kiln_snapshotter::owner::emulating())?;
     place_snapshot(store, &upper, &id)?;
     Ok(Response::Step {
