@@ -291,7 +291,7 @@ fn seed_multi_stage_builds_and_exports_oci() {
             "WORKDIR /app",
             "COPY /out.txt ./ # buildkit",
             "ENV GREETING=hello world",
-            "EXPOSE map[8080/tcp:{}]",
+            "EXPOSE [8080/tcp]",
             "CMD [\"cat\" \"/app/out.txt\"]"
         ]
     );
@@ -865,11 +865,11 @@ fn onbuild_healthcheck_and_config_like_buildx() {
     assert_eq!(
         history,
         [
-            "HEALTHCHECK &{[\"CMD-SHELL\" \"wget -q -O- http://localhost/ || exit 1\"] \"5m0s\" \"3s\" \"1s\" \"0s\" '\\x03'}",
+            "HEALTHCHECK {Test:[CMD-SHELL wget -q -O- http://localhost/ || exit 1] Interval:5m0s Timeout:3s StartPeriod:1s StartInterval:0s Retries:3}",
             "STOPSIGNAL SIGQUIT",
             "VOLUME [/data]",
             "LABEL org.example.kind=parent with space=a b",
-            "EXPOSE map[53/udp:{} 80/tcp:{} 9000/tcp:{} 9001/tcp:{}]",
+            "EXPOSE [53/udp 80/tcp 9000/tcp 9001/tcp]",
             "ENTRYPOINT [\"/bin/sh\" \"-c\"]",
             "CMD [\"/bin/sh\" \"-c\" \"echo from-cmd\"]",
             "USER nobody",

@@ -658,7 +658,7 @@ fn special_files_and_a_symlinked_dockerignore_in_the_context() {
         let case = Case::new(&format!(
             "FROM {reg}/library/busybox:latest\n\
              COPY . /c/\n\
-             RUN test -p /c/fifo && test -f /c/LEAK-MARKER && test ! -e /c/sock\n"
+             RUN test -p /c/fifo && test -f /c/LEAK-MARKER && test -f /c/sock && test ! -s /c/sock\n"
         ));
         let ok = Command::new("mkfifo")
             .arg(case.ctx().join("fifo"))
@@ -666,7 +666,8 @@ fn special_files_and_a_symlinked_dockerignore_in_the_context() {
             .expect("mkfifo")
             .success();
         assert!(ok);
-        // A listening unix socket, as a dev server leaves one.
+        // A listening unix socket, as a dev server leaves one: BuildKit copies it as an
+        // empty regular file.
         let sock = std::os::unix::net::UnixListener::bind(case.ctx().join("sock")).expect("bind");
         // A .dockerignore that is a symlink to a file outside the context: followed,
         // it would hide LEAK-MARKER (and print the outside file's lines in errors).
@@ -677,11 +678,6 @@ fn special_files_and_a_symlinked_dockerignore_in_the_context() {
         let run = build(&case, &[], env);
         assert_no_crash(&run);
         assert!(run.ok, "{mode}: {}", run.stderr);
-        assert!(
-            run.stderr.contains("skipped socket"),
-            "{mode}: {}",
-            run.stderr
-        );
         assert!(fs::symlink_metadata(case.ctx().join("fifo"))
             .expect("fifo")
             .file_type()
