@@ -49,3 +49,14 @@ for snapshotter in auto native; do
     KILN_BIN="$bin/kiln" KILN_E2E_REGISTRY=127.0.0.1:5000 KILN_E2E_SMALL_FS="$small" RUST_BACKTRACE=1 \
     KILN_SNAPSHOTTER=$snapshotter "$bin/e2e" --include-ignored --test-threads=2
 done
+
+# The differential suite: each case of tests/conformance built by BuildKit's own
+# buildkitd (rootful, from ../shared/buildkit) and by kiln as the test user; the
+# images must be equal, or the difference listed with its reason.
+bk_dir="$STATE/buildkit"
+shared_bk="$PWD/../shared/buildkit"
+echo "[test] conformance against BuildKit ($shared_bk)"
+sock=$(bash "$shared_bk/up.sh" "$bk_dir" 5000 | tail -1)
+trap 'rm -rf "$scratch"; umount "$small" 2>/dev/null || true; bash "$shared_bk/down.sh" "$bk_dir" >/dev/null 2>&1 || true' EXIT
+python3 tests/conformance/run.py --addr "$sock" --buildctl "$bk_dir/bin/buildctl" \
+  --kiln "$bin/kiln" --user "$TEST_USER"
