@@ -394,6 +394,7 @@ pub fn compile_parsed(
     }
     let mut globals = Vec::new();
     let mut stages: Vec<StageSrc> = Vec::new();
+    let mut duplicates = Vec::new();
     for ins in &parsed.instructions {
         match ins.kind {
             Kind::From => {
@@ -407,7 +408,12 @@ pub fn compile_parsed(
                         ));
                     }
                     if stages.iter().any(|s| s.name.as_deref() == Some(n)) {
-                        return Err(err_at(words[2].1, format!("duplicate stage name {n:?}")));
+                        // BuildKit's DuplicateStageName check: a warning, and a name
+                        // refers to the last stage of that name before the reference.
+                        duplicates.push(format!(
+                            "WARN: DuplicateStageName: Duplicate stage name {n:?}, stage names should be unique (line {})",
+                            ins.line
+                        ));
                     }
                 }
                 stages.push(StageSrc {
@@ -440,7 +446,7 @@ pub fn compile_parsed(
             let t = t.to_lowercase();
             stages
                 .iter()
-                .position(|s| s.name.as_deref() == Some(t.as_str()))
+                .rposition(|s| s.name.as_deref() == Some(t.as_str()))
                 .ok_or(Error::UnknownTarget(t))?
         }
         None => n - 1,
@@ -464,7 +470,7 @@ pub fn compile_parsed(
         images: HashMap::new(),
         scratch: None,
         used_args: BTreeSet::new(),
-        warnings: parsed.warnings.clone(),
+        warnings: parsed.warnings.iter().cloned().chain(duplicates).collect(),
     };
     c.global_args = automatic_args(&opts.platform, &target_name);
     for arg in &globals {
@@ -692,7 +698,23 @@ impl Compiler<'_> {
                 n
             }
         };
-        Ok((node, resolved.config))
+        let mut config = resolved.config;
+        // A base that is one manifest of another platform: BuildKit builds on it,
+        // warns, and labels the image with the platform asked for.
+        if (config.os.as_str(), config.architecture.as_str())
+            != (platform.os.as_str(), platform.architecture.as_str())
+        {
+            self.warnings.push(format!(
+                "WARN: InvalidBaseImagePlatform: Base image {name} was pulled with platform \"{}\", expected \"{}\" for current build (line {})",
+                config.platform(),
+                platform,
+                self.line_of(line_at)
+            ));
+            config.os = platform.os.clone();
+            config.architecture = platform.architecture.clone();
+            config.variant = platform.variant.clone();
+        }
+        Ok((node, config))
     }
 
     /// Finds a stage by name (or, with `allow_index`, by index) defined before `before`.
@@ -700,7 +722,7 @@ impl Compiler<'_> {
         let lower = s.to_lowercase();
         if let Some(i) = self.stages[..before]
             .iter()
-            .position(|st| st.name.as_deref() == Some(lower.as_str()))
+            .rposition(|st| st.name.as_deref() == Some(lower.as_str()))
         {
             return Some(i);
         }

@@ -2,7 +2,9 @@
 //! the host: in the step's own user namespace the helper mounts that namespace's
 //! binfmt_misc instance (Linux 6.7+ lets an unprivileged user namespace have one) and
 //! registers `qemu-<arch>-static` there with the fix-binary (`F`) flag, so the kernel
-//! opens the interpreter at registration and the rootfs need not contain it. Where
+//! opens the interpreter at registration and the rootfs need not contain it, and the
+//! preserve-argv[0] (`P`) flag, as Debian's own registration has it: busybox picks
+//! its applet by argv[0], and without `P` a pipeline's applets lose it. Where
 //! that is impossible, interpreters the host has registered (with `F`) still work.
 
 use crate::{io_ctx, sys, Error, Result};
@@ -194,7 +196,7 @@ fn register_line(e: &Emulator) -> Result<String> {
     })?;
     let hex = |b: &[u8]| b.iter().map(|x| format!("\\x{x:02x}")).collect::<String>();
     Ok(format!(
-        ":kiln-qemu-{}:M::{}:{}:{}:F",
+        ":kiln-qemu-{}:M::{}:{}:{}:FP",
         t.qemu,
         hex(t.magic),
         hex(t.mask),
@@ -264,7 +266,7 @@ mod tests {
             line.starts_with(":kiln-qemu-aarch64:M::\\x7f\\x45\\x4c\\x46\\x02"),
             "{line}"
         );
-        assert!(line.ends_with(":/usr/bin/qemu-aarch64-static:F"));
+        assert!(line.ends_with(":/usr/bin/qemu-aarch64-static:FP"));
         assert_eq!(line.matches(':').count(), 7, "{line}");
         let bad = Emulator {
             arch: "vax".into(),

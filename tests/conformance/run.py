@@ -4,7 +4,8 @@ images compared.
 
 Each case in tests/conformance/cases/*.txt is a Dockerfile and its context in txtar
 form (`-- NAME --` lines start files; the first file is `Dockerfile`). Header lines
-before the first file may set `# build-arg: K=V` and `# target: STAGE`. `REGISTRY` in
+before the first file may set `# build-arg: K=V`, `# target: STAGE`, `# platform: P`
+and `# secret: id=ID,src=FILE` (FILE in the context). `REGISTRY` in
 any file becomes the local registry.
 
 BuildKit's dockerfile.v0 frontend builds each case through buildctl (buildkitd runs as
@@ -42,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def parse_case(path):
     """(options, files) of a txtar case."""
-    opts = {"build-arg": [], "target": None, "platform": None}
+    opts = {"build-arg": [], "target": None, "platform": None, "secret": []}
     files, name, buf = [], None, []
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
@@ -57,6 +58,8 @@ def parse_case(path):
                 opts["build-arg"].append(line.split(":", 1)[1].strip())
             elif line.startswith("# target:"):
                 opts["target"] = line.split(":", 1)[1].strip()
+            elif line.startswith("# secret:"):
+                opts["secret"].append(line.split(":", 1)[1].strip())
             elif line.startswith("# platform:"):
                 opts["platform"] = line.split(":", 1)[1].strip()
             continue
@@ -304,6 +307,12 @@ def main():
         if opts["target"]:
             bk_cmd += ["--opt", "target=" + opts["target"]]
             kiln_cmd += ["--target", opts["target"]]
+        for sec in opts["secret"]:
+            # `id=ID,src=FILE`, FILE relative to the context.
+            fields = dict(f.split("=", 1) for f in sec.split(","))
+            spec = f"id={fields['id']},src={os.path.join(ctx, fields['src'])}"
+            bk_cmd += ["--secret", spec]
+            kiln_cmd += ["--secret", spec]
         if opts["platform"]:
             bk_cmd += ["--opt", "platform=" + opts["platform"]]
             kiln_cmd += ["--platform", opts["platform"]]

@@ -95,6 +95,40 @@ RUN uname -m > /arch
 
 #[test]
 #[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn busybox_pipelines_run_under_emulation() {
+    // busybox picks its applet by argv[0]: QEMU must be registered with the P flag
+    // (preserve argv[0]), as Debian registers it, or `ls /bin | wc -l` loops printing
+    // busybox's usage. A timeout turns that hang into a failure.
+    let case = Case::new(
+        "FROM REGISTRY/library/busybox\nRUN ls /bin | wc -l > /count && echo a b | cut -d' ' -f2 > /cut\n",
+    );
+    let out = case.path("arm64.tar");
+    let o = format!("type=oci,dest={}", out.display());
+    let run: Run = Command::new("timeout")
+        .arg("300")
+        .arg(kiln_bin())
+        .arg("--root")
+        .arg(case.path("store"))
+        .args(["build", "--progress", "plain", "--platform", "linux/arm64"])
+        .args(["-o", &o, "-t", "arm:1"])
+        .arg(case.ctx())
+        .output()
+        .expect("run kiln")
+        .into();
+    let run = run.expect_ok();
+    assert_emulated_by_kiln(&run);
+    let rootfs = umoci_unpack(&case, &out, "1");
+    let count: u32 = fs::read_to_string(rootfs.join("count"))
+        .expect("count")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(count > 100, "busybox's applets in /bin: {count}");
+    assert_eq!(fs::read_to_string(rootfs.join("cut")).expect("cut"), "b\n");
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
 fn two_platforms_make_one_index_and_the_build_platform_stage_runs_once() {
     note_host_registrations();
     let case = Case::new(CROSS);

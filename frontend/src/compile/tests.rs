@@ -58,6 +58,21 @@ fn ok(df: &str) -> BuildGraph {
     }
 }
 
+#[test]
+fn duplicate_stage_names_warn_and_the_last_one_is_meant() {
+    let g = ok("FROM busybox AS a\nRUN echo 1\nFROM busybox AS A\nRUN echo 2\nFROM scratch\nCOPY --from=a /x /x\n");
+    assert!(
+        g.warnings.iter().any(|w| w.contains(
+            "DuplicateStageName: Duplicate stage name \"a\", stage names should be unique (line 3)"
+        )),
+        "{:?}",
+        g.warnings
+    );
+    let echoes: Vec<String> = runs(&g).iter().map(|r| r.argv.join(" ")).collect();
+    assert!(echoes.iter().any(|a| a.contains("echo 2")), "{echoes:?}");
+    assert!(!echoes.iter().any(|a| a.contains("echo 1")), "the first a is not used: {echoes:?}");
+}
+
 fn runs(g: &BuildGraph) -> Vec<RunSpec> {
     g.dag
         .node_weights()
@@ -248,7 +263,6 @@ fn errors_name_file_line_and_column() {
         ("FROM busybox\nENV A=${X\n", 2),
         ("FROM busybox AS b\nCOPY --from=c /x /y\nFROM busybox AS c\nFROM b\n", 2),
         ("FROM busybox AS 1bad\n", 1),
-        ("FROM busybox AS a\nFROM busybox AS A\n", 2),
         ("# syntax=example.com/other/frontend\nFROM busybox\n", 1),
         ("FROM busybox AS x\nRUN --mount=type=bind,from=a,target=/x true\nFROM busybox AS a\nFROM x\n", 2),
         ("FROM busybox\nFROM --platform=linux/ busybox\n", 2),
