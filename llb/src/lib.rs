@@ -25,6 +25,10 @@
 //! `exec.mount.secret`, `exec.mount.ssh`, `exec.secretenv`,
 //! `file.copy.includeexcludepatterns`. All are in BuildKit since v0.10.
 //!
+//! Every ExecOp sets `removeMountStubsRecursive`, as the Dockerfile frontend's do (a
+//! field buildkitd has honoured since v0.13 with no capability to ask for), so the
+//! mount points a RUN needed do not stay in its layer.
+//!
 //! The same graph always gives the same bytes: ops are visited in a fixed order and
 //! every map is ordered, so op digests are stable.
 
@@ -388,6 +392,12 @@ impl Builder<'_> {
                         let from = self.node(s)?;
                         mount.input = inputs.index(&from);
                         select(&mut mount, &sp.source, &mut caps);
+                    } else if sp.mode.is_some() || sp.uid.is_some() || sp.gid.is_some() {
+                        // As BuildKit's Dockerfile frontend: a new cache starts as
+                        // `/cache` of a scratch FileOp with the asked mode and owner.
+                        let base = self.cache_permissions(sp, &pb_platform(&spec.platform));
+                        mount.input = inputs.index(&Some(base));
+                        select(&mut mount, "/cache", &mut caps);
                     }
                     mount.cache_opt = Some(pb::CacheOpt {
                         id: if sp.id.is_empty() {
@@ -503,6 +513,7 @@ impl Builder<'_> {
                     env: spec.env.clone(),
                     cwd: spec.cwd.clone(),
                     user: spec.user.clone(),
+                    remove_mount_stubs_recursive: true,
                 }),
                 mounts,
                 network: network as i32,
@@ -545,6 +556,40 @@ fn chown(spec: &str, base: i64) -> pb::ChownOpt {
     pb::ChownOpt {
         user: Some(one(user)),
         group: group.filter(|g| !g.is_empty()).map(one),
+    }
+}
+
+impl Builder<'_> {
+    /// The FileOp that sets a cache mount's permissions: `/cache` made on scratch.
+    fn cache_permissions(
+        &mut self,
+        sp: &kiln_frontend::MountSpec,
+        platform: &pb::Platform,
+    ) -> pb::Input {
+        let id = |v: Option<u32>| pb::UserOpt {
+            user: Some(pb::user_opt::User::ById(v.unwrap_or(0))),
+        };
+        let mut file = Files::new(0, -1);
+        file.push(
+            pb::file_action::Action::Mkdir(pb::FileActionMkDir {
+                path: "/cache".into(),
+                mode: i32::try_from(sp.mode.unwrap_or(0o755)).unwrap_or(0o755),
+                make_parents: false,
+                owner: Some(pb::ChownOpt {
+                    user: Some(id(sp.uid)),
+                    group: Some(id(sp.gid)),
+                }),
+                timestamp: -1,
+            }),
+            -1,
+            -1,
+            true,
+        );
+        self.add(
+            file.op(Inputs::default(), platform),
+            Some("[internal] settings cache mount permissions"),
+            &["file.base", "platform", "meta.description"],
+        )
     }
 }
 

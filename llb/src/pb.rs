@@ -76,6 +76,10 @@ pub struct Meta {
     pub cwd: String,
     #[prost(string, tag = "4")]
     pub user: String,
+    /// Remove the mount points the exec created in the rootfs (and their created
+    /// parents) afterwards, as BuildKit's Dockerfile frontend asks for every RUN.
+    #[prost(bool, tag = "11")]
+    pub remove_mount_stubs_recursive: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
