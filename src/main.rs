@@ -348,10 +348,21 @@ fn emit_llb(
     }
     if let Some(p) = metadata_file {
         let platform = graph.config.platform();
-        let config = serde_json::to_value(&graph.config)?;
+        // With its history, which BuildKit's exporter keeps (and pads for layers it has
+        // no row for): the image is then the one BuildKit's own frontend makes.
+        let mut full = graph.config.clone();
+        full.history = graph.history.iter().map(|h| h.entry.clone()).collect();
+        let config = serde_json::to_value(&full)?;
+        // The exporter attribute that gives buildctl's image the config, CSV-quoted
+        // for its --output: `--output "type=image,name=...,$(jq -r '."buildctl.exporter-attr"' FILE)"`.
+        let attr = format!(
+            "\"{}\"",
+            format!("containerimage.config={}", serde_json::to_string(&full)?).replace('"', "\"\"")
+        );
         let md = serde_json::json!({
             "containerimage.config": config,
             format!("containerimage.config/{platform}"): config,
+            "buildctl.exporter-attr": attr,
             "llb.definition.digest": kiln_llb::digest(&bytes),
         });
         std::fs::write(p, serde_json::to_vec_pretty(&md)?)
