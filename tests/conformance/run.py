@@ -5,7 +5,9 @@ images compared.
 Each case in tests/conformance/cases/*.txt is a Dockerfile and its context in txtar
 form (`-- NAME --` lines start files; the first file is `Dockerfile`). Header lines
 before the first file may set `# build-arg: K=V`, `# target: STAGE`, `# platform: P`
-and `# secret: id=ID,src=FILE` (FILE in the context). `REGISTRY` in
+and `# secret: id=ID,src=FILE` (FILE in the context); `# llb` also builds the case
+through `kiln build --emit-llb` on the same buildkitd, which must give BuildKit's own
+image. `REGISTRY` in
 any file becomes the local registry.
 
 BuildKit's dockerfile.v0 frontend builds each case through buildctl (buildkitd runs as
@@ -43,7 +45,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def parse_case(path):
     """(options, files) of a txtar case."""
-    opts = {"build-arg": [], "target": None, "platform": None, "secret": []}
+    opts = {"build-arg": [], "target": None, "platform": None, "secret": [], "llb": False}
     files, name, buf = [], None, []
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
@@ -58,6 +60,8 @@ def parse_case(path):
                 opts["build-arg"].append(line.split(":", 1)[1].strip())
             elif line.startswith("# target:"):
                 opts["target"] = line.split(":", 1)[1].strip()
+            elif line.strip() == "# llb":
+                opts["llb"] = True
             elif line.startswith("# secret:"):
                 opts["secret"].append(line.split(":", 1)[1].strip())
             elif line.startswith("# platform:"):
@@ -286,6 +290,7 @@ def main():
     os.makedirs(store, exist_ok=True)
     shutil.chown(store, a.user)
     equal, bad, lines = 0, [], []
+    llb_equal, llb_total = 0, 0
     for name in names:
         opts, files = parse_case(os.path.join(cases_dir, name + ".txt"))
         d = os.path.join(work, name)
@@ -319,6 +324,39 @@ def main():
         kiln_cmd.append(ctx)
         bk = run(bk_cmd)
         kb = run(kiln_cmd, cwd=d)
+        if opts["llb"] and bk.returncode == 0:
+            # The hand-off: kiln's LLB for the same case, run by the same buildkitd
+            # with the one command the README gives, must give BuildKit's own image.
+            md_path, llb_path = os.path.join(d, "llb.json"), os.path.join(d, "build.llb")
+            llb_tar = os.path.join(d, "llb.tar")
+            emit = [c for c in kiln_cmd if not c.startswith("type=oci")]
+            emit = emit[:-1] + ["--emit-llb", "--metadata-file", md_path, ctx]
+            emit.remove("-o")
+            with open(llb_path, "wb") as out:
+                e = subprocess.run(emit, stdout=out, stderr=subprocess.PIPE, text=False, cwd=d)
+            if e.returncode != 0:
+                llb_diffs = ["llb: kiln --emit-llb failed: "
+                             + e.stderr.decode(errors="replace").strip()[-300:]]
+            else:
+                attr = json.load(open(md_path))["buildctl.exporter-attr"]
+                cmd = [a.buildctl, "--addr", a.addr, "build", "--progress", "plain",
+                       "--local", "context=" + ctx,
+                       "--output", f"type=oci,dest={llb_tar},{attr}"]
+                for sec in opts["secret"]:
+                    fields = dict(f.split("=", 1) for f in sec.split(","))
+                    cmd += ["--secret", f"id={fields['id']},src={os.path.join(ctx, fields['src'])}"]
+                with open(llb_path, "rb") as inp:
+                    r = subprocess.run(cmd, stdin=inp, capture_output=True, text=True)
+                if r.returncode != 0:
+                    llb_diffs = ["llb: buildctl failed on kiln's definition: "
+                                 + (r.stderr.strip().splitlines() or ["?"])[-1]]
+                else:
+                    llb_diffs = ["llb " + x for x in compare(bk_tar, llb_tar)]
+            llb_total += 1
+            if not llb_diffs:
+                llb_equal += 1
+        else:
+            llb_diffs = []
         if bk.returncode != 0 and kb.returncode != 0:
             diffs = []
             verdict = "equal (both reject)"
@@ -333,6 +371,11 @@ def main():
         else:
             diffs = compare(bk_tar, kiln_tar)
             verdict = "DIFFERENT" if diffs else "equal"
+        diffs += llb_diffs
+        if llb_diffs:
+            verdict = "DIFFERENT"
+        elif opts["llb"] and bk.returncode == 0 and not diffs:
+            verdict += " (and through LLB)"
         if not diffs:
             equal += 1
             if name in known or name in allowed:
@@ -355,6 +398,7 @@ def main():
         if not diffs and not a.work:
             shutil.rmtree(d, ignore_errors=True)
     print(f"\n{equal}/{len(names)} equal", flush=True)
+    print(f"{llb_equal}/{llb_total} equal through kiln's LLB on buildkitd", flush=True)
     for b in bad:
         print("FAIL " + b)
     if not a.work:
