@@ -345,6 +345,24 @@ pub fn copy(
                     .map(|p| p.to_string_lossy().to_string())
                     .unwrap_or_default()
             };
+            // The kept directories are made as copies of the source's (BuildKit keeps
+            // their modes), below the destination made as for any COPY.
+            opts.parents(merged, &dest_rel)?;
+            let src_base = pivot.as_deref().unwrap_or("");
+            let mut made = dest_rel.clone();
+            let mut from_rel = src_base.to_string();
+            for part in keep.split('/').filter(|p| !p.is_empty()) {
+                made = join_rel(&made, part);
+                from_rel = join_rel(&from_rel, part);
+                let to = resolve_in_root(merged, &made, true)?;
+                if fs::symlink_metadata(&to).is_err() {
+                    let src_dir = resolve_in_root(&src_root, &from_rel, true)?;
+                    let m = fs::symlink_metadata(&src_dir)
+                        .map_err(io_ctx(format!("stat {from_rel}")))?;
+                    fs::create_dir(&to).map_err(io_ctx(format!("creating /{made}")))?;
+                    apply_meta(&src_dir, &to, &m, &opts)?;
+                }
+            }
             let r = clean_rel(&format!("{dest_rel}/{keep}"));
             let d = resolve_in_root(merged, &r, true)?;
             (r, d)
@@ -355,8 +373,13 @@ pub fn copy(
             // The destination directory keeps what it was when it exists (BuildKit
             // copies into it); made here, it is the parents' kind (0755 or --chmod,
             // root's or --chown's), not a copy of the source directory.
+            let how = if fs::symlink_metadata(&dest).is_ok() {
+                DirMeta::Kept
+            } else {
+                DirMeta::Made
+            };
             opts.parents(merged, &dest_rel)?;
-            copy_tree(&from, &dest, &opts, (s, s), &ignore, false)?;
+            copy_tree(&from, &dest, &opts, (s, s), &ignore, how)?;
         } else if c.unpack && meta.is_file() && is_tar_archive(&from) {
             let d = opts.parents(merged, &dest_rel)?;
             unpack_archive(&from, &d, s)?;
@@ -727,28 +750,43 @@ impl Opts {
     }
 }
 
+/// What a copied directory's destination takes from the source directory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DirMeta {
+    /// Everything: owner, mode, times (a directory inside the copied tree).
+    Copy,
+    /// Only the times: the destination directory, just made as the parents are.
+    Made,
+    /// Nothing: a destination that existed keeps its owner, mode and times, as in
+    /// BuildKit.
+    Kept,
+}
+
 /// Copies the contents of directory `from` into `to`, leaving out what `ignore`
 /// excludes; returns whether anything was copied. `rel` is `from`'s path in the
 /// source and `top` the COPY source's own (which `--exclude` patterns are relative
-/// to). `own_meta`: `to` was made by this copy and takes `from`'s owner and mode; an
-/// existing directory keeps its own, as in BuildKit.
+/// to); `how` says what `to` takes from `from`.
 fn copy_tree(
     from: &Path,
     to: &Path,
     opts: &Opts,
     (rel, top): (&str, &str),
     ignore: &Matcher,
-    own_meta: bool,
+    how: DirMeta,
 ) -> Result<bool> {
     if rel.split('/').count() > kiln_snapshotter::MAX_TREE_DEPTH {
         return Err(kiln_snapshotter::too_deep(Path::new(rel)).into());
     }
     let meta = fs::symlink_metadata(from).map_err(io_ctx(format!("stat {}", from.display())))?;
-    let before = if own_meta {
-        apply_meta(from, to, &meta, opts)?;
-        None
-    } else {
-        Some(fs::symlink_metadata(to).map_err(io_ctx(format!("stat {}", to.display())))?)
+    let before = match how {
+        DirMeta::Copy => {
+            apply_meta(from, to, &meta, opts)?;
+            None
+        }
+        DirMeta::Made => None,
+        DirMeta::Kept => {
+            Some(fs::symlink_metadata(to).map_err(io_ctx(format!("stat {}", to.display())))?)
+        }
     };
     let mut entries: Vec<_> = fs::read_dir(from)
         .map_err(io_ctx(format!("reading {}", from.display())))?
@@ -780,7 +818,18 @@ fn copy_tree(
             if created {
                 fs::create_dir(&dst).map_err(io_ctx(format!("creating {}", dst.display())))?;
             }
-            let inner = copy_tree(&src, &dst, opts, (&r, top), ignore, created)?;
+            let inner = copy_tree(
+                &src,
+                &dst,
+                opts,
+                (&r, top),
+                ignore,
+                if created {
+                    DirMeta::Copy
+                } else {
+                    DirMeta::Kept
+                },
+            )?;
             // An excluded directory only appears for the files an exception re-includes.
             if excluded && !inner && created {
                 fs::remove_dir(&dst).map_err(io_ctx(format!("removing {}", dst.display())))?;

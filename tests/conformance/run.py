@@ -3,7 +3,10 @@
 images compared.
 
 Each case in tests/conformance/cases/*.txt is a Dockerfile and its context in txtar
-form (`-- NAME --` lines start files; the first file is `Dockerfile`). Header lines
+form (`-- NAME --` lines start files; the first file is `Dockerfile`; `-- NAME MODE --`
+sets an octal mode, `NAME/` is a directory, and a body of `@symlink T`, `@hardlink F`,
+`@tar`/`@tgz` lines makes a symlink, a hard link or a small archive; `@dir` a
+directory, `@keep` only sets the mode). Header lines
 before the first file may set `# build-arg: K=V`, `# target: STAGE`, `# platform: P`
 and `# secret: id=ID,src=FILE` (FILE in the context); `# llb` also builds the case
 through `kiln build --emit-llb` on the same buildkitd, which must give BuildKit's own
@@ -74,8 +77,23 @@ def parse_case(path):
 
 
 def write_context(ctx, files, registry):
+    modes = []
     for name, text in files:
+        # `-- NAME MODE --` sets an octal mode (after everything is written).
+        parts = name.rsplit(" ", 1)
+        if len(parts) == 2 and parts[1].isdigit():
+            name = parts[0]
+            modes.append((os.path.join(ctx, name), int(parts[1], 8)))
         p = os.path.join(ctx, name)
+        if text.strip() == "@dir":
+            os.makedirs(p, exist_ok=True)
+            continue
+        if text.strip() == "@keep":  # only the mode
+            continue
+        if text.startswith("@hardlink "):
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            os.link(os.path.join(ctx, text[len("@hardlink "):].strip()), p)
+            continue
         if name.endswith("/"):
             os.makedirs(p, exist_ok=True)
             continue
@@ -106,6 +124,8 @@ def write_context(ctx, files, registry):
             f.write(text.replace("REGISTRY", registry))
             if text and not text.endswith("\n"):
                 f.write("\n")
+    for p, mode in sorted(modes, key=lambda m: -len(m[0])):
+        os.chmod(p, mode)
 
 
 def blob(layout_tar, digest):
@@ -298,8 +318,8 @@ def main():
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(ctx)
         write_context(ctx, files, a.registry)
-        subprocess.run(["chmod", "-R", "a+rX", d], check=True)
-        shutil.chown(d, a.user)
+        # The context belongs to the user kiln runs as (so modes like 0700 stay).
+        subprocess.run(["chown", "-R", a.user, d], check=True)
         bk_tar, kiln_tar = os.path.join(d, "buildkit.tar"), os.path.join(d, "kiln.tar")
         bk_cmd = [a.buildctl, "--addr", a.addr, "build", "--progress", "plain",
                   "--frontend", "dockerfile.v0", "--local", "context=" + ctx,
