@@ -244,8 +244,9 @@ pub fn unpack_bounded(
     Ok(out)
 }
 
-/// Sets the access and modification times of `p` (not following a symlink).
-fn set_mtime(p: &Path, mtime: u64) -> Result<()> {
+/// Sets the access and modification times of `p` to `mtime` (seconds; not following
+/// a symlink), as an unpacked entry's.
+pub fn set_mtime(p: &Path, mtime: u64) -> Result<()> {
     let t = nix::sys::time::TimeSpec::new(mtime as i64, 0);
     nix::sys::stat::utimensat(
         nix::fcntl::AT_FDCWD,

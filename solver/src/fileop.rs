@@ -719,26 +719,14 @@ fn unpack_archive(from: &Path, dest: &Path, name: &str) -> Result<()> {
         fs::set_permissions(&at, fs::Permissions::from_mode(mode))
             .map_err(io_ctx(format!("archive {name}: chmod {rel}")))?;
         if kind != tar::EntryType::Directory {
-            set_mtime(&at, mtime)?;
+            kiln_snapshotter::unpack::set_mtime(&at, mtime)?;
         }
     }
     // Directory times last: filling a directory changes them.
     for (d, mtime) in dirs.iter().rev() {
-        set_mtime(d, *mtime)?;
+        kiln_snapshotter::unpack::set_mtime(d, *mtime)?;
     }
     Ok(())
-}
-
-fn set_mtime(p: &Path, mtime: u64) -> Result<()> {
-    let t = nix::sys::time::TimeSpec::new(mtime as i64, 0);
-    nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        p,
-        &t,
-        &t,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| Error::Helper(format!("setting the times of {}: {e}", p.display())))
 }
 
 impl Opts {

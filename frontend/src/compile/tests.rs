@@ -70,7 +70,10 @@ fn duplicate_stage_names_warn_and_the_last_one_is_meant() {
     );
     let echoes: Vec<String> = runs(&g).iter().map(|r| r.argv.join(" ")).collect();
     assert!(echoes.iter().any(|a| a.contains("echo 2")), "{echoes:?}");
-    assert!(!echoes.iter().any(|a| a.contains("echo 1")), "the first a is not used: {echoes:?}");
+    assert!(
+        !echoes.iter().any(|a| a.contains("echo 1")),
+        "the first a is not used: {echoes:?}"
+    );
 }
 
 fn runs(g: &BuildGraph) -> Vec<RunSpec> {
