@@ -357,6 +357,8 @@ def main():
             if e.returncode != 0:
                 llb_diffs = ["llb: kiln --emit-llb failed: "
                              + e.stderr.decode(errors="replace").strip()[-300:]]
+            elif "buildctl.exporter-attr" not in json.load(open(md_path)):
+                llb_diffs = ["llb: kiln's metadata file has no buildctl.exporter-attr"]
             else:
                 attr = json.load(open(md_path))["buildctl.exporter-attr"]
                 cmd = [a.buildctl, "--addr", a.addr, "build", "--progress", "plain",
