@@ -298,6 +298,11 @@ def main():
     ap.add_argument("only", nargs="*")
     a = ap.parse_args()
 
+    # The oracle must answer: a daemon that is down is no case BuildKit rejects.
+    probe = run([a.buildctl, "--addr", a.addr, "debug", "workers"])
+    if probe.returncode != 0:
+        print(f"buildkitd does not answer on {a.addr}: {probe.stderr.strip()}")
+        return 2
     cases_dir = os.path.join(HERE, "cases")
     names = sorted(f[:-4] for f in os.listdir(cases_dir) if f.endswith(".txt"))
     if a.only:
