@@ -1005,3 +1005,36 @@ fn arg_scoping_across_stages_target_pruning_and_graph_printing() {
         dot.stdout
     );
 }
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn a_run_that_changes_nothing_leaves_an_empty_layer_as_in_buildkit() {
+    // The mount points kiln makes (/etc/hosts in a base without one, the mount targets
+    // below /var and /run) go again, and so do the directories copied up for them.
+    let case = Case::new(
+        "FROM REGISTRY/library/busybox:latest\n\
+         RUN --mount=type=cache,target=/var/cache/x --mount=type=tmpfs,target=/run/t true\n",
+    );
+    let archive = case.path("out.tar");
+    case.build(&["-o", &format!("type=oci,dest={}", archive.display())])
+        .expect_ok();
+    let layout = case.path("layout");
+    extract_archive(&archive, &layout);
+    let blob = |d: &str| layout.join("blobs/sha256").join(&d[7..]);
+    let index = json(&fs::read_to_string(layout.join("index.json")).expect("index"));
+    let manifest = json(
+        &fs::read_to_string(blob(
+            index["manifests"][0]["digest"].as_str().expect("digest"),
+        ))
+        .expect("manifest"),
+    );
+    let layers = manifest["layers"].as_array().expect("layers");
+    assert_eq!(
+        layers.len(),
+        2,
+        "the RUN has a layer of its own: {manifest}"
+    );
+    let top = blob(layers[1]["digest"].as_str().expect("digest"));
+    let listing = tool("tar", &["-tzf", top.to_str().expect("utf8")]);
+    assert_eq!(listing, "", "the RUN's layer holds nothing");
+}

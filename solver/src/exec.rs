@@ -193,6 +193,22 @@ impl Stubs {
         ok
     }
 
+    /// The directories that were there before and hold a stub (each stub's ancestors
+    /// that kiln did not make): the overlay copied them up only for the stub.
+    fn holders(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for rel in &self.made {
+            let mut cur = rel.as_str();
+            while let Some((parent, _)) = cur.rsplit_once('/') {
+                if !self.made.iter().any(|m| m == parent) && !out.iter().any(|o| o == parent) {
+                    out.push(parent.to_string());
+                }
+                cur = parent;
+            }
+        }
+        out
+    }
+
     /// Removes the stubs, deepest first; what the RUN replaced, filled or moved behind a
     /// symlink is left alone.
     fn remove(self) {
@@ -240,7 +256,8 @@ const MASKED: [&str; 11] = [
 ];
 const READ_ONLY: [&str; 4] = ["proc/bus", "proc/fs", "proc/irq", "proc/sys"];
 
-/// Runs `spec` in the sandbox; returns the exit code (128+signal when killed).
+/// Runs `spec` in the sandbox; returns the exit code (128+signal when killed) and the
+/// directories that held the mount stubs it made (see [`prune_holders`]).
 /// `scratch` is a free directory of the helper for mount sources.
 pub fn run(
     store: &kiln_snapshotter::Store,
@@ -248,7 +265,7 @@ pub fn run(
     merged: &Path,
     scratch: &Path,
     spec: &RunAction,
-) -> Result<i32> {
+) -> Result<(i32, Vec<String>)> {
     let mut created = Stubs::open(merged)?;
     // /proc, /dev and /sys stay in the layer when the base lacks them, as the mount
     // points runc makes do in BuildKit's.
@@ -412,8 +429,66 @@ pub fn run(
         }
         ForkResult::Parent { child } => sys::wait_exit(child)?,
     };
+    let holders = created.holders();
     created.remove();
-    Ok(code)
+    Ok((code, holders))
+}
+
+/// Drops from `upper` (the step's changes, nothing mounted) each directory in
+/// `holders` that is there only because a mount stub was made in it: now empty, and
+/// with the owner, mode and xattrs it has below. Making and removing the stub copied it
+/// up (or, with the native snapshotter, touched its times); BuildKit's layer for such
+/// a RUN has no entry for it, nor has kiln's now. Deepest first, so a chain of such
+/// directories goes.
+pub(crate) fn prune_holders(
+    store: &kiln_snapshotter::Store,
+    lowers: &[String],
+    upper: &Path,
+    holders: &[String],
+) {
+    use std::os::unix::fs::MetadataExt;
+    let own_xattrs = |p: &Path| -> Option<Vec<(std::ffi::OsString, Vec<u8>)>> {
+        let mut v = Vec::new();
+        for name in xattr::list(p).ok()? {
+            if name.to_string_lossy().starts_with("user.overlay.") {
+                continue;
+            }
+            v.push((
+                name.clone(),
+                xattr::get(p, &name).ok().flatten().unwrap_or_default(),
+            ));
+        }
+        v.sort();
+        Some(v)
+    };
+    let mut holders: Vec<&String> = holders.iter().collect();
+    holders.sort_by_key(|h| std::cmp::Reverse(h.matches('/').count()));
+    let visible = store.visible(lowers);
+    for rel in holders {
+        let here = upper.join(rel);
+        let Ok(m) = fs::symlink_metadata(&here) else {
+            continue;
+        };
+        let empty = fs::read_dir(&here)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !m.is_dir() || !empty {
+            continue;
+        }
+        let below = visible
+            .iter()
+            .map(|id| store.snapshot_path(id).join(rel))
+            .find_map(|p| fs::symlink_metadata(&p).ok().map(|lm| (p, lm)));
+        let Some((lp, lm)) = below else {
+            continue;
+        };
+        let same = lm.is_dir()
+            && (lm.mode() & 0o7777, lm.uid(), lm.gid()) == (m.mode() & 0o7777, m.uid(), m.gid())
+            && own_xattrs(&lp).is_some_and(|x| Some(x) == own_xattrs(&here));
+        if same {
+            let _ = fs::remove_dir(&here);
+        }
+    }
 }
 
 enum Never {}

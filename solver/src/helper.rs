@@ -387,9 +387,13 @@ fn step(
         }
     };
     let mut links = None;
+    let mut holders = Vec::new();
     let outcome = match action {
         Action::Run(spec) => {
-            exec::run(store, kind, &merged, &dir.join("mounts"), spec).map(|code| (code, None))
+            exec::run(store, kind, &merged, &dir.join("mounts"), spec).map(|(code, h)| {
+                holders = h;
+                (code, None)
+            })
         }
         Action::Copy(c) => match fileop::copy(store, kind, &merged, &dir.join("src"), c) {
             Ok(l) => {
@@ -432,6 +436,7 @@ fn step(
     if let Some(since) = since {
         native::diff(store, lowers, &merged, &upper, since)?;
     }
+    exec::prune_holders(store, lowers, &upper, &holders);
     let mut out =
         fs::File::create(layer_out).map_err(io_ctx(format!("creating {}", layer_out.display())))?;
     out.seek(std::io::SeekFrom::Start(layer_offset))
