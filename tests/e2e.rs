@@ -463,6 +463,7 @@ ENV FOO=bar
 WORKDIR /work
 RUN echo "$FOO $FLAVOUR $(pwd) $(id -u)" > /work/root.txt \
  && test -r /proc/self/status && test -c /dev/null && test -e /etc/hosts \
+ && test -c /dev/pts/ptmx && test -L /dev/ptmx \
  && echo "pid=$$ host=$(hostname)" > /work/sandbox.txt
 USER nobody
 RUN echo "$(id -u):$(id -g) $HOME" > /tmp/user.txt

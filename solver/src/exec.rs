@@ -559,6 +559,10 @@ fn sandbox_init(
             let _ = fs::create_dir(dev.join(d));
         }
         let _ = fs::set_permissions(dev.join("shm"), fs::Permissions::from_mode(0o1777));
+        // A devpts instance of the sandbox's own (`/dev/ptmx` links to its ptmx), as
+        // runc gives BuildKit's RUN: apt and others want terminals to exist. Where the
+        // kernel refuses it, /dev/pts stays an empty directory.
+        let _ = sys::mount_devpts(&dev.join("pts"));
         if !spec.files.is_empty() {
             let pipes = dev.join("pipes");
             fs::create_dir(&pipes).map_err(io_ctx("creating /dev/pipes"))?;

@@ -96,6 +96,19 @@ pub(crate) fn mount_tmpfs(target: &Path, options: &str, exec: bool) -> Result<()
         .map_err(fail(format!("mounting tmpfs at {}", target.display())))
 }
 
+/// A new devpts instance at `target` (allowed in a user namespace that owns the
+/// mount namespace), its ptmx usable by everyone.
+pub(crate) fn mount_devpts(target: &Path) -> Result<()> {
+    mount(
+        Some("devpts"),
+        target,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .map_err(fail(format!("mounting devpts at {}", target.display())))
+}
+
 /// Mounts the binfmt_misc instance of the current user namespace (Linux 6.7+ gives
 /// each user namespace its own) at `target`.
 pub(crate) fn mount_binfmt(target: &Path) -> Result<()> {
