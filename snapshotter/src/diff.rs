@@ -7,7 +7,6 @@
 //! gives the same tar.
 
 use crate::digest::{HashWriter, WriteBehind};
-use crate::unpack::OPAQUE_XATTR;
 use crate::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -183,7 +182,7 @@ impl<W: Write> Walker<W> {
                 self.tar
                     .append_data(&mut h, &r, std::io::empty())
                     .ctx(|| format!("writing {}", r.display()))?;
-                if xattr::get(&a, OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y") {
+                if crate::unpack::is_opaque(&a) {
                     let mut h = header_for(&a, &meta, tar::EntryType::Regular);
                     h.set_mode(0o600);
                     self.tar
@@ -249,10 +248,7 @@ impl<W: Write> Walker<W> {
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         for n in names {
             let n = n.to_string_lossy().to_string();
-            if n.starts_with("user.overlay.")
-                || n.starts_with("trusted.overlay.")
-                || n == crate::owner::XATTR
-            {
+            if crate::unpack::is_overlay_xattr(&n) || n == crate::owner::XATTR {
                 continue;
             }
             if let Ok(Some(v)) = xattr::get(p, &n) {
@@ -272,6 +268,7 @@ impl<W: Write> Walker<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unpack::OPAQUE_XATTR;
     use std::collections::BTreeMap;
 
     fn list(blob: &Path) -> BTreeMap<String, (tar::EntryType, Vec<u8>)> {

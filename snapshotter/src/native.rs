@@ -19,7 +19,7 @@
 //! nothing can set it back, so a file whose ctime is not newer than that mark is the
 //! copy as made. That reads no content, yet misses no change that keeps size and mtime.
 
-use crate::unpack::{remove_any, OPAQUE_XATTR};
+use crate::unpack::{is_opaque, remove_any};
 use crate::{sys, Context, Result, Store};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -70,10 +70,6 @@ pub fn view_ro(store: &Store, ids: &[String], target: &Path, kind: Snapshotter) 
 
 fn is_whiteout(m: &Metadata) -> bool {
     m.file_type().is_char_device() && m.rdev() == 0
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    xattr::get(dir, OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y")
 }
 
 fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
@@ -215,10 +211,7 @@ fn copy_meta(from: &Path, to: &Path, m: &Metadata, how: How) -> Result<()> {
     .ctx(|| format!("chmod {}", to.display()))?;
     for n in xattr::list(from).ctx(|| format!("listing xattrs of {}", from.display()))? {
         let s = n.to_string_lossy();
-        if s.starts_with("user.overlay.")
-            || s.starts_with("trusted.overlay.")
-            || (how == How::Export && s == crate::owner::XATTR)
-        {
+        if crate::unpack::is_overlay_xattr(&s) || (how == How::Export && s == crate::owner::XATTR) {
             continue;
         }
         if let Some(v) =
@@ -412,7 +405,7 @@ impl Differ<'_> {
 }
 
 /// Owner, type and mode as the layer records them.
-fn same_meta(a: &Metadata, b: &Metadata) -> bool {
+pub fn same_meta(a: &Metadata, b: &Metadata) -> bool {
     a.mode() == b.mode() && a.uid() == b.uid() && a.gid() == b.gid()
 }
 
@@ -431,6 +424,7 @@ fn same_entry(p: &Path, m: &Metadata, lp: &Path, lm: &Metadata) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unpack::OPAQUE_XATTR;
 
     fn whiteout(p: &Path) {
         sys::mknod_whiteout(p).expect("whiteout");

@@ -301,12 +301,7 @@ impl Store {
             if !out.contains(id) {
                 out.push(id.clone());
             }
-            let opaque = xattr::get(self.snapshot_path(id), crate::unpack::OPAQUE_XATTR)
-                .ok()
-                .flatten()
-                .as_deref()
-                == Some(b"y");
-            if opaque {
+            if crate::unpack::is_opaque(&self.snapshot_path(id)) {
                 break;
             }
         }

@@ -21,6 +21,17 @@ use std::path::{Component, Path, PathBuf};
 /// The overlay xattr that marks a directory opaque in a userxattr mount.
 pub const OPAQUE_XATTR: &str = "user.overlay.opaque";
 
+/// Whether `dir` is marked opaque (hides what lower layers have below it).
+pub fn is_opaque(dir: &Path) -> bool {
+    xattr::get(dir, OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y")
+}
+
+/// Whether an xattr is overlayfs's own bookkeeping (opaque, origin, redirect, ...),
+/// which no layer records as content.
+pub fn is_overlay_xattr(name: &str) -> bool {
+    name.starts_with("user.overlay.") || name.starts_with("trusted.overlay.")
+}
+
 /// What an unpack did, for warnings.
 #[derive(Debug, Default)]
 pub struct Unpacked {

@@ -446,11 +446,10 @@ pub(crate) fn prune_holders(
     upper: &Path,
     holders: &[String],
 ) {
-    use std::os::unix::fs::MetadataExt;
     let own_xattrs = |p: &Path| -> Option<Vec<(std::ffi::OsString, Vec<u8>)>> {
         let mut v = Vec::new();
         for name in xattr::list(p).ok()? {
-            if name.to_string_lossy().starts_with("user.overlay.") {
+            if kiln_snapshotter::unpack::is_overlay_xattr(&name.to_string_lossy()) {
                 continue;
             }
             v.push((
@@ -483,7 +482,7 @@ pub(crate) fn prune_holders(
             continue;
         };
         let same = lm.is_dir()
-            && (lm.mode() & 0o7777, lm.uid(), lm.gid()) == (m.mode() & 0o7777, m.uid(), m.gid())
+            && kiln_snapshotter::native::same_meta(&lm, &m)
             && own_xattrs(&lp).is_some_and(|x| Some(x) == own_xattrs(&here));
         if same {
             let _ = fs::remove_dir(&here);
