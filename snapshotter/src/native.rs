@@ -19,7 +19,8 @@
 //! nothing can set it back, so a file whose ctime is not newer than that mark is the
 //! copy as made. That reads no content, yet misses no change that keeps size and mtime.
 
-use crate::unpack::{is_opaque, remove_any};
+use crate::tree::remove_all;
+use crate::unpack::is_opaque;
 use crate::{sys, Context, Result, Store};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -130,7 +131,7 @@ impl Materializer<'_> {
             let (s, d) = (src.join(&r), self.dest.join(&r));
             let m = fs::symlink_metadata(&s).ctx(|| format!("stat {}", s.display()))?;
             if is_whiteout(&m) {
-                remove_any(&d)?;
+                remove_all(&d)?;
                 continue;
             }
             if m.is_dir() {
@@ -138,12 +139,12 @@ impl Materializer<'_> {
                     Ok(dm) if dm.is_dir() => {
                         if is_opaque(&s) {
                             for n in sorted_names(&d)? {
-                                remove_any(&d.join(n))?;
+                                remove_all(&d.join(n))?;
                             }
                         }
                     }
                     Ok(_) => {
-                        remove_any(&d)?;
+                        remove_all(&d)?;
                         fs::create_dir(&d).ctx(|| format!("creating {}", d.display()))?;
                     }
                     Err(_) => fs::create_dir(&d).ctx(|| format!("creating {}", d.display()))?,
@@ -153,7 +154,7 @@ impl Materializer<'_> {
                 self.dir_times.insert(r, m);
                 continue;
             }
-            remove_any(&d)?;
+            remove_all(&d)?;
             let ft = m.file_type();
             let key = (m.dev(), m.ino());
             if self.how == How::Link {

@@ -55,12 +55,18 @@ fn clear_files(dir: &OwnedFd) -> nix::Result<Vec<OsString>> {
     Ok(subdirs)
 }
 
-/// Removes `path` and everything below it; a missing `path` is no error.
+/// Removes `path` (any kind of file) and everything below it; a missing `path` (one
+/// of whose parents is missing or no directory) is no error.
 pub fn remove_all(path: &Path) -> Result<()> {
     let what = || format!("removing {}", path.display());
     let m = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            return Ok(())
+        }
         Err(e) => return Err(e).ctx(what),
     };
     if !m.is_dir() {

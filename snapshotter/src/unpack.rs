@@ -184,7 +184,7 @@ pub fn unpack_bounded(
             }
             let dir = mkdir_contained(dest, parent)?;
             let target = dir.join(hidden);
-            remove_any(&target)?;
+            crate::tree::remove_all(&target)?;
             crate::sys::mknod_whiteout(&target)?;
             continue;
         }
@@ -205,7 +205,7 @@ pub fn unpack_bounded(
             // The tar crate would write a FIFO as an empty regular file.
             let dir = mkdir_contained(dest, parent)?;
             let at = dir.join(&name);
-            remove_any(&at)?;
+            crate::tree::remove_all(&at)?;
             let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
             crate::sys::mkfifo(&at, mode)?;
             if owners == Owners::Keep {
@@ -310,14 +310,6 @@ fn mkdir_contained(root: &Path, rel: &Path) -> Result<PathBuf> {
         }
     }
     Ok(cur)
-}
-
-pub(crate) fn remove_any(p: &Path) -> Result<()> {
-    match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => crate::tree::remove_all(p),
-        Ok(_) => fs::remove_file(p).ctx(|| format!("removing {}", p.display())),
-        Err(_) => Ok(()),
-    }
 }
 
 #[cfg(test)]

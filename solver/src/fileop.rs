@@ -581,13 +581,7 @@ struct Opts {
 
 /// Writes a here-document file.
 fn write_inline(to: &Path, f: &kiln_frontend::InlineFile, opts: &Opts) -> Result<()> {
-    if let Ok(m) = fs::symlink_metadata(to) {
-        if m.is_dir() {
-            kiln_snapshotter::tree::remove_all(to)?;
-        } else {
-            fs::remove_file(to).map_err(io_ctx(format!("replacing {}", to.display())))?;
-        }
-    }
+    kiln_snapshotter::tree::remove_all(to)?;
     fs::write(to, &f.data).map_err(io_ctx(format!("writing {}", to.display())))?;
     let (uid, gid) = opts.owner.unwrap_or((0, 0));
     kiln_snapshotter::owner::chown(to, uid, gid)?;
@@ -655,16 +649,12 @@ fn unpack_archive(from: &Path, dest: &Path, name: &str) -> Result<()> {
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
         let (uid, gid) = (h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32);
         let mtime = h.mtime().unwrap_or(0);
-        let existing = fs::symlink_metadata(&at).ok();
+        let existing_dir = fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir());
         let clear = |keep_dir: bool| -> Result<()> {
-            match &existing {
-                Some(m) if m.is_dir() && keep_dir => Ok(()),
-                Some(m) if m.is_dir() => Ok(kiln_snapshotter::tree::remove_all(&at)?),
-                Some(_) => {
-                    fs::remove_file(&at).map_err(io_ctx(format!("archive {name}: replacing {rel}")))
-                }
-                None => Ok(()),
+            if keep_dir && existing_dir {
+                return Ok(());
             }
+            Ok(kiln_snapshotter::tree::remove_all(&at)?)
         };
         match kind {
             tar::EntryType::Directory => {
@@ -845,13 +835,7 @@ fn copy_linked(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Resu
     let first = opts.linked.borrow().get(&key).cloned();
     match first {
         Some(first) => {
-            match fs::symlink_metadata(to) {
-                Ok(m) if m.is_dir() => kiln_snapshotter::tree::remove_all(to)?,
-                Ok(_) => {
-                    fs::remove_file(to).map_err(io_ctx(format!("replacing {}", to.display())))?
-                }
-                Err(_) => {}
-            }
+            kiln_snapshotter::tree::remove_all(to)?;
             fs::hard_link(&first, to).map_err(io_ctx(format!("linking {}", to.display())))
         }
         None => {
@@ -874,11 +858,7 @@ fn plan_link(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> bool {
 
 /// Copies one non-directory entry (file, symlink, fifo) to `to`, replacing what is there.
 fn copy_entry(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Result<()> {
-    match fs::symlink_metadata(to) {
-        Ok(m) if m.is_dir() => kiln_snapshotter::tree::remove_all(to)?,
-        Ok(_) => fs::remove_file(to).map_err(io_ctx(format!("replacing {}", to.display())))?,
-        Err(_) => {}
-    }
+    kiln_snapshotter::tree::remove_all(to)?;
     let ft = meta.file_type();
     if ft.is_symlink() {
         let target = fs::read_link(from).map_err(io_ctx(format!("readlink {}", from.display())))?;
