@@ -160,22 +160,7 @@ impl Stubs {
                     }
                 }
                 Err(_) => {
-                    let made = if last && !dir {
-                        nix::fcntl::openat(
-                            &pfd,
-                            *part,
-                            OFlag::O_CREAT
-                                | OFlag::O_EXCL
-                                | OFlag::O_WRONLY
-                                | OFlag::O_NOFOLLOW
-                                | OFlag::O_CLOEXEC,
-                            Mode::from_bits_truncate(0o644),
-                        )
-                        .map(drop)
-                    } else {
-                        nix::sys::stat::mkdirat(&pfd, *part, Mode::from_bits_truncate(0o755))
-                    };
-                    if made.is_err() {
+                    if make_at(&pfd, part, dir || !last).is_err() {
                         return false;
                     }
                     self.made.push(parts[..=i].join("/"));
@@ -594,10 +579,7 @@ fn sandbox_init(
             Some(src) => {
                 sys::bind(src, &at)?;
                 if m.readonly {
-                    // The descriptor names the directory under the new mount: the
-                    // remount goes through the mount itself, looked up again.
-                    let top = target_in_root(&rootfd, &m.target, src.is_dir())?;
-                    sys::remount_ro(&sys::fd_path(&top))?;
+                    remount_ro_in_root(&rootfd, &m.target)?;
                 }
             }
             None => {
@@ -612,8 +594,7 @@ fn sandbox_init(
     for (rel, file) in etc {
         let t = target_in_root(&rootfd, rel, false)?;
         sys::bind(file, &sys::fd_path(&t))?;
-        let top = target_in_root(&rootfd, rel, false)?;
-        sys::remount_ro(&sys::fd_path(&top))?;
+        remount_ro_in_root(&rootfd, rel)?;
     }
     drop(rootfd);
     sys::pivot_into(root)?;
@@ -690,19 +671,32 @@ fn target_in_root(root: &OwnedFd, rel: &str, dir: bool) -> Result<OwnedFd> {
         return Err(Error::Helper(format!("mount target /{rel}: not found")));
     }
     let p = target_in_root(root, parent, true)?;
-    let made = if dir {
-        nix::sys::stat::mkdirat(&p, name, Mode::from_bits_truncate(0o755))
-    } else {
-        nix::fcntl::openat(
-            &p,
-            name,
-            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o644),
-        )
-        .map(drop)
-    };
-    made.map_err(|e| Error::Helper(format!("creating mount target /{rel}: {e}")))?;
+    make_at(&p, name, dir)
+        .map_err(|e| Error::Helper(format!("creating mount target /{rel}: {e}")))?;
     sys::open_in_root(root, rel).map_err(|e| Error::Helper(format!("mount target /{rel}: {e}")))
+}
+
+/// Makes `name` in the directory `parent`: a directory (0755) or an empty file (0644),
+/// never through a symlink, never over something that is there.
+fn make_at(parent: &OwnedFd, name: &str, dir: bool) -> nix::Result<()> {
+    if dir {
+        return nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o755));
+    }
+    nix::fcntl::openat(
+        parent,
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .map(drop)
+}
+
+/// Makes the mount now at `rel` read-only, looking it up again: a descriptor taken
+/// before the mount names the directory under it, not the mount.
+fn remount_ro_in_root(root: &OwnedFd, rel: &str) -> Result<()> {
+    let top = sys::open_in_root(root, rel)
+        .map_err(|e| Error::Helper(format!("making /{rel} read-only: {e}")))?;
+    sys::remount_ro(&sys::fd_path(&top))
 }
 
 /// Hides and write-protects the parts of the fresh /proc that runc's defaults do.
@@ -720,9 +714,7 @@ fn mask_proc(root: &OwnedFd) -> Result<()> {
         let at = sys::fd_path(&t);
         if at.is_dir() {
             sys::mount_tmpfs(&at, "size=4k,mode=0555", false)?;
-            let top = sys::open_in_root(root, rel)
-                .map_err(|e| Error::Helper(format!("masking /{rel}: {e}")))?;
-            sys::remount_ro(&sys::fd_path(&top))?;
+            remount_ro_in_root(root, rel)?;
         } else {
             sys::bind(Path::new("/dev/null"), &at)?;
         }
@@ -733,9 +725,7 @@ fn mask_proc(root: &OwnedFd) -> Result<()> {
         };
         let at = sys::fd_path(&t);
         sys::bind(&at, &at)?;
-        let top = sys::open_in_root(root, rel)
-            .map_err(|e| Error::Helper(format!("protecting /{rel}: {e}")))?;
-        sys::remount_ro(&sys::fd_path(&top))?;
+        remount_ro_in_root(root, rel)?;
     }
     Ok(())
 }
