@@ -674,21 +674,14 @@ fn pull(s: &Solver, pinned: &str, v: &Vertex) -> Result<(Record, bool)> {
         blobs: vec![digest.to_string(), manifest.config().digest().to_string()],
         description: pinned.to_string(),
     };
-    let missing: Vec<&Layer> = record
+    let (present, missing): (Vec<&Layer>, Vec<&Layer>) = record
         .layers
         .iter()
-        .filter(|l| !s.store.has_blob(&l.digest))
-        .collect();
-    s.runtime.block_on(async {
-        let fetches = missing.iter().map(|l| {
-            s.registry
-                .fetch_sized(pinned, &l.digest, Some(l.size), &s.store)
-        });
-        futures_util::future::try_join_all(fetches).await
-    })?;
+        .partition(|l| s.store.has_blob(&l.digest));
     // A layer already in the store (from another image) is checked against this
-    // manifest's size too: the exported image repeats the descriptor.
-    for l in &record.layers {
+    // manifest's size too, as a fetch checks the others: the exported image repeats
+    // the descriptor.
+    for l in present {
         let have = fs::metadata(s.store.blob_path(&l.digest)?).map(|m| m.len());
         if let Some(have) = have.ok().filter(|&n| n != l.size) {
             return Err(Error::Helper(format!(
@@ -697,6 +690,13 @@ fn pull(s: &Solver, pinned: &str, v: &Vertex) -> Result<(Record, bool)> {
             )));
         }
     }
+    s.runtime.block_on(async {
+        let fetches = missing.iter().map(|l| {
+            s.registry
+                .fetch_sized(pinned, &l.digest, Some(l.size), &s.store)
+        });
+        futures_util::future::try_join_all(fetches).await
+    })?;
     for l in &missing {
         v.log(&format!(
             "sha256:{} {} bytes done",
