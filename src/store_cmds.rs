@@ -1,11 +1,10 @@
 //! `kiln du` and `kiln prune`, after `docker buildx du` and `docker buildx prune`.
 
 use anyhow::{bail, Context, Result};
+use kiln_executor::{housekeeping, Helper};
 use kiln_snapshotter::gc::{human_size, parse_size, Entry, PruneOptions};
 use kiln_snapshotter::idmap::IdMap;
 use kiln_snapshotter::Store;
-use kiln_solver::helper::Launcher;
-use kiln_solver::housekeeping;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -38,14 +37,14 @@ pub struct PruneArgs {
     verbose: bool,
 }
 
-fn launcher(root: PathBuf) -> Result<Launcher> {
+fn helper(root: PathBuf) -> Result<Helper> {
     let store = Store::open(&root).with_context(|| format!("opening store {}", root.display()))?;
-    Ok(Launcher::new(store, IdMap::detect()))
+    Ok(Helper::new(store, IdMap::detect()))
 }
 
 /// `kiln du`.
 pub fn du(root: PathBuf, a: DuArgs) -> Result<()> {
-    let l = launcher(root)?;
+    let l = helper(root)?;
     let _lock = l.store.lock_shared(
         || eprintln!("waiting for a kiln prune on this store to finish"),
         |_| Ok::<(), kiln_snapshotter::Error>(()),
@@ -155,7 +154,7 @@ pub fn prune(root: PathBuf, a: PruneArgs) -> Result<()> {
             return Ok(());
         }
     }
-    let l = launcher(root)?;
+    let l = helper(root)?;
     let _lock = l.store.lock_exclusive(|| {
         eprintln!("waiting for kiln builds using this store to finish");
     })?;

@@ -187,7 +187,7 @@ fn layout<'a>(
 pub const BASE_OFFSET: u64 = 3 * 512;
 
 /// A layer blob already written into the file that becomes the archive, at `offset`
-/// ([`BASE_OFFSET`]), by the step that made it (`kiln_solver::Spool`).
+/// ([`BASE_OFFSET`]), by the step that made it (the solver's spool).
 #[derive(Debug, Clone, Copy)]
 pub struct Base<'a> {
     pub digest: &'a str,
@@ -462,7 +462,7 @@ fn add_to_layout(l: &Layout, dest: &Path, index: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::image::{Image, OCI_MANIFEST};
-    use kiln_solver::cache::Layer;
+    use kiln_snapshotter::records::Layer;
     use std::io::Read;
 
     fn layer(store: &Store, bytes: &[u8]) -> Layer {

@@ -9,8 +9,8 @@
 use crate::layers::{export_layer, LayerOptions};
 use crate::{Error, Result};
 use kiln_frontend::{BuildGraph, History, ImageConfig};
+use kiln_snapshotter::records::{Layer, Record};
 use kiln_snapshotter::{digest, Store};
-use kiln_solver::cache::{Layer, Record};
 use petgraph::graph::NodeIndex;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};

@@ -16,8 +16,8 @@
 use crate::{Error, Result};
 use kiln_snapshotter::digest::{self, HashWriter, WriteBehind};
 use kiln_snapshotter::records::Kind;
+use kiln_snapshotter::records::{Layer, Record};
 use kiln_snapshotter::Store;
-use kiln_solver::cache::{Layer, Record};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 

@@ -3,13 +3,15 @@
 //! It owns image assembly ([`image`]: config with `rootfs.diff_ids` and `docker
 //! history` rows, manifest, per-export times and annotations), layer blobs as an
 //! export wants them ([`layers`]: compression, clamped times, cached conversions),
-//! image archives ([`archive`]: OCI layout as tar or directory, Docker archive), and
-//! pushing to a registry. Files are written to a temp file next to the destination,
+//! image archives ([`archive`]: OCI layout as tar or directory, Docker archive),
+//! pushing to a registry, and the build's outputs ([`outputs`]: one [`outputs::Exporter`]
+//! per output type, `-o` parsing, `--iidfile`/`--metadata-file`). Files are written to a temp file next to the destination,
 //! fsynced and renamed, so a failed export leaves no half-written output.
 
 pub mod archive;
 pub mod image;
 pub mod layers;
+pub mod outputs;
 
 pub use image::{assemble, finish, Built, Image, ImageOptions, Multi};
 use kiln_registry::{Blob, Pushed, Registry};
@@ -32,9 +34,26 @@ pub enum Error {
     /// The build result cannot form an image.
     #[error("assembling the image: {0}")]
     Assemble(String),
-    /// Export options that do not go together.
+    #[error(transparent)]
+    Executor(#[from] kiln_executor::Error),
+    /// A file operation failed (fs-err's message names the path).
+    #[error(transparent)]
+    Fs(#[from] std::io::Error),
+    /// Export options that do not go together, or an output that cannot be made as
+    /// asked.
     #[error("{0}")]
     Options(String),
+    #[error("making layer {layer} again: {why}")]
+    Remake { layer: String, why: String },
+}
+
+/// Returns an [`Error::Options`] with the formatted message.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! bail {
+    ($($t:tt)*) => {
+        return Err($crate::Error::Options(format!($($t)*)))
+    };
 }
 
 /// Result alias for the exporters.

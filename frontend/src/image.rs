@@ -188,6 +188,29 @@ pub struct Platform {
 }
 
 impl Platform {
+    /// `--platform a,b` (default: the host's), normalized, without repeats.
+    pub fn parse_list(arg: Option<&str>) -> Result<Vec<Platform>, String> {
+        let Some(arg) = arg.filter(|a| !a.trim().is_empty()) else {
+            return Ok(vec![Platform::host()]);
+        };
+        let mut v: Vec<Platform> = Vec::new();
+        for part in arg.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let p = match part {
+                "local" => Platform::host(),
+                _ => Platform::parse(part).ok_or_else(|| {
+                    format!("--platform {part:?}: expected os/arch[/variant], such as linux/amd64, linux/arm64 or linux/arm/v7")
+                })?,
+            };
+            if !v.contains(&p) {
+                v.push(p);
+            }
+        }
+        if v.is_empty() {
+            return Err(format!("--platform {arg:?} names no platform"));
+        }
+        Ok(v)
+    }
+
     /// The platform kiln itself runs on.
     pub fn host() -> Platform {
         let architecture = match std::env::consts::ARCH {

@@ -70,6 +70,30 @@ pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// What BuildKit's exporter would be given for the image of `g` (whose marshalled
+/// definition is `bytes`): the image config (BuildKit's `containerimage.config`
+/// exporter attribute) with its history, which BuildKit's exporter keeps (and pads for
+/// layers it has no row for), so that the image is the one BuildKit's own frontend
+/// makes; and that attribute CSV-quoted for buildctl's `--output`:
+/// `--output "type=image,name=...,$(jq -r '."buildctl.exporter-attr"' FILE)"`.
+pub fn exporter_metadata(g: &BuildGraph, bytes: &[u8]) -> serde_json::Value {
+    let platform = g.config.platform();
+    let mut full = g.config.clone();
+    full.history = g.history.iter().map(|h| h.entry.clone()).collect();
+    let config = serde_json::to_value(&full).unwrap_or_default();
+    let text = serde_json::to_string(&full).unwrap_or_default();
+    let attr = format!(
+        "\"{}\"",
+        format!("containerimage.config={text}").replace('"', "\"\"")
+    );
+    serde_json::json!({
+        "containerimage.config": config,
+        format!("containerimage.config/{platform}"): config,
+        "buildctl.exporter-attr": attr,
+        "llb.definition.digest": digest(bytes),
+    })
+}
+
 /// The definition of `g`'s target.
 pub fn definition(g: &BuildGraph, opts: &Options) -> Result<pb::Definition> {
     let mut b = Builder {

@@ -141,6 +141,35 @@ impl Store {
             .unwrap_or_default()
     }
 
+    /// Marks older than a minute name snapshots the kernel's own writeback (30 s) has
+    /// most likely written already: a `syncfs` in the background makes sure, and then
+    /// they go. A build that ends first leaves them for the next one.
+    pub fn forget_synced_marks(&self) {
+        let minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        let old: Vec<PathBuf> = self
+            .unsynced_marks()
+            .into_iter()
+            .filter(|m| {
+                fs::metadata(m)
+                    .and_then(|md| md.modified())
+                    .is_ok_and(|t| t < minute_ago)
+            })
+            .collect();
+        if old.is_empty() {
+            return;
+        }
+        let Ok(root) = File::open(&self.root) else {
+            return;
+        };
+        std::thread::spawn(move || {
+            if nix::unistd::syncfs(&root).is_ok() {
+                for m in old {
+                    let _ = fs::remove_file(m);
+                }
+            }
+        });
+    }
+
     /// Moves every snapshot marked unsynced in another boot into `tmp/` (to be
     /// deleted with it) and drops those marks. Runs under the exclusive lock.
     pub fn retire_unsynced(&self) -> Result<usize> {

@@ -1,24 +1,19 @@
 //! kiln's solver: runs a build graph.
 //!
 //! It owns the DAG scheduler ([`solve`]: independent vertices run at the same time on
-//! a rayon pool), cache keys and records ([`cache`]), the namespace helper that every
-//! filesystem-touching operation runs in ([`helper`]: a re-exec of the kiln binary that
-//! enters kiln's user namespace before any thread exists), the sandbox that executes
-//! RUN ([`exec`]), COPY and WORKDIR file operations ([`fileop`]) and progress output
-//! ([`progress`]), and the store housekeeping that needs the helper ([`housekeeping`]:
-//! measuring and deleting for `kiln du` and `kiln prune`). Raw syscalls and `unsafe` live in `sys` only.
+//! a rayon pool), the meaning of each op kind ([`ops`]: one module per kind, behind one
+//! trait), cache keys and the cache store seam ([`cache`]), and the base image
+//! resolver the frontend asks ([`resolver`]). Everything that runs in kiln's user
+//! namespace goes through [`kiln_executor::Executor`].
 
 pub mod cache;
-pub mod emulate;
-pub mod exec;
-pub mod fileop;
-pub mod helper;
-pub mod housekeeping;
-pub mod progress;
+pub mod inputs;
+pub mod ops;
+pub mod resolver;
 mod scheduler;
-mod sys;
+pub mod secrets;
 
-pub use scheduler::{remake_blob, solve, Solver, Spool, SPOOL_OFFSET};
+pub use scheduler::{solve, Solver, Spool, SPOOL_OFFSET};
 
 /// Everything that can go wrong while solving.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +22,10 @@ pub enum Error {
     Store(#[from] kiln_snapshotter::Error),
     #[error(transparent)]
     Registry(#[from] kiln_registry::Error),
+    #[error(transparent)]
+    Executor(#[from] kiln_executor::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
     /// A RUN exited non-zero.
     #[error("{step} (line {line}): process {argv:?} did not complete successfully: exit code: {code}{tail}")]
     RunFailed {
@@ -43,21 +42,34 @@ pub enum Error {
         line: usize,
         message: String,
     },
-    /// The namespace helper could not do its job.
-    #[error("{0}")]
-    Helper(String),
-    /// An I/O operation failed.
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
+    #[error("{0} is not pinned to a digest")]
+    NotPinned(String),
+    #[error("{image}: {why}")]
+    BadImage { image: String, why: String },
+    #[error(
+        "{image}: layer {layer}: the manifest gives its size as {want} bytes, the blob has {have}"
+    )]
+    LayerSize {
+        image: String,
+        layer: String,
+        want: u64,
+        have: u64,
     },
+    #[error("{image}: unpacking layer {layer}: {source}")]
+    Unpack {
+        image: String,
+        layer: String,
+        source: Box<kiln_executor::Error>,
+    },
+    /// A build input (context, Dockerfile, `.dockerignore`, build argument) that
+    /// cannot be read or used.
+    #[error("{0}")]
+    Input(String),
+    #[error("--secret {spec:?}: {why}")]
+    Secret { spec: String, why: String },
+    #[error("starting the scheduler: {0}")]
+    Scheduler(String),
 }
 
 /// Result alias for the solver.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-pub(crate) fn io_ctx(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}

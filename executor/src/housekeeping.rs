@@ -7,56 +7,38 @@
 //! renamed into `tmp/` in one step before their trees are deleted, and blobs are
 //! single files.
 
-use crate::helper::{Launcher, Request, Response};
-use crate::{io_ctx, Error, Result};
+use crate::{io_ctx, Executor, Result};
 use kiln_snapshotter::gc::{Inventory, Plan};
 use std::fs;
 use std::path::PathBuf;
 
 /// Disk usage of `paths` (measured inside the namespace).
-pub fn measure(l: &Launcher, paths: &[PathBuf]) -> Result<Vec<u64>> {
-    if paths.is_empty() {
-        return Ok(Vec::new());
-    }
-    match l.run(
-        &Request::Usage {
-            paths: paths.to_vec(),
-        },
-        &|_| {},
-    )? {
-        Response::Usage { bytes } if bytes.len() == paths.len() => Ok(bytes),
-        other => Err(Error::Helper(format!("unexpected helper answer {other:?}"))),
-    }
+pub fn measure(l: &dyn Executor, paths: &[PathBuf]) -> Result<Vec<u64>> {
+    l.usage(paths)
 }
 
 /// Everything in the launcher's store, with sizes.
-pub fn inventory(l: &Launcher) -> Result<Inventory> {
-    Inventory::scan(&l.store, |paths: &[PathBuf]| measure(l, paths))
+pub fn inventory(l: &dyn Executor) -> Result<Inventory> {
+    Inventory::scan(l.store(), |paths: &[PathBuf]| measure(l, paths))
 }
 
 /// Deletes `paths` inside the namespace.
-pub fn remove(l: &Launcher, paths: Vec<PathBuf>) -> Result<()> {
-    if paths.is_empty() {
-        return Ok(());
-    }
-    match l.run(&Request::Remove { paths }, &|_| {})? {
-        Response::Removed => Ok(()),
-        other => Err(Error::Helper(format!("unexpected helper answer {other:?}"))),
-    }
+pub fn remove(l: &dyn Executor, paths: Vec<PathBuf>) -> Result<()> {
+    l.remove(paths)
 }
 
 /// Clears `tmp/` (call only under the exclusive store lock); returns how many
 /// leftovers there were.
-pub fn clear_tmp(l: &Launcher) -> Result<usize> {
-    let leftovers = l.store.tmp_entries()?;
+pub fn clear_tmp(l: &dyn Executor) -> Result<usize> {
+    let leftovers = l.store().tmp_entries()?;
     let n = leftovers.len();
     remove(l, leftovers)?;
     Ok(n)
 }
 
 /// Carries out a prune plan (under the exclusive store lock).
-pub fn execute(l: &Launcher, plan: &Plan) -> Result<()> {
-    let store = &l.store;
+pub fn execute(l: &dyn Executor, plan: &Plan) -> Result<()> {
+    let store = l.store();
     for key in &plan.records {
         remove_file(&store.cache_path(key))?;
     }

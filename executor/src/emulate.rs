@@ -7,8 +7,10 @@
 //! its applet by argv[0], and without `P` a pipeline's applets lose it. Where
 //! that is impossible, interpreters the host has registered (with `F`) still work.
 
-use crate::{io_ctx, sys, Error, Result};
+use crate::{io_ctx, sys, Error, Executor, Result};
+use kiln_frontend::{BuildGraph, Op, Platform};
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 /// One QEMU target: its name and the ELF header it claims.
@@ -188,12 +190,7 @@ fn elf_static(b: &[u8]) -> Option<bool> {
 /// The line that registers `e` with binfmt_misc: every byte of magic and mask
 /// escaped, so a `:` in them cannot end a field.
 fn register_line(e: &Emulator) -> Result<String> {
-    let t = target(&e.arch).ok_or_else(|| {
-        Error::Helper(format!(
-            "no QEMU target is known for architecture {}",
-            e.arch
-        ))
-    })?;
+    let t = target(&e.arch).ok_or_else(|| Error::NoQemuTarget(e.arch.clone()))?;
     let hex = |b: &[u8]| b.iter().map(|x| format!("\\x{x:02x}")).collect::<String>();
     Ok(format!(
         ":kiln-qemu-{}:M::{}:{}:{}:FP",
@@ -249,6 +246,111 @@ pub fn host_registered(arch: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether kiln can mount a binfmt_misc of its own user namespace here.
+pub fn private_binfmt(executor: &dyn Executor) -> std::result::Result<(), String> {
+    match executor.probe_binfmt() {
+        Ok(None) => Ok(()),
+        Ok(Some(e)) => Err(e),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// How foreign code of `arch` would run here, or why it cannot.
+pub enum Runs {
+    Native,
+    /// Registered by kiln in its namespace.
+    Private(Emulator),
+    /// The host's registration, with this interpreter.
+    Host(String),
+}
+
+/// Decides how `arch` runs; `private` is the probe's answer (asked once).
+pub fn how(
+    arch: &str,
+    private: &std::result::Result<(), String>,
+) -> std::result::Result<Runs, String> {
+    let host = Platform::host().architecture;
+    if native(&host, arch) {
+        return Ok(Runs::Native);
+    }
+    let Some(qemu) = qemu_name(arch) else {
+        return Err(format!(
+            "kiln knows no QEMU emulator for architecture {arch:?} (it knows arm64, arm, riscv64, ppc64le, s390x, mips64le, amd64, 386)"
+        ));
+    };
+    let found = find_interpreter(
+        arch,
+        std::env::var("KILN_QEMU_PATH").ok().as_deref(),
+        std::env::var("PATH").ok().as_deref(),
+    );
+    if let (Some(interpreter), Ok(())) = (&found, private) {
+        return Ok(Runs::Private(Emulator {
+            arch: arch.to_string(),
+            interpreter: interpreter.clone(),
+        }));
+    }
+    if let Some(i) = host_registered(arch) {
+        return Ok(Runs::Host(i));
+    }
+    Err(match found {
+        None => format!(
+            "no static qemu-{qemu}-static was found in $KILN_QEMU_PATH, $PATH or /usr/bin: install it (Debian/Ubuntu: apt install qemu-user-static) or point KILN_QEMU_PATH at the directory that has it"
+        ),
+        Some(i) => format!(
+            "{} is there, but this kernel does not let kiln register it in its own user namespace ({}; Linux 6.7 or newer is needed), and the host has no binfmt_misc registration for {arch} with the F flag: upgrade the kernel, or have an administrator register QEMU (e.g. apt install qemu-user-static binfmt-support)",
+            i.display(),
+            private.as_ref().err().map(String::as_str).unwrap_or("no reason given")
+        ),
+    })
+}
+
+/// The emulators the graphs' RUN steps need, checked before anything runs (Linux
+/// 6.7+ lets kiln register a static QEMU in its own user namespace; else the host's
+/// registration serves); what was chosen goes to `note`.
+pub fn plan(
+    graphs: &[BuildGraph],
+    executor: &dyn Executor,
+    note: &dyn Fn(&str),
+) -> Result<HashMap<String, Emulator>> {
+    let mut needed: BTreeSet<(String, String)> = BTreeSet::new();
+    for g in graphs {
+        for n in g.dag.node_indices() {
+            if let Op::Run(r) = &g.dag[n].op {
+                needed.insert((r.platform.architecture.clone(), r.platform.to_string()));
+            }
+        }
+    }
+    let host = Platform::host().architecture;
+    if needed.iter().all(|(a, _)| native(&host, a)) {
+        return Ok(HashMap::new());
+    }
+    let private = private_binfmt(executor);
+    let mut out = HashMap::new();
+    for (arch, platform) in needed {
+        match how(&arch, &private) {
+            Ok(Runs::Native) => {}
+            Ok(Runs::Private(e)) => {
+                note(&format!(
+                    "{platform}: RUN steps are emulated by {} (registered in kiln's user namespace)",
+                    e.interpreter.display()
+                ));
+                out.insert(arch, e);
+            }
+            Ok(Runs::Host(i)) => note(&format!(
+                "{platform}: RUN steps are emulated by the host's binfmt_misc registration ({i})"
+            )),
+            Err(why) => {
+                return Err(Error::CannotEmulate {
+                    platform,
+                    host: host.clone(),
+                    why,
+                })
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

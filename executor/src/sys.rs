@@ -14,10 +14,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
-fn fail(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> Error {
-    let what = what.into();
-    move |e| Error::Helper(format!("{what}: {e}"))
-}
+use crate::sys_err as fail;
 
 /// A private mount namespace: nothing mounted here propagates to the host.
 pub(crate) fn private_mount_ns() -> Result<()> {
@@ -222,7 +219,7 @@ pub(crate) fn new_session_keyring() -> Result<()> {
     match nix::errno::Errno::last() {
         // A kernel without keys has no keyring to leak.
         nix::errno::Errno::ENOSYS => Ok(()),
-        e => Err(Error::Helper(format!("joining a new session keyring: {e}"))),
+        e => Err(fail("joining a new session keyring")(e)),
     }
 }
 
@@ -245,17 +242,11 @@ pub(crate) fn loopback_up() -> Result<()> {
     // socket descriptor we own; the union field written is the flags one SIOCGIFFLAGS set.
     unsafe {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(Error::Helper(format!(
-                "reading the flags of lo: {}",
-                nix::errno::Errno::last()
-            )));
+            return Err(fail("reading the flags of lo")(nix::errno::Errno::last()));
         }
         req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(Error::Helper(format!(
-                "bringing up lo: {}",
-                nix::errno::Errno::last()
-            )));
+            return Err(fail("bringing up lo")(nix::errno::Errno::last()));
         }
     }
     Ok(())
@@ -269,7 +260,7 @@ pub(crate) fn own_net_ns() -> Result<()> {
 /// Holds an exclusive lock on `file` until the returned handle is dropped.
 pub(crate) fn lock_exclusive(file: std::fs::File) -> Result<nix::fcntl::Flock<std::fs::File>> {
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| Error::Helper(format!("locking a cache mount: {e}")))
+        .map_err(|(_, e)| fail("locking a cache mount")(e))
 }
 
 pub(crate) fn unmount(target: &Path) -> Result<()> {
@@ -304,7 +295,9 @@ pub(crate) fn die_with_parent() -> Result<()> {
 
 /// Replaces the process image; returns only on failure.
 pub(crate) fn exec(prog: &str, argv: &[String], env: &[String]) -> Error {
-    let cstr = |s: &str| CString::new(s).map_err(|_| Error::Helper(format!("NUL byte in {s:?}")));
+    let cstr = |s: &str| {
+        CString::new(s).map_err(|_| fail(format!("NUL byte in {s:?}"))(nix::errno::Errno::EINVAL))
+    };
     let args = (|| -> Result<_> {
         let argv = argv.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
         let envp = env.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
@@ -312,7 +305,7 @@ pub(crate) fn exec(prog: &str, argv: &[String], env: &[String]) -> Error {
     })();
     match args {
         Ok((p, argv, envp)) => match nix::unistd::execve(&p, &argv, &envp) {
-            Err(e) => Error::Helper(format!("exec {prog}: {e}")),
+            Err(e) => fail(format!("exec {prog}"))(e),
             Ok(never) => match never {},
         },
         Err(e) => e,
@@ -335,7 +328,7 @@ pub(crate) fn wait_exit(child: Pid) -> Result<i32> {
             Ok(WaitStatus::Exited(_, c)) => return Ok(c),
             Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(Error::Helper(format!("waiting for the RUN process: {e}"))),
+            Err(e) => return Err(fail("waiting for the RUN process")(e)),
         }
     }
 }

@@ -99,9 +99,7 @@ impl SecretFrom {
             }
             SecretFrom::Env(v) => std::env::var_os(v)
                 .map(|s| s.into_encoded_bytes())
-                .ok_or_else(|| {
-                    Error::Helper(format!("secret environment variable {v} is not set"))
-                }),
+                .ok_or_else(|| Error::SecretUnset(v.clone())),
         }
     }
 }
@@ -130,7 +128,10 @@ impl Stubs {
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| Error::Helper(format!("opening the rootfs {}: {e}", root.display())))?;
+        .map_err(crate::sys_err(format!(
+            "opening the rootfs {}",
+            root.display()
+        )))?;
         Ok(Stubs {
             root,
             made: Vec::new(),
@@ -295,11 +296,9 @@ pub fn run(
                 let dir = scratch.join(format!("mount-{i}"));
                 fs::create_dir_all(&dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
                 kiln_snapshotter::native::view_ro(store, ids, &dir, kind)?;
-                let p = crate::fileop::resolve_in_root(&dir, subpath, true)?;
+                let p = crate::paths::resolve_in_root(&dir, subpath, true)?;
                 let is_dir = fs::metadata(&p)
-                    .map_err(|_| {
-                        Error::Helper(format!("mount source {subpath:?} not found in its stage"))
-                    })?
+                    .map_err(|_| Error::MountSource(subpath.clone()))?
                     .is_dir();
                 (Some(p), is_dir, true)
             }
@@ -356,16 +355,16 @@ pub fn run(
             }
             MountSource::SecretEnv { from, name } => {
                 let v = String::from_utf8(from.read()?)
-                    .map_err(|_| Error::Helper(format!("secret for {name} is not UTF-8")))?;
+                    .map_err(|_| Error::SecretNotUtf8(name.clone()))?;
                 spec.env.push(format!("{name}={v}"));
                 continue;
             }
         };
         if !created.ensure(&rel, is_dir) {
-            return Err(Error::Helper(format!(
-                "cannot create mount point {} in the rootfs (a symlink or a file of the other kind is in the way)",
-                m.target
-            )));
+            return Err(Error::MountTarget {
+                target: m.target.clone(),
+                why: "cannot create it in the rootfs (a symlink or a file of the other kind is in the way)".into(),
+            });
         }
         let size = match &m.kind {
             MountSource::Tmpfs { size } => *size,
@@ -511,7 +510,7 @@ fn sandbox_init(
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| Error::Helper(format!("opening the rootfs: {e}")))?;
+    .map_err(crate::sys_err("opening the rootfs"))?;
     if proc_ok {
         let t = target_in_root(&rootfd, "proc", true)?;
         sys::mount_proc(&sys::fd_path(&t))?;
@@ -552,10 +551,7 @@ fn sandbox_init(
             fs::create_dir(&pipes).map_err(io_ctx("creating /dev/pipes"))?;
             for f in &spec.files {
                 if f.name.contains('/') || f.name.is_empty() || f.name == ".." {
-                    return Err(Error::Helper(format!(
-                        "bad here-document name {:?}",
-                        f.name
-                    )));
+                    return Err(Error::HereDocName(f.name.clone()));
                 }
                 let p = pipes.join(&f.name);
                 fs::write(&p, &f.data).map_err(io_ctx(format!("writing /dev/pipes/{}", f.name)))?;
@@ -564,9 +560,7 @@ fn sandbox_init(
             }
         }
     } else if !spec.files.is_empty() {
-        return Err(Error::Helper(
-            "/dev cannot be set up for a here-document script".into(),
-        ));
+        return Err(Error::NoDevPipes);
     }
     for m in mounts {
         let t = target_in_root(
@@ -601,9 +595,10 @@ fn sandbox_init(
 
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     if fs::create_dir_all(cwd).is_err() && !Path::new(cwd).is_dir() {
-        return Err(Error::Helper(format!(
-            "cannot create working directory {cwd}"
-        )));
+        return Err(Error::Workdir {
+            cwd: cwd.to_string(),
+            why: "cannot be created",
+        });
     }
     std::env::set_current_dir(cwd).map_err(crate::io_ctx(format!("chdir {cwd}")))?;
     // A working directory that is not below the new root (reached through a magic link,
@@ -611,13 +606,14 @@ fn sandbox_init(
     match std::env::current_dir() {
         Ok(p) if p.is_absolute() => {}
         _ => {
-            return Err(Error::Helper(format!(
-                "working directory {cwd} resolves outside the rootfs"
-            )))
+            return Err(Error::Workdir {
+                cwd: cwd.to_string(),
+                why: "resolves outside the rootfs",
+            })
         }
     }
 
-    let user = resolve_user(&spec.user)?;
+    let user = crate::user::resolve_user(&spec.user)?;
     let mut env = spec.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(format!("PATH={DEFAULT_PATH}"));
@@ -626,10 +622,11 @@ fn sandbox_init(
         env.push(format!("HOME={}", user.home));
     }
     if kiln_snapshotter::owner::emulating() && (user.uid, user.gid) != (0, 0) {
-        return Err(Error::Helper(format!(
-            "RUN as USER {} ({}:{}) needs a subordinate id range: without one only root exists in kiln's user namespace; add ranges to /etc/subuid and /etc/subgid (usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER) and install uidmap",
-            spec.user, user.uid, user.gid
-        )));
+        return Err(Error::NeedsSubids {
+            user: spec.user.clone(),
+            uid: user.uid,
+            gid: user.gid,
+        });
     }
     sys::become_user(user.uid, user.gid, &user.groups)?;
     // Changing credentials cleared the parent-death signal: without it, a killed
@@ -639,18 +636,14 @@ fn sandbox_init(
     sys::new_session_keyring()?;
 
     let Some(argv0) = spec.argv.first() else {
-        return Err(Error::Helper("empty command".into()));
+        return Err(Error::EmptyCommand);
     };
     let path_var = env
         .iter()
         .rev()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH);
-    let prog = lookup(argv0, path_var).ok_or_else(|| {
-        Error::Helper(format!(
-            "exec: {argv0:?}: executable file not found in $PATH"
-        ))
-    })?;
+    let prog = lookup(argv0, path_var).ok_or_else(|| Error::NotInPath(argv0.clone()))?;
     Err(sys::exec(&prog, &spec.argv, &env))
 }
 
@@ -660,7 +653,7 @@ fn target_in_root(root: &OwnedFd, rel: &str, dir: bool) -> Result<OwnedFd> {
     match sys::open_in_root(root, rel) {
         Ok(fd) => return Ok(fd),
         Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(Error::Helper(format!("mount target /{rel}: {e}"))),
+        Err(e) => return Err(target_err(rel, e)),
     }
     let rel = rel.trim_matches('/');
     let (parent, name) = match rel.rsplit_once('/') {
@@ -668,12 +661,18 @@ fn target_in_root(root: &OwnedFd, rel: &str, dir: bool) -> Result<OwnedFd> {
         None => ("", rel),
     };
     if name.is_empty() || name == "." || name == ".." {
-        return Err(Error::Helper(format!("mount target /{rel}: not found")));
+        return Err(target_err(rel, "not found"));
     }
     let p = target_in_root(root, parent, true)?;
-    make_at(&p, name, dir)
-        .map_err(|e| Error::Helper(format!("creating mount target /{rel}: {e}")))?;
-    sys::open_in_root(root, rel).map_err(|e| Error::Helper(format!("mount target /{rel}: {e}")))
+    make_at(&p, name, dir).map_err(|e| target_err(rel, format!("creating it: {e}")))?;
+    sys::open_in_root(root, rel).map_err(|e| target_err(rel, e))
+}
+
+fn target_err(rel: &str, why: impl std::fmt::Display) -> Error {
+    Error::MountTarget {
+        target: format!("/{}", rel.trim_start_matches('/')),
+        why: why.to_string(),
+    }
 }
 
 /// Makes `name` in the directory `parent`: a directory (0755) or an empty file (0644),
@@ -694,8 +693,8 @@ fn make_at(parent: &OwnedFd, name: &str, dir: bool) -> nix::Result<()> {
 /// Makes the mount now at `rel` read-only, looking it up again: a descriptor taken
 /// before the mount names the directory under it, not the mount.
 fn remount_ro_in_root(root: &OwnedFd, rel: &str) -> Result<()> {
-    let top = sys::open_in_root(root, rel)
-        .map_err(|e| Error::Helper(format!("making /{rel} read-only: {e}")))?;
+    let top =
+        sys::open_in_root(root, rel).map_err(crate::sys_err(format!("making /{rel} read-only")))?;
     sys::remount_ro(&sys::fd_path(&top))
 }
 
@@ -705,7 +704,7 @@ fn mask_proc(root: &OwnedFd) -> Result<()> {
     let existing = |rel: &str, what: &str| match sys::open_in_root(root, rel) {
         Ok(t) => Ok(Some(t)),
         Err(nix::errno::Errno::ENOENT) => Ok(None),
-        Err(e) => Err(Error::Helper(format!("{what} /{rel}: {e}"))),
+        Err(e) => Err(crate::sys_err(format!("{what} /{rel}"))(e)),
     };
     for rel in MASKED {
         let Some(t) = existing(rel, "masking")? else {
@@ -743,82 +742,6 @@ fn lookup(prog: &str, path: &str) -> Option<String> {
                 .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
                 .unwrap_or(false)
         })
-}
-
-/// A resolved `USER`.
-#[derive(Debug, PartialEq)]
-pub struct User {
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
-    pub home: String,
-}
-
-/// Resolves `user[:group]` (names or ids) against /etc/passwd and /etc/group of the
-/// current root, as Docker does: a name must exist; a numeric id need not.
-pub fn resolve_user(spec: &str) -> Result<User> {
-    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = fs::read_to_string("/etc/group").unwrap_or_default();
-    resolve_user_in(spec, &passwd, &group)
-}
-
-pub(crate) fn resolve_user_in(spec: &str, passwd: &str, group: &str) -> Result<User> {
-    let (u, g) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    let u = if u.is_empty() { "0" } else { u };
-    let entry = passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() >= 6 && (f[0] == u || f[2] == u));
-    let (uid, mut gid, home, name) = match (&entry, u.parse::<u32>()) {
-        (Some(f), _) => (
-            f[2].parse()
-                .map_err(|_| Error::Helper(format!("bad /etc/passwd entry for {u}")))?,
-            f[3].parse().unwrap_or(0),
-            f[5].to_string(),
-            Some(f[0].to_string()),
-        ),
-        (None, Ok(id)) => (id, 0, "/".to_string(), None),
-        (None, Err(_)) => {
-            return Err(Error::Helper(format!(
-                "unable to find user {u}: no matching entries in passwd file"
-            )))
-        }
-    };
-    if let Some(g) = g {
-        gid = match group
-            .lines()
-            .map(|l| l.split(':').collect::<Vec<_>>())
-            .find(|f| f.len() >= 3 && (f[0] == g || f[2] == g))
-        {
-            Some(f) => f[2]
-                .parse()
-                .map_err(|_| Error::Helper(format!("bad /etc/group entry for {g}")))?,
-            None => g.parse().map_err(|_| {
-                Error::Helper(format!(
-                    "unable to find group {g}: no matching entries in group file"
-                ))
-            })?,
-        };
-    }
-    let groups = match (&name, g) {
-        (Some(n), None) => group
-            .lines()
-            .map(|l| l.split(':').collect::<Vec<_>>())
-            .filter(|f| f.len() >= 4 && f[3].split(',').any(|m| m == n))
-            .filter_map(|f| f[2].parse().ok())
-            .filter(|&x| x != gid)
-            .collect(),
-        _ => Vec::new(),
-    };
-    Ok(User {
-        uid,
-        gid,
-        groups,
-        home,
-    })
 }
 
 #[cfg(test)]
@@ -864,32 +787,5 @@ mod tests {
         assert!(fs::symlink_metadata(root.join("nd"))
             .expect("nd")
             .is_symlink());
-    }
-
-    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:App:/home/app:/bin/sh\n";
-    const GROUP: &str = "root:x:0:\nappgrp:x:1001:\nstaff:x:50:app\n";
-
-    #[test]
-    fn users_resolve_like_docker() {
-        let u = resolve_user_in("app", PASSWD, GROUP).expect("app");
-        assert_eq!(
-            u,
-            User {
-                uid: 1000,
-                gid: 1001,
-                groups: vec![50],
-                home: "/home/app".into()
-            }
-        );
-        let u = resolve_user_in("1000:staff", PASSWD, GROUP).expect("ids");
-        assert_eq!((u.uid, u.gid, u.groups.len()), (1000, 50, 0));
-        let u = resolve_user_in("4242:4343", PASSWD, GROUP).expect("numeric");
-        assert_eq!((u.uid, u.gid), (4242, 4343));
-        assert_eq!(
-            resolve_user_in("", PASSWD, GROUP).expect("root").home,
-            "/root"
-        );
-        assert!(resolve_user_in("nobody-here", PASSWD, GROUP).is_err());
-        assert!(resolve_user_in("app:nogroup", PASSWD, GROUP).is_err());
     }
 }

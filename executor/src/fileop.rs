@@ -5,6 +5,7 @@
 //! image is followed as if its root were `/` (like securejoin), so nothing outside the
 //! context or the rootfs can be read or written.
 
+use crate::paths::{clean_rel, expand_sources, join_rel, resolve_in_root};
 use crate::{io_ctx, Error, Result};
 use kiln_frontend::dockerignore::Matcher;
 use kiln_snapshotter::native::{self, Snapshotter};
@@ -54,145 +55,6 @@ impl Default for Source {
     }
 }
 
-const MAX_LINKS: usize = 255;
-
-/// Resolves `rel` under `root`, following symlinks but never leaving `root`.
-/// `follow_last` says whether a symlink in the last component is followed.
-pub fn resolve_in_root(root: &Path, rel: &str, follow_last: bool) -> Result<PathBuf> {
-    let mut stack: Vec<String> = Vec::new();
-    let mut todo: Vec<String> = rel
-        .split('/')
-        .rev()
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
-    let mut links = 0;
-    while let Some(part) = todo.pop() {
-        match part.as_str() {
-            "." => continue,
-            ".." => {
-                stack.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let mut cur = root.to_path_buf();
-        cur.extend(stack.iter());
-        cur.push(&part);
-        let is_last = todo.is_empty();
-        match fs::symlink_metadata(&cur) {
-            Ok(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(Error::Helper(format!(
-                        "too many levels of symbolic links in {rel}"
-                    )));
-                }
-                let target =
-                    fs::read_link(&cur).map_err(io_ctx(format!("readlink {}", cur.display())))?;
-                let t = target.to_string_lossy().to_string();
-                if t.starts_with('/') {
-                    stack.clear();
-                }
-                todo.extend(
-                    t.split('/')
-                        .rev()
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string),
-                );
-            }
-            _ => stack.push(part),
-        }
-    }
-    let mut out = root.to_path_buf();
-    out.extend(stack.iter());
-    Ok(out)
-}
-
-fn has_glob(s: &str) -> bool {
-    s.contains(['*', '?', '['])
-}
-
-/// Whether `rel` is visible through `.dockerignore`: not excluded, or an excluded
-/// directory that an exception (`!`) may re-include files under.
-fn visible(root: &Path, rel: &str, ignore: &Matcher) -> Result<bool> {
-    if !ignore.excluded(rel) {
-        return Ok(true);
-    }
-    let p = resolve_in_root(root, rel, true)?;
-    Ok(ignore.has_exclusions() && fs::metadata(p).map(|m| m.is_dir()).unwrap_or(false))
-}
-
-/// Expands COPY sources under `root`: each pattern gives the matching paths (relative,
-/// clean, sorted); a pattern matching nothing is an error, as in BuildKit. Paths that
-/// `.dockerignore` excludes do not exist for COPY.
-pub fn expand_sources(root: &Path, srcs: &[String], ignore: &Matcher) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for src in srcs {
-        let clean = clean_rel(src);
-        if !has_glob(&clean) {
-            let p = resolve_in_root(root, &clean, true)?;
-            if fs::symlink_metadata(&p).is_err() || !visible(root, &clean, ignore)? {
-                return Err(Error::Helper(format!(
-                    "failed to compute cache key: \"/{clean}\": not found"
-                )));
-            }
-            out.push(clean);
-            continue;
-        }
-        let mut matches = vec![String::new()];
-        for part in clean.split('/').filter(|s| !s.is_empty()) {
-            let mut next = Vec::new();
-            for m in &matches {
-                if has_glob(part) {
-                    let dir = resolve_in_root(root, m, true)?;
-                    let Ok(rd) = fs::read_dir(&dir) else { continue };
-                    let mut names: Vec<String> = rd
-                        .filter_map(|e| e.ok())
-                        .map(|e| e.file_name().to_string_lossy().to_string())
-                        .collect();
-                    names.sort();
-                    for n in names {
-                        let cand = join_rel(m, &n);
-                        let hit = kiln_frontend::path::glob_match(part, &n)
-                            .map_err(|e| Error::Helper(format!("COPY source {src:?}: {e}")))?;
-                        if hit && visible(root, &cand, ignore)? {
-                            next.push(cand);
-                        }
-                    }
-                } else {
-                    let cand = join_rel(m, part);
-                    if fs::symlink_metadata(resolve_in_root(root, &cand, true)?).is_ok()
-                        && visible(root, &cand, ignore)?
-                    {
-                        next.push(cand);
-                    }
-                }
-            }
-            matches = next;
-        }
-        // A wildcard that matches nothing copies nothing, as in BuildKit (whose
-        // Dockerfile frontend allows empty wildcards), even as the only source.
-        out.extend(matches);
-    }
-    Ok(out)
-}
-
-fn join_rel(a: &str, b: &str) -> String {
-    if a.is_empty() {
-        b.to_string()
-    } else {
-        format!("{a}/{b}")
-    }
-}
-
-/// `a/./b/../c` -> `a/c`, leading `/` and `..` above the root dropped.
-pub fn clean_rel(p: &str) -> String {
-    kiln_frontend::path::clean(&format!("/{p}"))
-        .trim_start_matches('/')
-        .to_string()
-}
-
 /// Owner for copied files: from `--chown`, resolved in the destination's files.
 fn chown_ids(merged: &Path, spec: &str) -> Result<(u32, u32)> {
     let read = |f: &str| {
@@ -209,14 +71,14 @@ fn chown_ids(merged: &Path, spec: &str) -> Result<(u32, u32)> {
     // look names up in the destination's /etc/passwd and /etc/group and keep 0 when
     // they find nothing); only RUN's USER must exist.
     let (passwd, group) = (read("etc/passwd"), read("etc/group"));
-    let user = crate::exec::resolve_user_in(u, &passwd, &group).unwrap_or(crate::exec::User {
+    let user = crate::user::resolve_user_in(u, &passwd, &group).unwrap_or(crate::user::User {
         uid: 0,
         gid: 0,
         groups: Vec::new(),
         home: "/".into(),
     });
     let gid = match g {
-        Some(g) => crate::exec::resolve_user_in(&format!("0:{g}"), &passwd, &group)
+        Some(g) => crate::user::resolve_user_in(&format!("0:{g}"), &passwd, &group)
             .map(|u| u.gid)
             .unwrap_or(0),
         // `--chown=1000` means 1000:1000; a user name brings its primary group.
@@ -237,8 +99,10 @@ pub fn copy(
     let mut ignore = Matcher::default();
     let (src_root, keep_owner) = match &c.source {
         Source::Context { dir, excludes } => {
-            ignore =
-                Matcher::new(excludes).map_err(|e| Error::Helper(format!(".dockerignore: {e}")))?;
+            ignore = Matcher::new(excludes).map_err(|e| Error::Pattern {
+                what: ".dockerignore".into(),
+                why: e.to_string(),
+            })?;
             (dir.clone(), false)
         }
         Source::Snapshots(ids) => {
@@ -274,8 +138,10 @@ pub fn copy(
             sources.push((m, pivot.clone()));
         }
     }
-    let excludes =
-        Matcher::new(&c.excludes).map_err(|e| Error::Helper(format!("--exclude: {e}")))?;
+    let excludes = Matcher::new(&c.excludes).map_err(|e| Error::Pattern {
+        what: "--exclude".into(),
+        why: e.to_string(),
+    })?;
     sources.retain(|(s, _)| !excludes.excluded(s));
     let dest_rel = clean_rel(&c.dest);
     let count = sources.len() + c.inline.len();
@@ -316,10 +182,7 @@ pub fn copy(
     };
     for f in &c.inline {
         if f.name.is_empty() || f.name.contains('/') || f.name == ".." || f.name == "." {
-            return Err(Error::Helper(format!(
-                "bad here-document name {:?}",
-                f.name
-            )));
+            return Err(Error::HereDocName(f.name.clone()));
         }
         let into_dir = dest_dir_form || fs::metadata(&dest).map(|m| m.is_dir()).unwrap_or(false);
         let target = file_target(merged, &dest_rel, &dest, into_dir, f.name.as_ref(), &opts)?;
@@ -619,8 +482,10 @@ fn unpack_archive(from: &Path, dest: &Path, name: &str) -> Result<()> {
     let f = fs::File::open(from).map_err(io_ctx(format!("opening {name}")))?;
     let mut ar = tar::Archive::new(kiln_snapshotter::unpack::decompress(f)?);
     let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
-    let bad = |what: &str, e: &dyn std::fmt::Display| {
-        Error::Helper(format!("archive {name}: {what}: {e}"))
+    let bad = |what: &str, e: &dyn std::fmt::Display| Error::Archive {
+        name: name.to_string(),
+        what: what.to_string(),
+        why: e.to_string(),
     };
     for entry in ar
         .entries()
@@ -869,7 +734,7 @@ fn copy_entry(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Resul
     } else if ft.is_fifo() {
         // A FIFO is copied as a FIFO, as BuildKit's copy does (mknod).
         nix::unistd::mkfifo(to, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .map_err(|e| Error::Helper(format!("creating FIFO {}: {e}", to.display())))?;
+            .map_err(crate::sys_err(format!("creating FIFO {}", to.display())))?;
     } else if ft.is_socket() {
         // BuildKit's copy turns a socket into an empty regular file (a layer cannot
         // hold a socket); its mode and owner are kept.
@@ -913,11 +778,7 @@ fn mkdir_owned(root: &Path, rel: &str, owner: Option<(u32, u32)>, mode: u32) -> 
         let p = resolve_in_root(root, &done, true)?;
         match fs::metadata(&p) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(Error::Helper(format!(
-                    "/{done} exists and is not a directory"
-                )))
-            }
+            Ok(_) => return Err(Error::NotADirectory(done.clone())),
             Err(_) => {
                 fs::create_dir(&p).map_err(io_ctx(format!("creating /{done}")))?;
                 if let Some((uid, gid)) = owner {

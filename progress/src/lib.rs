@@ -107,9 +107,22 @@ impl Progress {
         }
         Vertex {
             id,
+            shown: true,
             started: Instant::now(),
             progress: self.clone(),
             bar,
+            tail: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// A step that is not shown (its output is kept for its error message only).
+    pub fn hidden(&self) -> Vertex {
+        Vertex {
+            id: 0,
+            shown: false,
+            started: Instant::now(),
+            progress: self.clone(),
+            bar: None,
             tail: Mutex::new(VecDeque::new()),
         }
     }
@@ -123,6 +136,7 @@ impl Progress {
 /// One step being shown.
 pub struct Vertex {
     id: usize,
+    shown: bool,
     started: Instant,
     progress: Progress,
     bar: Option<ProgressBar>,
@@ -141,11 +155,13 @@ impl Vertex {
         }
         match &self.bar {
             Some(b) => b.set_message(line.to_string()),
-            None if self.progress.inner.mode == Mode::Plain => self.progress.line(&format!(
-                "#{} {:.3} {line}",
-                self.id,
-                self.started.elapsed().as_secs_f64()
-            )),
+            None if self.shown && self.progress.inner.mode == Mode::Plain => {
+                self.progress.line(&format!(
+                    "#{} {:.3} {line}",
+                    self.id,
+                    self.started.elapsed().as_secs_f64()
+                ))
+            }
             None => {}
         }
     }
@@ -188,7 +204,7 @@ impl Vertex {
                     .unwrap_or_else(|p| p.into_inner())
                     .push(b.clone());
             }
-            None if self.progress.inner.mode == Mode::Plain => {
+            None if self.shown && self.progress.inner.mode == Mode::Plain => {
                 self.progress.line(&format!("#{} {status}", self.id))
             }
             None => {}

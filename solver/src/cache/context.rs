@@ -1,44 +1,21 @@
-//! Cache keys and records.
-//!
-//! A vertex's key hashes what it does and the keys of its inputs (for COPY from the
-//! context: the selected files' paths, types, modes and contents), so equal keys mean
-//! equal results. A record ([`Record`], kept by the store) maps a key to the resulting
-//! layer stack; it is only trusted while every snapshot and blob it names is still in
-//! the store.
+//! The build context's side of cache keys: content hashes of what COPY and RUN
+//! mounts select in the context, and the remembered digests that let a rebuild stat
+//! the context rather than read it.
 
-use crate::fileop;
-use crate::{io_ctx, Result};
+use crate::Result;
+use fs_err as fs;
+use kiln_executor::paths;
 use kiln_frontend::dockerignore::Matcher;
 use kiln_snapshotter::Store;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 
-pub use kiln_snapshotter::records::{Kind, Layer, Record};
-
-/// Hashes length-prefixed parts into a hex key.
-pub fn key(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p.as_bytes());
-    }
-    hex::encode(h.finalize())
-}
-
-/// Loads the record for `key` if it is still usable (and marks it used).
-pub fn load(store: &Store, key: &str) -> Option<Record> {
-    store.load_record(key)
-}
-
-pub fn save(store: &Store, key: &str, r: &Record) -> Result<()> {
-    Ok(store.save_record(key, r)?)
-}
+use super::digest as key;
 
 /// Content hash of what `srcs` select in the context directory `root`, seen through
 /// `.dockerignore` as COPY sees it. File contents come from `known` while their
@@ -50,8 +27,8 @@ pub fn hash_context(
     known: &FileHashes,
 ) -> Result<String> {
     let mut h = Sha256::new();
-    for s in fileop::expand_sources(root, srcs, ignore)? {
-        let p = fileop::resolve_in_root(root, &s, true)?;
+    for s in paths::expand_sources(root, srcs, ignore)? {
+        let p = paths::resolve_in_root(root, &s, true)?;
         let mut bytes = Vec::new();
         hash_tree(&mut bytes, &p, &s, ignore, known)?;
         h.update(&bytes);
@@ -71,7 +48,7 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(m: &fs::Metadata) -> Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
         Stamp {
             dev: m.dev(),
             ino: m.ino(),
@@ -125,7 +102,7 @@ impl FileHashes {
     }
 
     /// The sha256 of the file `p` (`rel` in the context) whose metadata is `m`.
-    fn digest(&self, p: &Path, rel: &str, m: &fs::Metadata) -> Result<[u8; 32]> {
+    fn digest(&self, p: &Path, rel: &str, m: &std::fs::Metadata) -> Result<[u8; 32]> {
         let stamp = Stamp::of(m);
         if let Some((st, d)) = self.old.get(rel) {
             if *st == stamp {
@@ -133,7 +110,7 @@ impl FileHashes {
                 return Ok(*d);
             }
         }
-        let mut f = fs::File::open(p).map_err(io_ctx(format!("opening {}", p.display())))?;
+        let mut f = fs::File::open(p)?;
         let mut h = Sha256::new();
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 256 * 1024]);
@@ -145,8 +122,7 @@ impl FileHashes {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-        })
-        .map_err(io_ctx(format!("reading {}", p.display())))?;
+        })?;
         let d: [u8; 32] = h.finalize().into();
         let settled = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -197,7 +173,7 @@ impl FileHashes {
             ));
         }
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
+            fs::create_dir_all(dir)?;
         }
         kiln_snapshotter::store::atomic_write(path, out.as_bytes(), &store.tmp_path("hashes"))?;
         Ok(())
@@ -236,7 +212,7 @@ fn hash_tree(
     if rel.split('/').count() > kiln_snapshotter::MAX_TREE_DEPTH {
         return Err(kiln_snapshotter::too_deep(Path::new(rel)).into());
     }
-    let m = fs::symlink_metadata(p).map_err(io_ctx(format!("stat {}", p.display())))?;
+    let m = fs::symlink_metadata(p)?;
     if ignore.excluded(rel) && !(m.is_dir() && ignore.has_exclusions()) {
         return Ok(());
     }
@@ -259,14 +235,13 @@ fn hash_tree(
         out.extend_from_slice(part);
     }
     if ft.is_symlink() {
-        let t = fs::read_link(p).map_err(io_ctx(format!("readlink {}", p.display())))?;
+        let t = fs::read_link(p)?;
         out.extend_from_slice(t.to_string_lossy().as_bytes());
     } else if ft.is_file() {
         out.extend_from_slice(&m.len().to_le_bytes());
         out.extend_from_slice(&known.digest(p, rel, &m)?);
     } else if ft.is_dir() {
-        let mut names: Vec<_> = fs::read_dir(p)
-            .map_err(io_ctx(format!("reading {}", p.display())))?
+        let mut names: Vec<_> = fs::read_dir(p)?
             .filter_map(|e| e.ok().map(|e| e.file_name()))
             .collect();
         names.sort();
@@ -327,7 +302,7 @@ mod tests {
             .append(true)
             .open(ctx.join("src/a"))
             .expect("open");
-        f.set_permissions(fs::Permissions::from_mode(0o644))
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))
             .expect("chmod");
         drop(f);
         assert_eq!(hash_context(&ctx, &srcs, &none, &load()).expect("hash"), k);
@@ -359,8 +334,11 @@ mod tests {
         fs::write(d.path().join("src/a"), b"2").expect("write");
         let h2 = hash_context(d.path(), &srcs, &none, &FileHashes::default()).expect("hash");
         assert_ne!(h1, h2);
-        fs::set_permissions(d.path().join("src/a"), fs::Permissions::from_mode(0o755))
-            .expect("chmod");
+        fs::set_permissions(
+            d.path().join("src/a"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
         assert_ne!(
             h2,
             hash_context(d.path(), &srcs, &none, &FileHashes::default()).expect("hash")

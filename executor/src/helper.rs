@@ -1,0 +1,311 @@
+//! The namespace helper: `kiln __helper REQUEST RESPONSE`, and [`Helper`], the
+//! [`Executor`] that starts one per request.
+//!
+//! The request and response travel as JSON files; the RUN's output goes to the
+//! helper's stdout/stderr, which the parent streams to the step's log. The wire types
+//! are this module's own: the rest of kiln sees only [`Executor`].
+
+use crate::{
+    io_ctx, work, Action, Error, Executor, LayerCompression, LayerDigests, Log, Result,
+    Snapshotter, StepOutcome, StepSpec,
+};
+use fs_err as fs;
+use kiln_snapshotter::idmap::{self, IdMap};
+use kiln_snapshotter::Store;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The hidden subcommand the binary dispatches to [`main`].
+pub const SUBCOMMAND: &str = "__helper";
+
+/// What the helper is asked to do.
+#[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // one request per helper process
+pub(crate) enum Request {
+    Unpack {
+        store: PathBuf,
+        blob: PathBuf,
+        id: String,
+        diff_id: Option<String>,
+    },
+    Step {
+        store: PathBuf,
+        snapshotter: Snapshotter,
+        lowers: Vec<String>,
+        dir: PathBuf,
+        action: Action,
+        layer_out: PathBuf,
+        compression: LayerCompression,
+        layer_offset: u64,
+    },
+    Layer {
+        store: PathBuf,
+        id: String,
+        out: PathBuf,
+        compression: LayerCompression,
+    },
+    ExportFs {
+        store: PathBuf,
+        lowers: Vec<String>,
+        dest: PathBuf,
+        tar: bool,
+    },
+    Remove {
+        paths: Vec<PathBuf>,
+    },
+    Usage {
+        paths: Vec<PathBuf>,
+    },
+    Probe {
+        dir: PathBuf,
+    },
+    ProbeBinfmt,
+}
+
+/// What the helper did.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Response {
+    Unpacked {
+        skipped_devices: Vec<String>,
+    },
+    Step(StepOutcome),
+    Layer(LayerDigests),
+    Done,
+    Usage(Vec<u64>),
+    /// `None` when it worked, else why not.
+    Probe(Option<String>),
+    Failed(String),
+}
+
+/// The helper's entry point; returns the process exit code.
+pub fn main(args: &[String]) -> i32 {
+    let (Some(req), Some(resp)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: kiln {SUBCOMMAND} REQUEST RESPONSE");
+        return 2;
+    };
+    let response = match idmap::enter()
+        .map_err(Error::from)
+        .and_then(|_| read_request(Path::new(req)))
+        .and_then(work::handle)
+    {
+        Ok(r) => r,
+        Err(e) => Response::Failed(e.to_string()),
+    };
+    let bytes = serde_json::to_vec(&response).unwrap_or_default();
+    match fs::write(resp, bytes) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("kiln helper: {e}");
+            1
+        }
+    }
+}
+
+fn read_request(p: &Path) -> Result<Request> {
+    let bytes = fs::read(p)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
+        what: "request",
+        why: e.to_string(),
+    })
+}
+
+/// The executor that runs each request in a namespace helper.
+#[derive(Debug, Clone)]
+pub struct Helper {
+    /// The kiln binary (normally `/proc/self/exe`).
+    pub exe: PathBuf,
+    pub idmap: IdMap,
+    pub store: Store,
+    /// The snapshotter of steps.
+    pub snapshotter: Snapshotter,
+}
+
+impl Helper {
+    /// A helper that re-executes this very binary (`/proc/self/exe`), with the overlay
+    /// snapshotter until told otherwise.
+    pub fn new(store: Store, idmap: IdMap) -> Helper {
+        Helper {
+            exe: PathBuf::from("/proc/self/exe"),
+            idmap,
+            store,
+            snapshotter: Snapshotter::Overlay,
+        }
+    }
+
+    /// Runs one request in a helper; every line of its output goes to `on_line`.
+    fn run(&self, req: &Request, on_line: Log<'_>) -> Result<Response> {
+        let base = self.store.tmp_path("helper");
+        let (req_path, resp_path) = (base.with_extension("req"), base.with_extension("resp"));
+        let bytes = serde_json::to_vec(req).map_err(|e| Error::Protocol {
+            what: "request",
+            why: e.to_string(),
+        })?;
+        fs::write(&req_path, bytes)?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg(SUBCOMMAND)
+            .arg(&req_path)
+            .arg(&resp_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let result = (|| {
+            let mut child = self.idmap.spawn(&mut cmd)?;
+            let out: Option<Box<dyn std::io::Read + Send>> =
+                child.stdout.take().map(|o| Box::new(o) as _);
+            let err: Option<Box<dyn std::io::Read + Send>> =
+                child.stderr.take().map(|e| Box::new(e) as _);
+            std::thread::scope(|s| {
+                for pipe in [out, err].into_iter().flatten() {
+                    s.spawn(move || {
+                        BufReader::new(pipe)
+                            .lines()
+                            .map_while(|l| l.ok())
+                            .for_each(|l| on_line(&l))
+                    });
+                }
+            });
+            let status = child
+                .wait()
+                .map_err(io_ctx("waiting for the namespace helper"))?;
+            let bytes =
+                std::fs::read(&resp_path).map_err(|_| Error::NoAnswer(status.to_string()))?;
+            serde_json::from_slice::<Response>(&bytes).map_err(|e| Error::Protocol {
+                what: "response",
+                why: e.to_string(),
+            })
+        })();
+        let _ = std::fs::remove_file(&req_path);
+        let _ = std::fs::remove_file(&resp_path);
+        match result? {
+            Response::Failed(message) => Err(Error::InHelper(message)),
+            r => Ok(r),
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.store.root().to_path_buf()
+    }
+}
+
+impl Executor for Helper {
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn snapshotter(&self) -> Snapshotter {
+        self.snapshotter
+    }
+
+    fn preserves_owners(&self) -> bool {
+        self.idmap.preserves_owners()
+    }
+
+    fn unpack(
+        &self,
+        blob: &Path,
+        id: &str,
+        diff_id: Option<&str>,
+        log: Log<'_>,
+    ) -> Result<Vec<String>> {
+        let req = Request::Unpack {
+            store: self.root(),
+            blob: blob.to_path_buf(),
+            id: id.to_string(),
+            diff_id: diff_id.map(str::to_string),
+        };
+        match self.run(&req, log)? {
+            Response::Unpacked { skipped_devices } => Ok(skipped_devices),
+            _ => Err(Error::Unexpected("unpack")),
+        }
+    }
+
+    fn step(&self, step: StepSpec, log: Log<'_>) -> Result<StepOutcome> {
+        let req = Request::Step {
+            store: self.root(),
+            snapshotter: self.snapshotter,
+            lowers: step.lowers,
+            dir: self.store.tmp_path("step"),
+            action: step.action,
+            layer_out: step.layer_out,
+            compression: step.compression,
+            layer_offset: step.layer_offset,
+        };
+        match self.run(&req, log)? {
+            Response::Step(outcome) => Ok(outcome),
+            _ => Err(Error::Unexpected("step")),
+        }
+    }
+
+    fn make_layer(
+        &self,
+        id: &str,
+        out: &Path,
+        compression: LayerCompression,
+    ) -> Result<LayerDigests> {
+        let req = Request::Layer {
+            store: self.root(),
+            id: id.to_string(),
+            out: out.to_path_buf(),
+            compression,
+        };
+        match self.run(&req, &|l: &str| tracing::info!("{l}"))? {
+            Response::Layer(d) => Ok(d),
+            _ => Err(Error::Unexpected("layer")),
+        }
+    }
+
+    fn export_fs(&self, lowers: &[String], dest: &Path, tar: bool) -> Result<()> {
+        let req = Request::ExportFs {
+            store: self.root(),
+            lowers: lowers.to_vec(),
+            dest: dest.to_path_buf(),
+            tar,
+        };
+        match self.run(&req, &|l: &str| tracing::info!("{l}"))? {
+            Response::Done => Ok(()),
+            _ => Err(Error::Unexpected("export")),
+        }
+    }
+
+    fn remove(&self, paths: Vec<PathBuf>) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        match self.run(&Request::Remove { paths }, &|_| {})? {
+            Response::Done => Ok(()),
+            _ => Err(Error::Unexpected("remove")),
+        }
+    }
+
+    fn usage(&self, paths: &[PathBuf]) -> Result<Vec<u64>> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = Request::Usage {
+            paths: paths.to_vec(),
+        };
+        match self.run(&req, &|_| {})? {
+            Response::Usage(bytes) if bytes.len() == paths.len() => Ok(bytes),
+            _ => Err(Error::Unexpected("usage")),
+        }
+    }
+
+    fn probe_overlay(&self) -> Result<Option<String>> {
+        let req = Request::Probe {
+            dir: self.store.tmp_path("probe"),
+        };
+        match self.run(&req, &|_| {})? {
+            Response::Probe(r) => Ok(r),
+            _ => Err(Error::Unexpected("probe")),
+        }
+    }
+
+    fn probe_binfmt(&self) -> Result<Option<String>> {
+        match self.run(&Request::ProbeBinfmt, &|_| {})? {
+            Response::Probe(r) => Ok(r),
+            _ => Err(Error::Unexpected("binfmt probe")),
+        }
+    }
+}

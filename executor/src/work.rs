@@ -1,0 +1,309 @@
+//! What the helper does, inside kiln's user namespace: one function per request.
+
+use crate::helper::{Request, Response};
+use crate::{fileop, io_ctx, sandbox, sys, sys_err, Action, Error, Result, StepOutcome};
+use crate::{LayerCompression, Snapshotter};
+use fs_err as fs;
+use kiln_snapshotter::native;
+use kiln_snapshotter::{overlay, store, unpack, Store};
+use std::io::Seek;
+use std::path::Path;
+
+pub(crate) fn handle(req: Request) -> Result<Response> {
+    match req {
+        Request::Unpack {
+            store,
+            blob,
+            id,
+            diff_id,
+        } => {
+            let store = Store::open(store)?;
+            let tmp = store.tmp_path("unpack");
+            fs::create_dir(&tmp).map_err(io_ctx(format!("creating {}", tmp.display())))?;
+            let f = fs::File::open(&blob).map_err(io_ctx(format!("opening {}", blob.display())))?;
+            let limit = f
+                .metadata()
+                .ok()
+                .and_then(|m| unpack::expansion_limit(m.len()));
+            let result = unpack::unpack_bounded(f, &tmp, unpack::Owners::here(), limit)
+                .map_err(Error::from)
+                .and_then(|u| match &diff_id {
+                    Some(want) if *want != u.diff_id => Err(Error::DiffId {
+                        got: u.diff_id.clone(),
+                        want: want.clone(),
+                    }),
+                    _ => Ok(u),
+                });
+            let out = match result {
+                Ok(u) => u,
+                Err(e) => {
+                    remove_tree(&tmp);
+                    return Err(e);
+                }
+            };
+            place_snapshot(&store, &tmp, &id)?;
+            Ok(Response::Unpacked {
+                skipped_devices: out.skipped_devices,
+            })
+        }
+        Request::Step {
+            store,
+            snapshotter,
+            lowers,
+            dir,
+            action,
+            layer_out,
+            compression,
+            layer_offset,
+        } => {
+            let store = Store::open(store)?;
+            let r = step(
+                &store,
+                snapshotter,
+                &lowers,
+                &dir,
+                &action,
+                (&layer_out, layer_offset),
+                compression,
+            );
+            remove_tree(&dir);
+            r
+        }
+        Request::Layer {
+            store,
+            id,
+            out,
+            compression,
+        } => {
+            let store = Store::open(store)?;
+            let snapshot = store.snapshot_path(&id);
+            if !snapshot.is_dir() {
+                return Err(Error::MissingSnapshot(id));
+            }
+            let f =
+                fs::File::create(&out).map_err(io_ctx(format!("creating {}", out.display())))?;
+            let layer =
+                kiln_snapshotter::diff::write_layer(&snapshot, f.into_parts().0, compression);
+            if layer.is_err() {
+                let _ = fs::remove_file(&out);
+            }
+            Ok(Response::Layer(layer?))
+        }
+        Request::ExportFs {
+            store,
+            lowers,
+            dest,
+            tar,
+        } => {
+            let store = Store::open(store)?;
+            if tar {
+                export_tar(&store, &lowers, &dest)?;
+            } else {
+                fs::create_dir_all(&dest)
+                    .map_err(io_ctx(format!("creating {}", dest.display())))?;
+                native::materialize(&store, &lowers, &dest, native::How::Export)?;
+            }
+            Ok(Response::Done)
+        }
+        Request::Remove { paths } => {
+            for p in paths {
+                kiln_snapshotter::tree::remove_all(&p)?;
+            }
+            Ok(Response::Done)
+        }
+        Request::Probe { dir } => {
+            let r = probe_overlay(&dir);
+            remove_tree(&dir);
+            Ok(Response::Probe(r.err().map(|e| e.to_string())))
+        }
+        Request::ProbeBinfmt => {
+            let dir = Path::new(crate::emulate::BINFMT);
+            let r = sys::private_mount_ns()
+                .and_then(|_| sys::mount_binfmt(dir))
+                .and_then(|_| sys::unmount(dir));
+            Ok(Response::Probe(r.err().map(|e| e.to_string())))
+        }
+        Request::Usage { paths } => Ok(Response::Usage(
+            paths
+                .iter()
+                .map(|p| kiln_snapshotter::gc::disk_usage(p))
+                .collect(),
+        )),
+    }
+}
+
+/// Removes a temporary tree of the helper's (what a RUN left there can be of any depth).
+fn remove_tree(p: &Path) {
+    let _ = kiln_snapshotter::tree::remove_all(p);
+}
+
+/// Writes the filesystem of `lowers` as a tar at `dest`, walking a view of hard links.
+fn export_tar(store: &Store, lowers: &[String], dest: &Path) -> Result<()> {
+    let view = store.tmp_path("view");
+    fs::create_dir(&view).map_err(io_ctx(format!("creating {}", view.display())))?;
+    let r = (|| {
+        native::materialize(store, lowers, &view, native::How::Link)?;
+        let f = fs::File::create(dest).map_err(io_ctx(format!("creating {}", dest.display())))?;
+        let (w, _) = kiln_snapshotter::diff::write_tar(
+            &view,
+            std::io::BufWriter::with_capacity(1 << 20, f),
+        )?;
+        let f = w
+            .into_inner()
+            .map_err(|e| io_ctx(format!("writing {}", dest.display()))(e.into_error()))?;
+        f.sync_all()
+            .map_err(io_ctx(format!("syncing {}", dest.display())))
+    })();
+    remove_tree(&view);
+    r
+}
+
+/// Mounts an overlay with a whiteout-bearing lower layer, writes through it and checks
+/// the upper directory, as a step would.
+fn probe_overlay(dir: &Path) -> Result<()> {
+    sys::private_mount_ns()?;
+    let store = Store::open(dir.join("store"))?;
+    let lower = store.snapshot_path("probe");
+    fs::create_dir_all(lower.join("d")).map_err(io_ctx("creating the probe layer"))?;
+    fs::write(lower.join("d/f"), b"lower").map_err(io_ctx("writing the probe layer"))?;
+    let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+    for d in [&upper, &work, &merged] {
+        fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
+    }
+    overlay::mount_rw(&store, &["probe".to_string()], &upper, &work, &merged)?;
+    let written = fs::write(merged.join("d/f"), b"upper")
+        .and_then(|_| fs::remove_file(merged.join("d/f")))
+        .map_err(io_ctx("writing through the overlay"));
+    let _ = sys::unmount(&merged);
+    written?;
+    let wh = fs::symlink_metadata(upper.join("d/f"))
+        .map_err(io_ctx("the deletion did not reach the upper directory"))?;
+    if !std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()) {
+        return Err(Error::Probe(
+            "the deletion did not leave a whiteout in the upper directory",
+        ));
+    }
+    Ok(())
+}
+
+/// Moves a finished tree to `snapshots/<id>`; an existing one (same content) wins.
+/// The tree's filesystem is synced first, so a snapshot that exists is whole even
+/// after a power cut.
+fn place_snapshot(store: &Store, tmp: &Path, id: &str) -> Result<()> {
+    let dst = store.snapshot_path(id);
+    if dst.exists() {
+        remove_tree(tmp);
+        return Ok(());
+    }
+    // Trusted in this boot only until a later syncfs (see `Store::mark_unsynced`);
+    // synced now where the boot has no id.
+    if !store.mark_unsynced(id)? {
+        let dir = fs::File::open(tmp).map_err(io_ctx(format!("opening {}", tmp.display())))?;
+        nix::unistd::syncfs(&dir).map_err(sys_err(format!("syncing {}", tmp.display())))?;
+    }
+    match fs::rename(tmp, &dst) {
+        Ok(()) => Ok(()),
+        Err(_) if dst.exists() => {
+            remove_tree(tmp);
+            Ok(())
+        }
+        Err(e) => Err(io_ctx(format!("renaming into {}", dst.display()))(e)),
+    }
+}
+
+fn step(
+    store: &Store,
+    kind: Snapshotter,
+    lowers: &[String],
+    dir: &Path,
+    action: &Action,
+    (layer_out, layer_offset): (&Path, u64),
+    compression: LayerCompression,
+) -> Result<Response> {
+    sys::private_mount_ns()?;
+    let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+    for d in [&upper, &work, &merged] {
+        fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
+    }
+    let since = match kind {
+        Snapshotter::Overlay => {
+            overlay::mount_rw(store, lowers, &upper, &work, &merged)?;
+            None
+        }
+        Snapshotter::Native => {
+            native::materialize(store, lowers, &merged, native::How::Copy)?;
+            let since = native::settle(dir)?;
+            // A mount point, so that RUN can pivot into it.
+            sys::bind(&merged, &merged)?;
+            Some(since)
+        }
+    };
+    let mut links = None;
+    let mut holders = Vec::new();
+    let outcome = match action {
+        Action::Run(spec) => {
+            sandbox::run(store, kind, &merged, &dir.join("mounts"), spec).map(|(code, h)| {
+                holders = h;
+                (code, None)
+            })
+        }
+        Action::Copy(c) => match fileop::copy(store, kind, &merged, &dir.join("src"), c) {
+            Ok(l) => {
+                links = Some(l);
+                Ok((0, None))
+            }
+            Err(e) => Ok((1, Some(e.to_string()))),
+        },
+        Action::Mkdir { path, user } => fileop::mkdir(&merged, path, user).map(|_| (0, None)),
+    };
+    let _ = sys::unmount(&merged);
+    // Mount sources of RUN --mount (read-only views, secret tmpfs) go too, so that
+    // the step directory can be removed.
+    if let Ok(rd) = fs::read_dir(dir.join("mounts")) {
+        for e in rd.flatten() {
+            let _ = sys::unmount(&e.path());
+        }
+    }
+    let _ = sys::unmount(&dir.join("src"));
+    let (exit_code, message) = outcome?;
+    if exit_code != 0 {
+        return Ok(Response::Step(match message {
+            Some(m) => StepOutcome::Refused(m),
+            None => StepOutcome::Exited(exit_code),
+        }));
+    }
+    // COPY's hard links from an earlier snapshot, now that nothing is mounted over the
+    // tree they go into.
+    if let Some(l) = links.filter(|l| !l.is_empty()) {
+        println!(
+            "linked {} unchanged files from the previous build of this COPY",
+            l.len()
+        );
+        l.apply(match kind {
+            Snapshotter::Overlay => &upper,
+            Snapshotter::Native => &merged,
+        })?;
+    }
+    if let Some(since) = since {
+        native::diff(store, lowers, &merged, &upper, since)?;
+    }
+    sandbox::prune_holders(store, lowers, &upper, &holders);
+    let mut out =
+        fs::File::create(layer_out).map_err(io_ctx(format!("creating {}", layer_out.display())))?;
+    out.seek(std::io::SeekFrom::Start(layer_offset))
+        .map_err(io_ctx(format!("positioning in {}", layer_out.display())))?;
+    let digests = match kiln_snapshotter::diff::write_layer(&upper, out.into_parts().0, compression)
+    {
+        Ok(d) => d,
+        Err(e) => {
+            // ENOSPC, say: no partial blob stays behind (the step directory goes too).
+            let _ = fs::remove_file(layer_out);
+            return Err(e.into());
+        }
+    };
+    // A step that changed nothing still has its (empty) layer, as in BuildKit, whose
+    // RUN, COPY, ADD and WORKDIR each add one.
+    let id = store::snapshot_id(&digests.diff_id, kiln_snapshotter::owner::emulating())?;
+    place_snapshot(store, &upper, &id)?;
+    Ok(Response::Step(StepOutcome::Layer(digests)))
+}

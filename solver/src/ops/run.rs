@@ -1,0 +1,153 @@
+//! RUN: a command in the sandbox, with its mounts.
+
+use super::{execute_step, on_parent, Cx, Operation};
+use crate::cache::{digest, hash_context, CacheKey, Record};
+use crate::Result;
+use kiln_executor::{Action, Mount, MountSource, RunAction};
+use kiln_frontend::{CopyFrom, MountKind, Network, RunSpec, Security, Sharing};
+use kiln_progress::Vertex;
+use std::sync::OnceLock;
+
+pub(crate) struct Run<'a> {
+    spec: &'a RunSpec,
+    /// What the executor runs, made with the key (the key covers its mounts' contents).
+    action: OnceLock<RunAction>,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(spec: &'a RunSpec) -> Run<'a> {
+        Run {
+            spec,
+            action: OnceLock::new(),
+        }
+    }
+}
+
+impl Operation for Run<'_> {
+    fn cache_key(&self, cx: &Cx<'_>) -> Result<CacheKey> {
+        let (action, inputs_key) = run_action(cx, self.spec)?;
+        let _ = self.action.set(action);
+        let spec = serde_json::to_string(self.spec).unwrap_or_default();
+        Ok(CacheKey::new("run", &[cx.parent_key(), &spec, &inputs_key]))
+    }
+
+    fn execute(&self, cx: &Cx<'_>, v: &Vertex) -> Result<Record> {
+        let action = match self.action.get() {
+            Some(a) => a.clone(),
+            None => run_action(cx, self.spec)?.0,
+        };
+        let layer = execute_step(cx, v, Action::Run(action))?;
+        Ok(on_parent(cx, layer))
+    }
+}
+
+/// Turns a RUN's mounts into what the executor mounts, refusing what kiln cannot do
+/// yet; returns the action and the part of the cache key its mounts' contents make.
+fn run_action(cx: &Cx<'_>, spec: &RunSpec) -> Result<(RunAction, String)> {
+    let s = cx.solver;
+    if spec.security == Security::Insecure {
+        return Err(cx.fail(
+            "RUN --security=insecure is not supported yet: kiln runs rootless and cannot grant extra privileges",
+        ));
+    }
+    let mut mounts = Vec::new();
+    let mut keys = Vec::new();
+    for m in &spec.mounts {
+        let sp = &m.spec;
+        let kind = match sp.kind {
+            MountKind::Ssh => {
+                return Err(cx.fail(format!(
+                    "RUN --mount=type=ssh (target {}) is not supported yet",
+                    sp.target
+                )))
+            }
+            MountKind::Bind if !sp.readonly => return Err(cx.fail(format!(
+                "RUN --mount=type=bind,rw (target {}) is not supported yet; use a read-only bind",
+                sp.target
+            ))),
+            MountKind::Bind => match m.from {
+                Some(CopyFrom::Step(n)) => {
+                    let d = cx.input(n, "mount source")?;
+                    keys.push(format!("step:{}:{}", d.key, sp.source));
+                    MountSource::Snapshots {
+                        ids: d.record.lowers(),
+                        subpath: sp.source.clone(),
+                    }
+                }
+                _ => {
+                    let src = if sp.source.is_empty() {
+                        "."
+                    } else {
+                        &sp.source
+                    };
+                    let h = hash_context(&s.context, &[src.to_string()], &s.ignore, &s.file_hashes)
+                        .map_err(|e| cx.fail(format!("--mount source {src:?}: {e}")))?;
+                    keys.push(format!("context:{h}"));
+                    let p = kiln_executor::paths::resolve_in_root(&s.context, src, true)?;
+                    MountSource::Host(p)
+                }
+            },
+            MountKind::Cache => {
+                if m.from.is_some() {
+                    return Err(cx.fail(format!(
+                        "RUN --mount=type=cache,from=... (target {}) is not supported yet",
+                        sp.target
+                    )));
+                }
+                let id = digest(&["cache-mount", &sp.id]);
+                MountSource::Cache {
+                    dir: s.store().root().join("cache-mounts").join(&id[..24]),
+                    lock: sp.sharing != Sharing::Shared,
+                    readonly: sp.readonly,
+                    mode: sp.mode.unwrap_or(0o755),
+                    uid: sp.uid.unwrap_or(0),
+                    gid: sp.gid.unwrap_or(0),
+                }
+            }
+            MountKind::Tmpfs => MountSource::Tmpfs { size: sp.size },
+            MountKind::Secret => {
+                let Some(from) = s.secrets.get(&sp.id) else {
+                    if sp.required {
+                        return Err(cx.fail(
+                            format!("secret {} is required but was not provided (kiln build --secret id={},src=FILE)", sp.id, sp.id),
+                        ));
+                    }
+                    continue;
+                };
+                if let Some(name) = &sp.env {
+                    mounts.push(Mount {
+                        target: sp.target.clone(),
+                        kind: MountSource::SecretEnv {
+                            from: from.clone(),
+                            name: name.clone(),
+                        },
+                    });
+                    if sp.target.is_empty() {
+                        continue;
+                    }
+                }
+                MountSource::Secret {
+                    from: from.clone(),
+                    mode: sp.mode.unwrap_or(0o400),
+                    uid: sp.uid.unwrap_or(0),
+                    gid: sp.gid.unwrap_or(0),
+                }
+            }
+        };
+        mounts.push(Mount {
+            target: sp.target.clone(),
+            kind,
+        });
+    }
+    let action = RunAction {
+        argv: spec.argv.clone(),
+        env: spec.env.clone(),
+        cwd: spec.cwd.clone(),
+        user: spec.user.clone(),
+        mounts,
+        emulator: s.emulators.get(&spec.platform.architecture).cloned(),
+        no_network: spec.network == Network::None,
+        files: spec.files.clone(),
+    };
+    Ok((action, keys.join("|")))
+}
