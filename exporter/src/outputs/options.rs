@@ -130,16 +130,18 @@ pub fn parse(spec: &str) -> Result<Output> {
                     ))
                 })?
             }
-            "compression-level" => out.image.layers.level = Some(
-                v.parse()
-                    .ok()
-                    .filter(|l| (0..=22).contains(l))
-                    .ok_or_else(|| {
-                        Error::Options(format!(
+            "compression-level" => {
+                out.image.layers.level = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|l| (0..=22).contains(l))
+                        .ok_or_else(|| {
+                            Error::Options(format!(
                             "output {spec:?}: compression-level={v:?} is not a number from 0 to 22"
                         ))
-                    })?,
-            ),
+                        })?,
+                )
+            }
             "force-compression" => out.image.layers.force = parse_bool(spec, k, v)?,
             "oci-mediatypes" => oci_types = Some(parse_bool(spec, k, v)?),
             "rewrite-timestamp" => out.rewrite_timestamp = parse_bool(spec, k, v)?,

@@ -61,10 +61,12 @@ fn run_action(cx: &Cx<'_>, spec: &RunSpec) -> Result<(RunAction, String)> {
                     sp.target
                 )))
             }
-            MountKind::Bind if !sp.readonly => return Err(cx.fail(format!(
+            MountKind::Bind if !sp.readonly => {
+                return Err(cx.fail(format!(
                 "RUN --mount=type=bind,rw (target {}) is not supported yet; use a read-only bind",
                 sp.target
-            ))),
+            )))
+            }
             MountKind::Bind => match m.from {
                 Some(CopyFrom::Step(n)) => {
                     let d = cx.input(n, "mount source")?;

@@ -1,0 +1,309 @@
+//! Pulls: a name resolved to a platform's manifest (through registries.conf mirrors
+//! first), and digest-verified blob downloads into the content store.
+
+use crate::hosts::{endpoint_reference, Action};
+use crate::{
+    conf, limited, lock, parse_reference, Error, Registry, Resolved, Result, Want, ACCEPT,
+};
+use futures_util::TryStreamExt;
+use kiln_snapshotter::Store;
+use oci_client::Reference;
+use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
+use std::path::Path;
+
+impl Registry {
+    /// Resolves `name` to the manifest for `want`, storing manifest and config;
+    /// registries.conf mirrors are tried first.
+    pub async fn resolve(&self, name: &str, want: &Want, store: &Store) -> Result<Resolved> {
+        let r = parse_reference(name)?;
+        let canonical = format!("{}/{}", r.registry(), r.repository());
+        let endpoints = self.conf.pull_endpoints(&canonical, r.digest().is_some())?;
+        let mut last = None;
+        for ep in endpoints {
+            let er = endpoint_reference(&r, &ep)?;
+            match self.resolve_at(&r, &er, &ep, want, store).await {
+                Ok(res) => {
+                    lock(&self.served_by).insert(canonical, ep);
+                    return Ok(res);
+                }
+                Err(e) if ep.mirror => {
+                    (self.notify)(&format!(
+                        "mirror {}: {e}; trying the next source",
+                        ep.repository
+                    ));
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::NotFound {
+            reference: canonical,
+            what: "a source to pull from".into(),
+        }))
+    }
+
+    async fn resolve_at(
+        &self,
+        asked: &Reference,
+        r: &Reference,
+        ep: &conf::Endpoint,
+        want: &Want,
+        store: &Store,
+    ) -> Result<Resolved> {
+        let host = self.host(r, ep.insecure).await?;
+        let client = &host.chunked;
+        let tag_or_digest = r
+            .digest()
+            .map(|d| format!("manifest {d}"))
+            .unwrap_or_else(|| format!("tag {:?}", r.tag().unwrap_or("latest")));
+        let (bytes, digest) = self
+            .retried(
+                self.policy_for(ep),
+                &format!("fetching the manifest of {}", r.whole()),
+                || client.pull_manifest_raw(r, &host.auth, &ACCEPT),
+            )
+            .await
+            .map_err(|e| self.explain(e, r, &host, Action::Pull, &tag_or_digest))?;
+        let media = media_type_of(&bytes);
+        let (bytes, digest) = if media.contains("index") || media.contains("manifest.list") {
+            let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| Error::Invalid {
+                reference: r.whole(),
+                message: format!("bad image index: {e}"),
+            })?;
+            let chosen = pick(&index, want).ok_or_else(|| Error::NoPlatform {
+                reference: asked.whole(),
+                wanted: format!(
+                    "{}/{}{}",
+                    want.os,
+                    want.architecture,
+                    want.variant
+                        .as_ref()
+                        .map(|v| format!("/{v}"))
+                        .unwrap_or_default()
+                ),
+                available: platforms(&index),
+            })?;
+            let pr = r.clone_with_digest(chosen.clone());
+            let (b, d) = self
+                .retried(
+                    self.policy_for(ep),
+                    &format!("fetching the manifest of {}", pr.whole()),
+                    || client.pull_manifest_raw(&pr, &host.auth, &ACCEPT[2..]),
+                )
+                .await
+                .map_err(|e| {
+                    self.explain(e, &pr, &host, Action::Pull, &format!("manifest {chosen}"))
+                })?;
+            if d != chosen {
+                return Err(Error::Invalid {
+                    reference: pr.whole(),
+                    message: format!("manifest does not match its digest {chosen}"),
+                });
+            }
+            (b, d)
+        } else {
+            (bytes, digest)
+        };
+        if kiln_snapshotter::digest::of(&bytes) != digest {
+            return Err(Error::Invalid {
+                reference: r.whole(),
+                message: format!("manifest does not match its digest {digest}"),
+            });
+        }
+        let manifest = ImageManifest::from_reader(&bytes[..]).map_err(|e| Error::Invalid {
+            reference: r.whole(),
+            message: format!("bad image manifest: {e}"),
+        })?;
+        store.write_blob(&bytes)?;
+        let cfg_digest = manifest.config().digest().to_string();
+        let config = match store.read_blob(&cfg_digest) {
+            Ok(c) => c,
+            Err(_) => {
+                let buf = self
+                    .retried(
+                        self.policy_for(ep),
+                        &format!("fetching config {cfg_digest} of {}", r.whole()),
+                        || async {
+                            let mut buf = Vec::new();
+                            client.pull_blob(r, cfg_digest.as_str(), &mut buf).await?;
+                            Ok(buf)
+                        },
+                    )
+                    .await
+                    .map_err(|e| {
+                        self.explain(e, r, &host, Action::Pull, &format!("config {cfg_digest}"))
+                    })?;
+                store.write_blob(&buf)?;
+                buf
+            }
+        };
+        Ok(Resolved {
+            pinned: format!("{}/{}@{}", asked.registry(), asked.repository(), digest),
+            manifest_digest: digest,
+            manifest,
+            config,
+            mirror: ep.mirror.then(|| ep.repository.clone()),
+        })
+    }
+
+    /// Downloads blob `digest` of image `pinned` into the store, verifying it; the
+    /// mirror that served the manifest is asked first.
+    pub async fn fetch_blob(&self, pinned: &str, digest: &str, store: &Store) -> Result<()> {
+        self.fetch_sized(pinned, digest, None, store).await
+    }
+
+    /// [`Registry::fetch_blob`] of a blob whose descriptor gives its `size`: a registry
+    /// that sends more or fewer bytes fails the fetch, and never more than `size` bytes
+    /// reach the disk.
+    pub async fn fetch_sized(
+        &self,
+        pinned: &str,
+        digest: &str,
+        size: Option<u64>,
+        store: &Store,
+    ) -> Result<()> {
+        if store.has_blob(digest) {
+            return Ok(());
+        }
+        let r = parse_reference(pinned)?;
+        let canonical = format!("{}/{}", r.registry(), r.repository());
+        let mut endpoints = self.conf.pull_endpoints(&canonical, true)?;
+        if let Some(first) = lock(&self.served_by).get(&canonical) {
+            if let Some(i) = endpoints.iter().position(|e| e == first) {
+                let e = endpoints.remove(i);
+                endpoints.insert(0, e);
+            }
+        }
+        let mut last = None;
+        let n = endpoints.len();
+        for (i, ep) in endpoints.into_iter().enumerate() {
+            let er = endpoint_reference(&r, &ep)?;
+            match self.fetch_blob_at(&er, &ep, digest, size, store).await {
+                Ok(()) => return Ok(()),
+                Err(e) if i + 1 < n => {
+                    (self.notify)(&format!("{}: {e}; trying the next source", ep.repository));
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::NotFound {
+            reference: canonical,
+            what: format!("blob {digest}"),
+        }))
+    }
+
+    async fn fetch_blob_at(
+        &self,
+        r: &Reference,
+        ep: &conf::Endpoint,
+        digest: &str,
+        size: Option<u64>,
+        store: &Store,
+    ) -> Result<()> {
+        let host = self.host(r, ep.insecure).await?;
+        host.chunked
+            .store_auth_if_needed(r.resolve_registry(), &host.auth)
+            .await;
+        let tmp = store.tmp_path("download");
+        let res = self
+            .retried(
+                self.policy_for(ep),
+                &format!("fetching blob {digest} of {}", ep.repository),
+                || async {
+                    let file = tokio::fs::File::create(&tmp).await?;
+                    host.chunked
+                        .pull_blob(r, digest, limited::Limited::new(file, size))
+                        .await
+                },
+            )
+            .await;
+        let wrong_size = |got: u64, want: u64| {
+            Error::Invalid {
+            reference: format!("{}/{}", r.registry(), r.repository()),
+            message: format!(
+                "blob {digest}: the manifest gives its size as {want} bytes, the registry sent {got}"
+            ),
+        }
+        };
+        if let Err(e) = res {
+            let _ = std::fs::remove_file(&tmp);
+            if let Some(got) = limited::overrun(&e) {
+                return Err(wrong_size(got, size.unwrap_or_default()));
+            }
+            return Err(self.explain(e, r, &host, Action::Pull, &format!("blob {digest}")));
+        }
+        if let Some(want) = size {
+            let got = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or_default();
+            if got != want {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(wrong_size(got, want));
+            }
+        }
+        store.commit_blob(&tmp, digest)?;
+        Ok(())
+    }
+}
+
+/// The blob's bytes as a stream of 1 MiB pieces, never the whole blob in memory.
+pub(crate) async fn blob_stream(
+    path: &Path,
+) -> std::io::Result<
+    impl futures_util::Stream<Item = oci_client::errors::Result<tokio_util::bytes::Bytes>>
+        + Send
+        + 'static,
+> {
+    let f = tokio::fs::File::open(path).await?;
+    Ok(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20)
+        .map_err(oci_client::errors::OciDistributionError::from))
+}
+
+pub(crate) fn media_type_of(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| {
+            v.get("mediaType")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) fn pick(index: &ImageIndex, want: &Want) -> Option<String> {
+    let matches = |variant_must: bool| {
+        index.manifests().iter().find(|m| {
+            let Some(p) = m.platform() else { return false };
+            let os_ok = p.os().to_string() == want.os;
+            let arch_ok = p.architecture().to_string() == want.architecture;
+            let var_ok = match (&want.variant, p.variant()) {
+                (Some(w), Some(v)) => w == v,
+                (None, None) => true,
+                _ => !variant_must,
+            };
+            os_ok
+                && arch_ok
+                && var_ok
+                && !matches!(m.media_type(), MediaType::Other(t) if t.contains("attestation"))
+        })
+    };
+    matches(true)
+        .or_else(|| matches(false))
+        .map(|m| m.digest().to_string())
+}
+
+pub(crate) fn platforms(index: &ImageIndex) -> String {
+    let v: Vec<String> = index
+        .manifests()
+        .iter()
+        .filter_map(|m| m.platform().as_ref())
+        .map(|p| match p.variant() {
+            Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
+            None => format!("{}/{}", p.os(), p.architecture()),
+        })
+        .collect();
+    if v.is_empty() {
+        "no platforms".into()
+    } else {
+        v.join(", ")
+    }
+}
