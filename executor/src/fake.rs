@@ -190,7 +190,7 @@ impl Executor for Recording {
         });
         Ok(paths
             .iter()
-            .map(|p| kiln_snapshotter::gc::disk_usage(p))
+            .map(|p| kiln_snapshotter::tree::disk_usage(p))
             .collect())
     }
 

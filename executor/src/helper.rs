@@ -1,83 +1,24 @@
 //! The namespace helper: `kiln __helper REQUEST RESPONSE`, and [`Helper`], the
 //! [`Executor`] that starts one per request.
 //!
-//! The request and response travel as JSON files; the RUN's output goes to the
-//! helper's stdout/stderr, which the parent streams to the step's log. The wire types
-//! are this module's own: the rest of kiln sees only [`Executor`].
+//! The request and response ([`crate::wire`]) travel as JSON files; the RUN's output
+//! goes to the helper's stdout/stderr, which the parent streams to the step's log. The
+//! rest of kiln sees only [`Executor`].
 
+use crate::wire::{Request, Response};
 use crate::{
-    io_ctx, work, Action, Error, Executor, LayerCompression, LayerDigests, Log, Result,
-    Snapshotter, StepOutcome, StepSpec,
+    io_ctx, work, Error, Executor, LayerCompression, LayerDigests, Log, Result, Snapshotter,
+    StepOutcome, StepSpec,
 };
 use fs_err as fs;
 use kiln_snapshotter::idmap::{self, IdMap};
 use kiln_snapshotter::Store;
-use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The hidden subcommand the binary dispatches to [`main`].
 pub const SUBCOMMAND: &str = "__helper";
-
-/// What the helper is asked to do.
-#[derive(Debug, Serialize, Deserialize)]
-#[allow(clippy::large_enum_variant)] // one request per helper process
-pub(crate) enum Request {
-    Unpack {
-        store: PathBuf,
-        blob: PathBuf,
-        id: String,
-        diff_id: Option<String>,
-    },
-    Step {
-        store: PathBuf,
-        snapshotter: Snapshotter,
-        lowers: Vec<String>,
-        dir: PathBuf,
-        action: Action,
-        layer_out: PathBuf,
-        compression: LayerCompression,
-        layer_offset: u64,
-    },
-    Layer {
-        store: PathBuf,
-        id: String,
-        out: PathBuf,
-        compression: LayerCompression,
-    },
-    ExportFs {
-        store: PathBuf,
-        lowers: Vec<String>,
-        dest: PathBuf,
-        tar: bool,
-    },
-    Remove {
-        paths: Vec<PathBuf>,
-    },
-    Usage {
-        paths: Vec<PathBuf>,
-    },
-    Probe {
-        dir: PathBuf,
-    },
-    ProbeBinfmt,
-}
-
-/// What the helper did.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum Response {
-    Unpacked {
-        skipped_devices: Vec<String>,
-    },
-    Step(StepOutcome),
-    Layer(LayerDigests),
-    Done,
-    Usage(Vec<u64>),
-    /// `None` when it worked, else why not.
-    Probe(Option<String>),
-    Failed(String),
-}
 
 /// The helper's entry point; returns the process exit code.
 pub fn main(args: &[String]) -> i32 {

@@ -23,6 +23,7 @@ pub mod probe;
 pub mod sandbox;
 mod sys;
 pub mod user;
+mod wire;
 mod work;
 
 pub use emulate::Emulator;

@@ -1,6 +1,6 @@
 //! What the helper does, inside kiln's user namespace: one function per request.
 
-use crate::helper::{Request, Response};
+use crate::wire::{Request, Response};
 use crate::{fileop, io_ctx, sandbox, sys, sys_err, Action, Error, Result, StepOutcome};
 use crate::{LayerCompression, Snapshotter};
 use fs_err as fs;
@@ -126,7 +126,7 @@ pub(crate) fn handle(req: Request) -> Result<Response> {
         Request::Usage { paths } => Ok(Response::Usage(
             paths
                 .iter()
-                .map(|p| kiln_snapshotter::gc::disk_usage(p))
+                .map(|p| kiln_snapshotter::tree::disk_usage(p))
                 .collect(),
         )),
     }

@@ -12,41 +12,12 @@
 //! the caller measures directories (in the namespace helper) and passes the sizes in.
 
 use crate::records::Kind;
+use crate::tree::disk_bytes;
 use crate::{Context, Result, Store};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-
-/// Bytes a file takes on disk.
-pub fn disk_bytes(meta: &fs::Metadata) -> u64 {
-    meta.blocks() * 512
-}
-
-/// Disk usage of a tree, not following symlinks, each inode once; unreadable parts
-/// are skipped (the helper, root of the namespace, can read everything kiln wrote).
-pub fn disk_usage(path: &Path) -> u64 {
-    // A work list, not recursion: a RUN can leave a tree of any depth in a cache mount.
-    let mut seen = HashSet::new();
-    let mut todo = vec![path.to_path_buf()];
-    let mut n = 0;
-    while let Some(p) = todo.pop() {
-        let Ok(m) = fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-            continue;
-        }
-        n += disk_bytes(&m);
-        if m.is_dir() {
-            if let Ok(rd) = fs::read_dir(&p) {
-                todo.extend(rd.flatten().map(|e| e.path()));
-            }
-        }
-    }
-    n
-}
 
 /// One thing a store object can be.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -556,8 +527,9 @@ mod tests {
         let f = fs::File::options().write(true).open(&old).expect("open");
         f.set_modified(SystemTime::now() - Duration::from_secs(7200))
             .expect("mtime");
-        let measure =
-            |ps: &[PathBuf]| -> Result<Vec<u64>> { Ok(ps.iter().map(|p| disk_usage(p)).collect()) };
+        let measure = |ps: &[PathBuf]| -> Result<Vec<u64>> {
+            Ok(ps.iter().map(|p| crate::tree::disk_usage(p)).collect())
+        };
         let inv = Inventory::scan(&store, measure).expect("scan");
         assert_eq!(inv.entries.len(), 3);
         assert_eq!(inv.entries.last().map(|e| e.id.as_str()), Some("old"));

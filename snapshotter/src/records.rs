@@ -139,7 +139,7 @@ impl Store {
                 key: key.to_string(),
                 record,
                 last_used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                bytes: crate::gc::disk_bytes(&meta),
+                bytes: crate::tree::disk_bytes(&meta),
             });
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));

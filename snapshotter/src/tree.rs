@@ -1,4 +1,4 @@
-//! Removing trees of any depth.
+//! Removing and measuring trees of any depth.
 //!
 //! A RUN can leave a directory chain of any depth (in its rootfs or a cache mount), and
 //! `std::fs::remove_dir_all` recurses once per level: 100,000 levels overflow a worker
@@ -101,6 +101,39 @@ pub fn remove_all(path: &Path) -> Result<()> {
     };
     inner().ctx(what)?;
     std::fs::remove_dir(path).ctx(what)
+}
+
+/// Bytes a file takes on disk.
+pub fn disk_bytes(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.blocks() * 512
+}
+
+/// Disk usage of a tree, not following symlinks, each inode once; unreadable parts
+/// are skipped (the helper, root of the namespace, can read everything kiln wrote).
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::collections::HashSet;
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
+    // A work list, not recursion: a RUN can leave a tree of any depth in a cache mount.
+    let mut seen = HashSet::new();
+    let mut todo = vec![path.to_path_buf()];
+    let mut n = 0;
+    while let Some(p) = todo.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+            continue;
+        }
+        n += disk_bytes(&m);
+        if m.is_dir() {
+            if let Ok(rd) = fs::read_dir(&p) {
+                todo.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    n
 }
 
 #[cfg(test)]
