@@ -12,8 +12,10 @@ pub mod ops;
 pub mod resolver;
 mod scheduler;
 pub mod secrets;
+mod session;
 
-pub use scheduler::{solve, Solver, Spool, SPOOL_OFFSET};
+pub use scheduler::solve;
+pub use session::{Done, Solver, Spool, SPOOL_OFFSET};
 
 /// Everything that can go wrong while solving.
 #[derive(Debug, thiserror::Error)]

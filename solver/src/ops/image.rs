@@ -2,7 +2,7 @@
 
 use super::{Cx, Operation, Reuse};
 use crate::cache::{CacheKey, Kind, Layer, Record};
-use crate::scheduler::Solver;
+use crate::session::Solver;
 use crate::{Error, Result};
 use kiln_progress::Vertex;
 use kiln_snapshotter::{diff, Store};

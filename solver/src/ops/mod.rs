@@ -13,7 +13,7 @@ mod run;
 mod scratch;
 
 use crate::cache::{CacheKey, Layer, Record};
-use crate::scheduler::{Done, Solver, SPOOL_OFFSET};
+use crate::session::{Done, Solver, SPOOL_OFFSET};
 use crate::{Error, Result};
 use kiln_executor::{Action, StepOutcome, StepSpec};
 use kiln_frontend::{BuildGraph, Op, Step};
