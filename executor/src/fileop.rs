@@ -7,12 +7,12 @@
 
 use crate::paths::{clean_rel, expand_sources, join_rel, resolve_in_root};
 use crate::{io_ctx, Error, Result};
+use fs_err as fs;
 use kiln_frontend::dockerignore::Matcher;
 use kiln_snapshotter::native::{self, Snapshotter};
 use kiln_snapshotter::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -106,8 +106,7 @@ pub fn copy(
             (dir.clone(), false)
         }
         Source::Snapshots(ids) => {
-            fs::create_dir_all(scratch)
-                .map_err(io_ctx(format!("creating {}", scratch.display())))?;
+            fs::create_dir_all(scratch)?;
             native::view_ro(store, ids, scratch, kind)?;
             (scratch.to_path_buf(), true)
         }
@@ -190,7 +189,7 @@ pub fn copy(
     }
     for (s, pivot) in &sources {
         let from = resolve_in_root(&src_root, s, true)?;
-        let meta = fs::symlink_metadata(&from).map_err(io_ctx(format!("stat {s}")))?;
+        let meta = fs::symlink_metadata(&from)?;
         // --parents: the destination gains the source's own path (below the pivot).
         let (dest_rel, dest) = if c.parents {
             let keep = match pivot {
@@ -220,9 +219,8 @@ pub fn copy(
                 let to = resolve_in_root(merged, &made, true)?;
                 if fs::symlink_metadata(&to).is_err() {
                     let src_dir = resolve_in_root(&src_root, &from_rel, true)?;
-                    let m = fs::symlink_metadata(&src_dir)
-                        .map_err(io_ctx(format!("stat {from_rel}")))?;
-                    fs::create_dir(&to).map_err(io_ctx(format!("creating /{made}")))?;
+                    let m = fs::symlink_metadata(&src_dir)?;
+                    fs::create_dir(&to)?;
                     apply_meta(&src_dir, &to, &m, &opts)?;
                 }
             }
@@ -288,7 +286,7 @@ struct Planned {
     uid: u32,
     gid: u32,
     mode: u32,
-    meta: fs::Metadata,
+    meta: std::fs::Metadata,
 }
 
 impl Links {
@@ -307,7 +305,7 @@ impl Links {
         &self,
         from: &Path,
         to: &Path,
-        meta: &fs::Metadata,
+        meta: &std::fs::Metadata,
         owner: (u32, u32),
         mode: u32,
     ) -> bool {
@@ -355,12 +353,11 @@ impl Links {
         let planned = self.planned.into_inner();
         // Linking changes the directories' times, which copy_tree has set from the
         // source: they are put back afterwards.
-        let mut dirs: HashMap<PathBuf, fs::Metadata> = HashMap::new();
+        let mut dirs: HashMap<PathBuf, std::fs::Metadata> = HashMap::new();
         for p in &planned {
             if let Some(d) = root.join(&p.rel).parent() {
                 if !dirs.contains_key(d) {
-                    let m =
-                        fs::symlink_metadata(d).map_err(io_ctx(format!("stat {}", d.display())))?;
+                    let m = fs::symlink_metadata(d)?;
                     dirs.insert(d.to_path_buf(), m);
                 }
             }
@@ -375,10 +372,9 @@ impl Links {
             if fs::hard_link(&p.link, &to).is_ok() {
                 continue;
             }
-            fs::copy(&p.source, &to).map_err(io_ctx(format!("copying to {}", to.display())))?;
+            fs::copy(&p.source, &to)?;
             kiln_snapshotter::owner::chown(&to, p.uid, p.gid)?;
-            fs::set_permissions(&to, fs::Permissions::from_mode(p.mode))
-                .map_err(io_ctx(format!("chmod {}", to.display())))?;
+            fs::set_permissions(&to, std::fs::Permissions::from_mode(p.mode))?;
             native::set_times(&to, &p.meta)?;
         }
         for (d, m) in dirs {
@@ -445,11 +441,13 @@ struct Opts {
 /// Writes a here-document file.
 fn write_inline(to: &Path, f: &kiln_frontend::InlineFile, opts: &Opts) -> Result<()> {
     kiln_snapshotter::tree::remove_all(to)?;
-    fs::write(to, &f.data).map_err(io_ctx(format!("writing {}", to.display())))?;
+    fs::write(to, &f.data)?;
     let (uid, gid) = opts.owner.unwrap_or((0, 0));
     kiln_snapshotter::owner::chown(to, uid, gid)?;
-    fs::set_permissions(to, fs::Permissions::from_mode(opts.chmod.unwrap_or(f.mode)))
-        .map_err(io_ctx(format!("chmod {}", to.display())))
+    Ok(fs::set_permissions(
+        to,
+        std::fs::Permissions::from_mode(opts.chmod.unwrap_or(f.mode)),
+    )?)
 }
 
 /// Whether `p` is a tar archive, plain or gzip/zstd-compressed (BuildKit's ADD also
@@ -479,7 +477,7 @@ fn is_tar_archive(p: &Path) -> bool {
 /// are followed but never leave it), and an entry replaces whatever is in its way
 /// (a file over a directory, a directory over a file).
 fn unpack_archive(from: &Path, dest: &Path, name: &str) -> Result<()> {
-    let f = fs::File::open(from).map_err(io_ctx(format!("opening {name}")))?;
+    let f = fs::File::open(from)?;
     let mut ar = tar::Archive::new(kiln_snapshotter::unpack::decompress(f)?);
     let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
     let bad = |what: &str, e: &dyn std::fmt::Display| Error::Archive {
@@ -525,14 +523,13 @@ fn unpack_archive(from: &Path, dest: &Path, name: &str) -> Result<()> {
             tar::EntryType::Directory => {
                 clear(true)?;
                 if !at.is_dir() {
-                    fs::create_dir(&at).map_err(io_ctx(format!("archive {name}: {rel}")))?;
+                    fs::create_dir(&at)?;
                 }
                 dirs.push((at.clone(), mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 clear(false)?;
-                let mut out =
-                    fs::File::create(&at).map_err(io_ctx(format!("archive {name}: {rel}")))?;
+                let mut out = fs::File::create(&at)?;
                 std::io::copy(&mut e, &mut out)
                     .map_err(io_ctx(format!("archive {name}: writing {rel}")))?;
             }
@@ -554,8 +551,7 @@ fn unpack_archive(from: &Path, dest: &Path, name: &str) -> Result<()> {
                     .unwrap_or_default();
                 let src = resolve_in_root(dest, &target.to_string_lossy(), false)?;
                 clear(false)?;
-                fs::hard_link(&src, &at)
-                    .map_err(io_ctx(format!("archive {name}: linking {rel}")))?;
+                fs::hard_link(&src, &at)?;
                 continue;
             }
             tar::EntryType::Fifo => {
@@ -571,8 +567,7 @@ fn unpack_archive(from: &Path, dest: &Path, name: &str) -> Result<()> {
             _ => continue,
         }
         kiln_snapshotter::owner::chown(&at, uid, gid)?;
-        fs::set_permissions(&at, fs::Permissions::from_mode(mode))
-            .map_err(io_ctx(format!("archive {name}: chmod {rel}")))?;
+        fs::set_permissions(&at, std::fs::Permissions::from_mode(mode))?;
         if kind != tar::EntryType::Directory {
             kiln_snapshotter::unpack::set_mtime(&at, mtime)?;
         }
@@ -620,28 +615,23 @@ fn copy_tree(
     if rel.split('/').count() > kiln_snapshotter::MAX_TREE_DEPTH {
         return Err(kiln_snapshotter::too_deep(Path::new(rel)).into());
     }
-    let meta = fs::symlink_metadata(from).map_err(io_ctx(format!("stat {}", from.display())))?;
+    let meta = fs::symlink_metadata(from)?;
     let before = match how {
         DirMeta::Copy => {
             apply_meta(from, to, &meta, opts)?;
             None
         }
         DirMeta::Made => None,
-        DirMeta::Kept => {
-            Some(fs::symlink_metadata(to).map_err(io_ctx(format!("stat {}", to.display())))?)
-        }
+        DirMeta::Kept => Some(fs::symlink_metadata(to)?),
     };
-    let mut entries: Vec<_> = fs::read_dir(from)
-        .map_err(io_ctx(format!("reading {}", from.display())))?
-        .filter_map(|e| e.ok())
-        .collect();
+    let mut entries: Vec<_> = fs::read_dir(from)?.filter_map(|e| e.ok()).collect();
     entries.sort_by_key(|e| e.file_name());
     let mut copied = false;
     for e in entries {
         let src = e.path();
         let dst = to.join(e.file_name());
         let r = join_rel(rel, &e.file_name().to_string_lossy());
-        let m = fs::symlink_metadata(&src).map_err(io_ctx(format!("stat {}", src.display())))?;
+        let m = fs::symlink_metadata(&src)?;
         let below = r.strip_prefix(top).unwrap_or(&r).trim_start_matches('/');
         if opts.excludes.excluded(below) {
             continue;
@@ -655,11 +645,11 @@ fn copy_tree(
                 .map(|d| !d.is_dir())
                 .unwrap_or(false)
             {
-                fs::remove_file(&dst).map_err(io_ctx(format!("replacing {}", dst.display())))?;
+                fs::remove_file(&dst)?;
             }
             let created = !dst.exists();
             if created {
-                fs::create_dir(&dst).map_err(io_ctx(format!("creating {}", dst.display())))?;
+                fs::create_dir(&dst)?;
             }
             let inner = copy_tree(
                 &src,
@@ -675,7 +665,7 @@ fn copy_tree(
             )?;
             // An excluded directory only appears for the files an exception re-includes.
             if excluded && !inner && created {
-                fs::remove_dir(&dst).map_err(io_ctx(format!("removing {}", dst.display())))?;
+                fs::remove_dir(&dst)?;
                 continue;
             }
         } else if m.is_file() && m.nlink() > 1 {
@@ -695,13 +685,13 @@ fn copy_tree(
 
 /// Copies a file that has other names: the first name met is copied, the others are
 /// hard links to that copy.
-fn copy_linked(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Result<()> {
+fn copy_linked(from: &Path, to: &Path, meta: &std::fs::Metadata, opts: &Opts) -> Result<()> {
     let key = (meta.dev(), meta.ino());
     let first = opts.linked.borrow().get(&key).cloned();
     match first {
         Some(first) => {
             kiln_snapshotter::tree::remove_all(to)?;
-            fs::hard_link(&first, to).map_err(io_ctx(format!("linking {}", to.display())))
+            Ok(fs::hard_link(&first, to)?)
         }
         None => {
             copy_entry(from, to, meta, opts)?;
@@ -713,7 +703,7 @@ fn copy_linked(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Resu
 
 /// Plans the regular file `from` as a link (see [`Links`]) when the earlier snapshot
 /// has it with the owner and mode this copy gives it.
-fn plan_link(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> bool {
+fn plan_link(from: &Path, to: &Path, meta: &std::fs::Metadata, opts: &Opts) -> bool {
     let Some(owner) = opts.owner else {
         return false;
     };
@@ -722,15 +712,14 @@ fn plan_link(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> bool {
 }
 
 /// Copies one non-directory entry (file, symlink, fifo) to `to`, replacing what is there.
-fn copy_entry(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Result<()> {
+fn copy_entry(from: &Path, to: &Path, meta: &std::fs::Metadata, opts: &Opts) -> Result<()> {
     kiln_snapshotter::tree::remove_all(to)?;
     let ft = meta.file_type();
     if ft.is_symlink() {
-        let target = fs::read_link(from).map_err(io_ctx(format!("readlink {}", from.display())))?;
-        std::os::unix::fs::symlink(&target, to)
-            .map_err(io_ctx(format!("symlink {}", to.display())))?;
+        let target = fs::read_link(from)?;
+        fs_err::os::unix::fs::symlink(&target, to)?;
     } else if ft.is_file() {
-        fs::copy(from, to).map_err(io_ctx(format!("copying to {}", to.display())))?;
+        fs::copy(from, to)?;
     } else if ft.is_fifo() {
         // A FIFO is copied as a FIFO, as BuildKit's copy does (mknod).
         nix::unistd::mkfifo(to, nix::sys::stat::Mode::from_bits_truncate(0o600))
@@ -738,7 +727,7 @@ fn copy_entry(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Resul
     } else if ft.is_socket() {
         // BuildKit's copy turns a socket into an empty regular file (a layer cannot
         // hold a socket); its mode and owner are kept.
-        fs::File::create(to).map_err(io_ctx(format!("creating {}", to.display())))?;
+        fs::File::create(to)?;
     } else {
         // Device nodes cannot be made without privileges: said, not copied.
         println!(
@@ -751,7 +740,7 @@ fn copy_entry(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Resul
 }
 
 /// Gives `to` the owner (`--chown`, else `from`'s, emulated or real), mode and times.
-fn apply_meta(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Result<()> {
+fn apply_meta(from: &Path, to: &Path, meta: &std::fs::Metadata, opts: &Opts) -> Result<()> {
     let (uid, gid) = match opts.owner {
         Some(o) => o,
         None if kiln_snapshotter::owner::emulating() && !meta.file_type().is_symlink() => {
@@ -764,8 +753,7 @@ fn apply_meta(from: &Path, to: &Path, meta: &fs::Metadata, opts: &Opts) -> Resul
         return Ok(());
     }
     let mode = opts.chmod.unwrap_or(meta.mode() & 0o7777);
-    fs::set_permissions(to, fs::Permissions::from_mode(mode))
-        .map_err(io_ctx(format!("chmod {}", to.display())))?;
+    fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;
     Ok(native::set_times(to, meta)?)
 }
 
@@ -780,13 +768,12 @@ fn mkdir_owned(root: &Path, rel: &str, owner: Option<(u32, u32)>, mode: u32) -> 
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(Error::NotADirectory(done.clone())),
             Err(_) => {
-                fs::create_dir(&p).map_err(io_ctx(format!("creating /{done}")))?;
+                fs::create_dir(&p)?;
                 if let Some((uid, gid)) = owner {
                     kiln_snapshotter::owner::chown(&p, uid, gid)?;
                 }
                 // After chown, which may clear set-id bits.
-                fs::set_permissions(&p, fs::Permissions::from_mode(mode))
-                    .map_err(io_ctx(format!("chmod /{done}")))?;
+                fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
             }
         }
     }

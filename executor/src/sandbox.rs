@@ -12,13 +12,13 @@
 //! (read by the helper from a file or its environment, kept on a private tmpfs, never
 //! in the request, the cache key or the layer).
 
-use crate::{io_ctx, sys, Error, Result};
+use crate::{sys, Error, Result};
+use fs_err as fs;
 use kiln_frontend::InlineFile;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstatat, Mode, SFlag};
 use nix::unistd::{unlinkat, ForkResult, UnlinkatFlags};
 use serde::{Deserialize, Serialize};
-use std::fs;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -94,9 +94,7 @@ pub enum SecretFrom {
 impl SecretFrom {
     fn read(&self) -> Result<Vec<u8>> {
         match self {
-            SecretFrom::File(p) => {
-                fs::read(p).map_err(io_ctx(format!("reading secret {}", p.display())))
-            }
+            SecretFrom::File(p) => Ok(fs::read(p)?),
             SecretFrom::Env(v) => std::env::var_os(v)
                 .map(|s| s.into_encoded_bytes())
                 .ok_or_else(|| Error::SecretUnset(v.clone())),
@@ -263,7 +261,7 @@ pub fn run(
     // They live on a small tmpfs of their own, so that /proc/self/mountinfo names them
     // by their path in it rather than by a path in the store.
     let etc_dir = scratch.join("etc");
-    fs::create_dir_all(&etc_dir).map_err(io_ctx(format!("creating {}", etc_dir.display())))?;
+    fs::create_dir_all(&etc_dir)?;
     sys::mount_tmpfs(&etc_dir, "mode=755,size=256k", false)?;
     let mut etc = Vec::new();
     for (rel, content) in [
@@ -275,7 +273,7 @@ pub fn run(
             continue;
         }
         let file = etc_dir.join(rel.trim_start_matches("etc/"));
-        fs::write(&file, content).map_err(io_ctx(format!("writing {}", file.display())))?;
+        fs::write(&file, content)?;
         etc.push((rel, file));
     }
     // Mount sources are prepared here, in the helper's mount namespace; the targets
@@ -287,14 +285,12 @@ pub fn run(
         let rel = m.target.trim_start_matches('/').to_string();
         let (src, is_dir, readonly) = match &m.kind {
             MountSource::Host(p) => {
-                let is_dir = fs::metadata(p)
-                    .map_err(io_ctx(format!("mount source {}", p.display())))?
-                    .is_dir();
+                let is_dir = fs::metadata(p)?.is_dir();
                 (Some(p.clone()), is_dir, true)
             }
             MountSource::Snapshots { ids, subpath } => {
                 let dir = scratch.join(format!("mount-{i}"));
-                fs::create_dir_all(&dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
+                fs::create_dir_all(&dir)?;
                 kiln_snapshotter::native::view_ro(store, ids, &dir, kind)?;
                 let p = crate::paths::resolve_in_root(&dir, subpath, true)?;
                 let is_dir = fs::metadata(&p)
@@ -312,10 +308,8 @@ pub fn run(
             } => {
                 if !dir.exists() {
                     let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
-                    fs::create_dir_all(&tmp)
-                        .map_err(io_ctx(format!("creating {}", tmp.display())))?;
-                    fs::set_permissions(&tmp, fs::Permissions::from_mode(*mode))
-                        .map_err(io_ctx("chmod cache mount"))?;
+                    fs::create_dir_all(&tmp)?;
+                    fs::set_permissions(&tmp, std::fs::Permissions::from_mode(*mode))?;
                     kiln_snapshotter::owner::chown(&tmp, *uid, *gid)?;
                     if fs::rename(&tmp, dir).is_err() {
                         let _ = fs::remove_dir(&tmp);
@@ -330,9 +324,8 @@ pub fn run(
                         .create(true)
                         .truncate(false)
                         .write(true)
-                        .open(dir.with_extension("lock"))
-                        .map_err(io_ctx("opening a cache lock"))?;
-                    _locks.push(sys::lock_exclusive(f)?);
+                        .open(dir.with_extension("lock"))?;
+                    _locks.push(sys::lock_exclusive(f.into_parts().0)?);
                 }
                 (Some(dir.clone()), true, *readonly)
             }
@@ -344,12 +337,11 @@ pub fn run(
                 gid,
             } => {
                 let dir = scratch.join(format!("secret-{i}"));
-                fs::create_dir_all(&dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
+                fs::create_dir_all(&dir)?;
                 sys::mount_tmpfs(&dir, "mode=700,size=1m", false)?;
                 let file = dir.join("value");
-                fs::write(&file, from.read()?).map_err(io_ctx("writing a secret"))?;
-                fs::set_permissions(&file, fs::Permissions::from_mode(*mode))
-                    .map_err(io_ctx("chmod secret"))?;
+                fs::write(&file, from.read()?)?;
+                fs::set_permissions(&file, std::fs::Permissions::from_mode(*mode))?;
                 kiln_snapshotter::owner::chown(&file, *uid, *gid)?;
                 (Some(file), false, true)
             }
@@ -541,22 +533,21 @@ fn sandbox_init(
         for d in ["pts", "shm", "mqueue"] {
             let _ = fs::create_dir(dev.join(d));
         }
-        let _ = fs::set_permissions(dev.join("shm"), fs::Permissions::from_mode(0o1777));
+        let _ = fs::set_permissions(dev.join("shm"), std::fs::Permissions::from_mode(0o1777));
         // A devpts instance of the sandbox's own (`/dev/ptmx` links to its ptmx), as
         // runc gives BuildKit's RUN: apt and others want terminals to exist. Where the
         // kernel refuses it, /dev/pts stays an empty directory.
         let _ = sys::mount_devpts(&dev.join("pts"));
         if !spec.files.is_empty() {
             let pipes = dev.join("pipes");
-            fs::create_dir(&pipes).map_err(io_ctx("creating /dev/pipes"))?;
+            fs::create_dir(&pipes)?;
             for f in &spec.files {
                 if f.name.contains('/') || f.name.is_empty() || f.name == ".." {
                     return Err(Error::HereDocName(f.name.clone()));
                 }
                 let p = pipes.join(&f.name);
-                fs::write(&p, &f.data).map_err(io_ctx(format!("writing /dev/pipes/{}", f.name)))?;
-                fs::set_permissions(&p, fs::Permissions::from_mode(f.mode))
-                    .map_err(io_ctx("chmod /dev/pipes file"))?;
+                fs::write(&p, &f.data)?;
+                fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode))?;
             }
         }
     } else if !spec.files.is_empty() {

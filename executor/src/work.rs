@@ -19,8 +19,8 @@ pub(crate) fn handle(req: Request) -> Result<Response> {
         } => {
             let store = Store::open(store)?;
             let tmp = store.tmp_path("unpack");
-            fs::create_dir(&tmp).map_err(io_ctx(format!("creating {}", tmp.display())))?;
-            let f = fs::File::open(&blob).map_err(io_ctx(format!("opening {}", blob.display())))?;
+            fs::create_dir(&tmp)?;
+            let f = fs::File::open(&blob)?;
             let limit = f
                 .metadata()
                 .ok()
@@ -80,8 +80,7 @@ pub(crate) fn handle(req: Request) -> Result<Response> {
             if !snapshot.is_dir() {
                 return Err(Error::MissingSnapshot(id));
             }
-            let f =
-                fs::File::create(&out).map_err(io_ctx(format!("creating {}", out.display())))?;
+            let f = fs::File::create(&out)?;
             let layer =
                 kiln_snapshotter::diff::write_layer(&snapshot, f.into_parts().0, compression);
             if layer.is_err() {
@@ -99,8 +98,7 @@ pub(crate) fn handle(req: Request) -> Result<Response> {
             if tar {
                 export_tar(&store, &lowers, &dest)?;
             } else {
-                fs::create_dir_all(&dest)
-                    .map_err(io_ctx(format!("creating {}", dest.display())))?;
+                fs::create_dir_all(&dest)?;
                 native::materialize(&store, &lowers, &dest, native::How::Export)?;
             }
             Ok(Response::Done)
@@ -140,19 +138,16 @@ fn remove_tree(p: &Path) {
 /// Writes the filesystem of `lowers` as a tar at `dest`, walking a view of hard links.
 fn export_tar(store: &Store, lowers: &[String], dest: &Path) -> Result<()> {
     let view = store.tmp_path("view");
-    fs::create_dir(&view).map_err(io_ctx(format!("creating {}", view.display())))?;
+    fs::create_dir(&view)?;
     let r = (|| {
         native::materialize(store, lowers, &view, native::How::Link)?;
-        let f = fs::File::create(dest).map_err(io_ctx(format!("creating {}", dest.display())))?;
+        let f = fs::File::create(dest)?;
         let (w, _) = kiln_snapshotter::diff::write_tar(
             &view,
             std::io::BufWriter::with_capacity(1 << 20, f),
         )?;
-        let f = w
-            .into_inner()
-            .map_err(|e| io_ctx(format!("writing {}", dest.display()))(e.into_error()))?;
-        f.sync_all()
-            .map_err(io_ctx(format!("syncing {}", dest.display())))
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        Ok(f.sync_all()?)
     })();
     remove_tree(&view);
     r
@@ -164,11 +159,11 @@ fn probe_overlay(dir: &Path) -> Result<()> {
     sys::private_mount_ns()?;
     let store = Store::open(dir.join("store"))?;
     let lower = store.snapshot_path("probe");
-    fs::create_dir_all(lower.join("d")).map_err(io_ctx("creating the probe layer"))?;
-    fs::write(lower.join("d/f"), b"lower").map_err(io_ctx("writing the probe layer"))?;
+    fs::create_dir_all(lower.join("d"))?;
+    fs::write(lower.join("d/f"), b"lower")?;
     let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
     for d in [&upper, &work, &merged] {
-        fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
+        fs::create_dir_all(d)?;
     }
     overlay::mount_rw(&store, &["probe".to_string()], &upper, &work, &merged)?;
     let written = fs::write(merged.join("d/f"), b"upper")
@@ -176,8 +171,7 @@ fn probe_overlay(dir: &Path) -> Result<()> {
         .map_err(io_ctx("writing through the overlay"));
     let _ = sys::unmount(&merged);
     written?;
-    let wh = fs::symlink_metadata(upper.join("d/f"))
-        .map_err(io_ctx("the deletion did not reach the upper directory"))?;
+    let wh = fs::symlink_metadata(upper.join("d/f"))?;
     if !std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()) {
         return Err(Error::Probe(
             "the deletion did not leave a whiteout in the upper directory",
@@ -198,7 +192,7 @@ fn place_snapshot(store: &Store, tmp: &Path, id: &str) -> Result<()> {
     // Trusted in this boot only until a later syncfs (see `Store::mark_unsynced`);
     // synced now where the boot has no id.
     if !store.mark_unsynced(id)? {
-        let dir = fs::File::open(tmp).map_err(io_ctx(format!("opening {}", tmp.display())))?;
+        let dir = fs::File::open(tmp)?;
         nix::unistd::syncfs(&dir).map_err(sys_err(format!("syncing {}", tmp.display())))?;
     }
     match fs::rename(tmp, &dst) {
@@ -207,7 +201,7 @@ fn place_snapshot(store: &Store, tmp: &Path, id: &str) -> Result<()> {
             remove_tree(tmp);
             Ok(())
         }
-        Err(e) => Err(io_ctx(format!("renaming into {}", dst.display()))(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -223,7 +217,7 @@ fn step(
     sys::private_mount_ns()?;
     let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
     for d in [&upper, &work, &merged] {
-        fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
+        fs::create_dir_all(d)?;
     }
     let since = match kind {
         Snapshotter::Overlay => {
@@ -288,10 +282,8 @@ fn step(
         native::diff(store, lowers, &merged, &upper, since)?;
     }
     sandbox::prune_holders(store, lowers, &upper, &holders);
-    let mut out =
-        fs::File::create(layer_out).map_err(io_ctx(format!("creating {}", layer_out.display())))?;
-    out.seek(std::io::SeekFrom::Start(layer_offset))
-        .map_err(io_ctx(format!("positioning in {}", layer_out.display())))?;
+    let mut out = fs::File::create(layer_out)?;
+    out.seek(std::io::SeekFrom::Start(layer_offset))?;
     let digests = match kiln_snapshotter::diff::write_layer(&upper, out.into_parts().0, compression)
     {
         Ok(d) => d,
