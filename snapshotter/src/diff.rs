@@ -8,9 +8,10 @@
 
 use crate::digest::{HashWriter, WriteBehind};
 use crate::{Context, Result};
+use fs_err as fs;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufWriter, Seek, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -135,7 +136,7 @@ struct Walker<W: Write> {
 
 /// A header for the file at `path`; its owner is the emulated one when it has the
 /// `user.rootlesscontainers` xattr.
-fn header_for(path: &Path, meta: &fs::Metadata, kind: tar::EntryType) -> tar::Header {
+fn header_for(path: &Path, meta: &std::fs::Metadata, kind: tar::EntryType) -> tar::Header {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(kind);
     h.set_mode(meta.mode() & 0o7777);
@@ -156,8 +157,7 @@ impl<W: Write> Walker<W> {
         if rel.components().count() >= crate::MAX_TREE_DEPTH {
             return Err(crate::too_deep(rel));
         }
-        let mut names: Vec<_> = fs::read_dir(abs)
-            .ctx(|| format!("reading {}", abs.display()))?
+        let mut names: Vec<_> = fs::read_dir(abs)?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<std::io::Result<_>>()
             .ctx(|| format!("reading {}", abs.display()))?;
@@ -165,7 +165,7 @@ impl<W: Write> Walker<W> {
         for name in names {
             let a = abs.join(&name);
             let r = rel.join(&name);
-            let meta = fs::symlink_metadata(&a).ctx(|| format!("stat {}", a.display()))?;
+            let meta = fs::symlink_metadata(&a)?;
             let ft = meta.file_type();
             self.entries += 1;
             if ft.is_char_device() && meta.rdev() == 0 {
@@ -191,7 +191,7 @@ impl<W: Write> Walker<W> {
                 }
                 self.dir(&a, &r)?;
             } else if ft.is_symlink() {
-                let target = fs::read_link(&a).ctx(|| format!("readlink {}", a.display()))?;
+                let target = fs::read_link(&a)?;
                 let mut h = header_for(&a, &meta, tar::EntryType::Symlink);
                 self.tar
                     .append_link(&mut h, &r, &target)
@@ -211,7 +211,7 @@ impl<W: Write> Walker<W> {
                 let mut h = header_for(&a, &meta, tar::EntryType::Regular);
                 h.set_size(meta.len());
                 self.xattrs(&a)?;
-                let f = File::open(&a).ctx(|| format!("opening {}", a.display()))?;
+                let f = fs::File::open(&a)?;
                 self.tar
                     .append_data(&mut h, &r, f)
                     .ctx(|| format!("writing {}", r.display()))?;

@@ -14,8 +14,8 @@
 use crate::records::Kind;
 use crate::tree::disk_bytes;
 use crate::{Context, Result, Store};
+use fs_err as fs;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 

@@ -50,6 +50,9 @@ pub enum Error {
         context: String,
         source: std::io::Error,
     },
+    /// A file operation failed (fs-err's message names the path).
+    #[error(transparent)]
+    Fs(#[from] std::io::Error),
     /// Content did not hash to the digest it was stored or fetched under.
     #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
     DigestMismatch {

@@ -22,9 +22,10 @@
 use crate::tree::remove_all;
 use crate::unpack::is_opaque;
 use crate::{sys, Context, Result, Store};
+use fs_err as fs;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::fs::{self, Metadata};
+use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -74,8 +75,7 @@ fn is_whiteout(m: &Metadata) -> bool {
 }
 
 fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
-    let mut names = fs::read_dir(dir)
-        .ctx(|| format!("reading {}", dir.display()))?
+    let mut names = fs::read_dir(dir)?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<std::io::Result<Vec<_>>>()
         .ctx(|| format!("reading {}", dir.display()))?;
@@ -129,7 +129,7 @@ impl Materializer<'_> {
         for name in sorted_names(&src.join(rel))? {
             let r = rel.join(&name);
             let (s, d) = (src.join(&r), self.dest.join(&r));
-            let m = fs::symlink_metadata(&s).ctx(|| format!("stat {}", s.display()))?;
+            let m = fs::symlink_metadata(&s)?;
             if is_whiteout(&m) {
                 remove_all(&d)?;
                 continue;
@@ -145,9 +145,9 @@ impl Materializer<'_> {
                     }
                     Ok(_) => {
                         remove_all(&d)?;
-                        fs::create_dir(&d).ctx(|| format!("creating {}", d.display()))?;
+                        fs::create_dir(&d)?;
                     }
-                    Err(_) => fs::create_dir(&d).ctx(|| format!("creating {}", d.display()))?,
+                    Err(_) => fs::create_dir(&d)?,
                 }
                 copy_meta(&s, &d, &m, self.how)?;
                 self.apply(src, &r, links)?;
@@ -158,19 +158,19 @@ impl Materializer<'_> {
             let ft = m.file_type();
             let key = (m.dev(), m.ino());
             if self.how == How::Link {
-                fs::hard_link(&s, &d).ctx(|| format!("linking {}", d.display()))?;
+                fs::hard_link(&s, &d)?;
                 continue;
             }
             if m.nlink() > 1 {
                 if let Some(first) = links.get(&key) {
-                    fs::hard_link(first, &d).ctx(|| format!("linking {}", d.display()))?;
+                    fs::hard_link(first, &d)?;
                     continue;
                 }
             }
             if ft.is_file() {
-                fs::copy(&s, &d).ctx(|| format!("copying {}", s.display()))?;
+                fs::copy(&s, &d)?;
             } else if ft.is_symlink() {
-                let target = fs::read_link(&s).ctx(|| format!("readlink {}", s.display()))?;
+                let target = fs::read_link(&s)?;
                 std::os::unix::fs::symlink(&target, &d)
                     .ctx(|| format!("creating {}", d.display()))?;
             } else if ft.is_fifo() {
@@ -208,8 +208,7 @@ fn copy_meta(from: &Path, to: &Path, m: &Metadata, how: How) -> Result<()> {
     fs::set_permissions(
         to,
         std::os::unix::fs::PermissionsExt::from_mode(m.mode() & 0o7777),
-    )
-    .ctx(|| format!("chmod {}", to.display()))?;
+    )?;
     for n in xattr::list(from).ctx(|| format!("listing xattrs of {}", from.display()))? {
         let s = n.to_string_lossy();
         if crate::unpack::is_overlay_xattr(&s) || (how == How::Export && s == crate::owner::XATTR) {
@@ -252,10 +251,8 @@ fn ctime(m: &Metadata) -> Mark {
 pub fn settle(dir: &Path) -> Result<Mark> {
     let probe = dir.join(".kiln-mark");
     let stamp = |p: &Path| -> Result<Mark> {
-        fs::write(p, b"").ctx(|| format!("writing {}", p.display()))?;
-        Ok(ctime(
-            &fs::metadata(p).ctx(|| format!("stat {}", p.display()))?,
-        ))
+        fs::write(p, b"")?;
+        Ok(ctime(&fs::metadata(p)?))
     };
     let mark = stamp(&probe)?;
     for _ in 0..10_000 {
@@ -289,8 +286,7 @@ pub fn diff(store: &Store, ids: &[String], merged: &Path, upper: &Path, since: M
     };
     d.walk(Path::new(""), &lowers)?;
     for rel in d.made.iter().rev() {
-        let m = fs::symlink_metadata(merged.join(rel))
-            .ctx(|| format!("stat {}", merged.join(rel).display()))?;
+        let m = fs::symlink_metadata(merged.join(rel))?;
         set_times(&upper.join(rel), &m)?;
     }
     Ok(())
@@ -362,7 +358,7 @@ impl Differ<'_> {
         for name in &names {
             let r = rel.join(name);
             let path = self.merged.join(&r);
-            let m = fs::symlink_metadata(&path).ctx(|| format!("stat {}", path.display()))?;
+            let m = fs::symlink_metadata(&path)?;
             let changed_here = ctime(&m) > self.since;
             match lookup(lowers, name) {
                 Some((_, lm)) if lm.is_dir() && m.is_dir() => {
@@ -380,7 +376,7 @@ impl Differ<'_> {
                 _ => {
                     self.ensure_dir(rel)?;
                     let to = self.upper.join(&r);
-                    fs::hard_link(&path, &to).ctx(|| format!("linking {}", to.display()))?;
+                    fs::hard_link(&path, &to)?;
                 }
             }
         }
@@ -397,8 +393,8 @@ impl Differ<'_> {
             self.ensure_dir(parent)?;
         }
         let from = self.merged.join(rel);
-        let m = fs::symlink_metadata(&from).ctx(|| format!("stat {}", from.display()))?;
-        fs::create_dir(&at).ctx(|| format!("creating {}", at.display()))?;
+        let m = fs::symlink_metadata(&from)?;
+        fs::create_dir(&at)?;
         copy_meta(&from, &at, &m, How::Copy)?;
         self.made.push(rel.to_path_buf());
         Ok(())

@@ -7,8 +7,8 @@
 //! last use: loading it for a cache hit touches it.
 
 use crate::{Context, Result, Store};
+use fs_err as fs;
 use serde::{Deserialize, Serialize};
-use std::fs;
 use std::time::SystemTime;
 
 /// One layer of a filesystem state.
@@ -123,7 +123,7 @@ impl Store {
     pub fn records(&self) -> Result<Vec<Found>> {
         let dir = self.root().join("cache");
         let mut out = Vec::new();
-        for e in fs::read_dir(&dir).ctx(|| format!("reading {}", dir.display()))? {
+        for e in fs::read_dir(&dir)? {
             let e = e.ctx(|| format!("reading {}", dir.display()))?;
             let name = e.file_name().to_string_lossy().to_string();
             let Some(key) = name.strip_suffix(".json") else {

@@ -15,8 +15,9 @@
 //! of killed builds in `tmp/` are removed by the next kiln that finds itself alone.
 
 use crate::{digest, Context, Error, Result};
+use fs_err as fs;
 use nix::fcntl::{Flock, FlockArg};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +51,7 @@ impl Store {
             "tmp",
         ] {
             let p = root.join(d);
-            fs::create_dir_all(&p).ctx(|| format!("creating {}", p.display()))?;
+            fs::create_dir_all(&p)?;
         }
         Ok(Store { root })
     }
@@ -117,7 +118,7 @@ impl Store {
         let top = self.root.join("unsynced");
         let dir = top.join(&boot);
         if !dir.is_dir() {
-            fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+            fs::create_dir_all(&dir)?;
             for d in [&top, &self.root] {
                 sync_dir(d)?;
             }
@@ -184,10 +185,7 @@ impl Store {
                 continue;
             }
             let dir = b.path();
-            for m in fs::read_dir(&dir)
-                .ctx(|| format!("reading {}", dir.display()))?
-                .flatten()
-            {
+            for m in fs::read_dir(&dir)?.flatten() {
                 let snapshot = self.snapshot_path(&m.file_name().to_string_lossy());
                 if snapshot.exists() {
                     self.retire(&snapshot)?;
@@ -205,7 +203,7 @@ impl Store {
     pub fn tmp_entries(&self) -> Result<Vec<PathBuf>> {
         let dir = self.root.join("tmp");
         let mut out = Vec::new();
-        for e in fs::read_dir(&dir).ctx(|| format!("reading {}", dir.display()))? {
+        for e in fs::read_dir(&dir)? {
             out.push(e.ctx(|| format!("reading {}", dir.display()))?.path());
         }
         Ok(out)
@@ -215,7 +213,7 @@ impl Store {
     /// gone for every reader at once; the caller deletes the returned path.
     pub fn retire(&self, path: &Path) -> Result<PathBuf> {
         let to = self.tmp_path("retired");
-        fs::rename(path, &to).ctx(|| format!("moving {} aside", path.display()))?;
+        fs::rename(path, &to)?;
         Ok(to)
     }
 
@@ -251,7 +249,7 @@ impl Store {
     /// Reads a small blob (manifest, config) whole.
     pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
         let p = self.blob_path(digest)?;
-        fs::read(&p).ctx(|| format!("reading blob {digest}"))
+        Ok(fs::read(&p)?)
     }
 
     /// A fresh path in the store's temp directory (nothing is created).
@@ -270,7 +268,7 @@ impl Store {
     /// its content hashes to `digest`.
     pub fn commit_blob(&self, tmp: &Path, digest: &str) -> Result<()> {
         let dst = self.blob_path(digest)?;
-        let f = File::open(tmp).ctx(|| format!("opening {}", tmp.display()))?;
+        let f = fs::File::open(tmp)?;
         let (actual, _) = digest::HashReader::new(std::io::BufReader::new(f))
             .finish()
             .ctx(|| format!("hashing {}", tmp.display()))?;
@@ -295,7 +293,7 @@ impl Store {
         let placed = File::open(tmp)
             .and_then(|f| f.sync_all())
             .ctx(|| format!("syncing {}", tmp.display()))
-            .and_then(|()| fs::rename(tmp, dst).ctx(|| format!("renaming into {}", dst.display())));
+            .and_then(|()| Ok(fs::rename(tmp, dst)?));
         if placed.is_err() {
             let _ = fs::remove_file(tmp);
         }
@@ -398,7 +396,7 @@ pub fn atomic_write(dst: &Path, bytes: &[u8], tmp: &Path) -> Result<()> {
     let written = File::create(tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
         .ctx(|| format!("writing {}", tmp.display()))
-        .and_then(|()| fs::rename(tmp, dst).ctx(|| format!("renaming into {}", dst.display())));
+        .and_then(|()| Ok(fs::rename(tmp, dst)?));
     if written.is_err() {
         // ENOSPC, say: the temp file does not stay behind.
         let _ = fs::remove_file(tmp);

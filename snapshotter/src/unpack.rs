@@ -14,7 +14,7 @@
 //! Directory mtimes are set once the whole layer is in, since later entries touch them.
 
 use crate::{digest, Context, Error, Result};
-use std::fs;
+use fs_err as fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
@@ -306,7 +306,7 @@ fn mkdir_contained(root: &Path, rel: &Path) -> Result<PathBuf> {
         match fs::symlink_metadata(&cur) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(Error::Escape(rel.display().to_string())),
-            Err(_) => fs::create_dir(&cur).ctx(|| format!("creating {}", cur.display()))?,
+            Err(_) => fs::create_dir(&cur)?,
         }
     }
     Ok(cur)
