@@ -10,6 +10,10 @@ TEST_USER=${KILN_TEST_USER:-kiln-ci}
 
 bash scripts/setup.sh
 
+echo "[test] formatting and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
 echo "[test] unit tests"
 cargo test --workspace --quiet
 # The micro-benchmarks once each, small (criterion's test mode): they build, and their

@@ -21,6 +21,7 @@ pub mod housekeeping;
 pub mod paths;
 pub mod probe;
 pub mod sandbox;
+#[allow(unsafe_code)] // the one module of raw syscalls
 mod sys;
 pub mod user;
 mod wire;

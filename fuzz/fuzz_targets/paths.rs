@@ -8,7 +8,7 @@
 #![no_main]
 
 use kiln_frontend::dockerignore::Matcher;
-use kiln_solver::fileop::{clean_rel, expand_sources, resolve_in_root};
+use kiln_executor::paths::{clean_rel, expand_sources, resolve_in_root};
 use libfuzzer_sys::fuzz_target;
 use std::fs;
 use std::os::unix::fs::symlink;

@@ -20,6 +20,7 @@ pub mod owner;
 pub mod pargz;
 pub mod records;
 pub mod store;
+#[allow(unsafe_code)] // the one module of raw syscalls
 mod sys;
 pub mod tree;
 pub mod unpack;
