@@ -167,12 +167,18 @@ impl Executor for Recording {
         self.layer(id, out, 0, compression)
     }
 
+    /// Makes `dest` as an export would (an empty directory, or an empty tar).
     fn export_fs(&self, lowers: &[String], dest: &Path, tar: bool) -> Result<()> {
         self.record(Call::ExportFs {
             lowers: lowers.to_vec(),
             dest: dest.to_path_buf(),
             tar,
         });
+        if tar {
+            fs_err::write(dest, [0u8; 1024])?;
+        } else {
+            fs_err::create_dir_all(dest)?;
+        }
         Ok(())
     }
 

@@ -86,7 +86,7 @@ impl Index<'_> {
 }
 
 /// A solved build before any export option: config and layer stack.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Built {
     pub config: ImageConfig,
     pub layers: Vec<Layer>,

@@ -379,3 +379,90 @@ pub fn remake_blob(executor: &dyn Executor, store: &Store, layer: &Layer) -> Res
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_executor::fake::{Call, Recording};
+    use kiln_executor::Executor;
+
+    fn layer(exec: &Recording, id: &str) -> Layer {
+        // What the fake makes of snapshot `id`, made once to learn its digests.
+        let tmp = exec.store().tmp_path("probe-layer");
+        let d = exec
+            .make_layer(id, &tmp, kiln_executor::LayerCompression::Gzip)
+            .expect("layer");
+        let _ = std::fs::remove_file(&tmp);
+        Layer {
+            diff_id: d.diff_id,
+            digest: d.digest,
+            size: d.size,
+            media_type: kiln_snapshotter::diff::MEDIA_TYPE_GZIP.into(),
+            snapshot: id.into(),
+            pulled: false,
+            source: None,
+        }
+    }
+
+    #[test]
+    fn a_blob_made_again_is_stored_only_when_it_is_the_recorded_one() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(d.path().join("store")).expect("store");
+        let exec = Recording::new(store.clone());
+        let good = layer(&exec, "snap-a");
+        remake_blob(&exec, &store, &good).expect("remade");
+        assert!(store.has_blob(&good.digest));
+        // A snapshot that now gives other bytes than recorded is refused, and no blob
+        // or temp file stays behind.
+        let mut stale = layer(&exec, "snap-b");
+        stale.snapshot = "snap-c".into();
+        let e = remake_blob(&exec, &store, &stale).expect_err("differs");
+        assert!(e.to_string().contains("build again with --no-cache"), "{e}");
+        assert!(!store.has_blob(&stale.digest));
+        assert_eq!(
+            std::fs::read_dir(store.root().join("tmp"))
+                .map(|r| r.count())
+                .unwrap_or(0),
+            0
+        );
+        assert!(exec.calls().contains(&Call::MakeLayer {
+            id: "snap-c".into()
+        }));
+    }
+
+    #[test]
+    fn the_filesystem_outputs_go_through_the_executor() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(d.path().join("store")).expect("store");
+        let exec = Recording::new(store.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let registry = Registry::new();
+        let progress = Progress::new(kiln_progress::Mode::Quiet);
+        let built = Built::default();
+        let images = [PlatformImage {
+            platform: Platform::host(),
+            built,
+            lowers: vec!["top".into(), "base".into()],
+        }];
+        let session = Session {
+            store: &store,
+            executor: &exec,
+            registry: &registry,
+            runtime: runtime.handle(),
+            progress: &progress,
+            images: &images,
+            tags: &[],
+            epoch: None,
+            spooled: None,
+        };
+        let dest = d.path().join("out");
+        let o = parse(&format!("type=local,dest={}", dest.display())).expect("parse");
+        assert!(resolve(&o).export(&session, &o).expect("export").is_none());
+        assert!(matches!(
+            exec.calls().last(),
+            Some(Call::ExportFs { lowers, tar: false, .. }) if lowers == &["top", "base"]
+        ));
+    }
+}
