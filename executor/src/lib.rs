@@ -4,14 +4,16 @@
 //! tokio, so every operation that needs kiln's user namespace (unpacking with owners,
 //! overlay mounts, RUN, COPY, diffs of trees owned by mapped ids, deleting them) runs
 //! in a fresh exec of the kiln binary that enters the namespace first thing: the
-//! namespace helper ([`helper`]). The rest of kiln sees only the [`Executor`] trait,
-//! with typed requests and answers; [`Helper`] implements it by starting helpers, and
-//! [`fake::Recording`] implements it without namespaces, for tests.
+//! namespace helper (`helper`, its protocol in `wire`, its work in `work`). The rest of
+//! kiln sees only the [`Executor`] trait, with typed requests and answers; [`Helper`]
+//! implements it by starting helpers, and [`fake::Recording`] implements it without
+//! namespaces, for tests.
 //!
 //! Inside the helper: the RUN sandbox ([`sandbox`]), COPY/ADD and WORKDIR ([`fileop`]),
 //! paths that resolve inside a root ([`paths`]), user names ([`user`]), QEMU user
-//! emulation ([`emulate`]), and the store housekeeping that needs the namespace
-//! ([`housekeeping`]). Raw syscalls and `unsafe` live in `sys` only.
+//! emulation ([`emulate`]), the store housekeeping that needs the namespace
+//! ([`housekeeping`]), and the machine's checks and the snapshotter choice
+//! ([`probe`]). Raw syscalls and `unsafe` live in `sys` only.
 
 pub mod emulate;
 pub mod fake;
