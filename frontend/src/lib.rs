@@ -8,6 +8,7 @@
 //! base images are resolved through the [`ImageResolver`] the caller provides.
 
 mod compile;
+pub mod csv;
 pub mod dockerignore;
 pub mod image;
 pub mod lexer;

@@ -6,39 +6,8 @@ use crate::layers::Compression;
 use crate::{bail, Error, ImageOptions, Result};
 use std::collections::BTreeMap;
 
-/// Splits a CSV record as Go's encoding/csv does (what buildx uses): commas separate
-/// fields; a field in double quotes may hold commas, and `""` is a quote.
 fn csv_fields(s: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut chars = s.chars().peekable();
-    let mut quoted = false;
-    let mut at_start = true;
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted => {
-                if chars.peek() == Some(&'"') {
-                    chars.next();
-                    cur.push('"');
-                } else {
-                    quoted = false;
-                }
-            }
-            '"' if at_start => quoted = true,
-            ',' if !quoted => {
-                out.push(std::mem::take(&mut cur));
-                at_start = true;
-                continue;
-            }
-            c => cur.push(c),
-        }
-        at_start = false;
-    }
-    if quoted {
-        bail!("unterminated quote in {s:?}");
-    }
-    out.push(cur);
-    Ok(out)
+    kiln_frontend::csv::fields(s).map_err(Error::Options)
 }
 
 fn parse_bool(spec: &str, k: &str, v: &str) -> Result<bool> {
