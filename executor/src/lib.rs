@@ -22,6 +22,7 @@ mod helper;
 pub mod housekeeping;
 pub mod paths;
 pub mod probe;
+mod remake;
 pub mod sandbox;
 #[allow(unsafe_code)] // the one module of raw syscalls
 mod sys;
@@ -34,6 +35,7 @@ pub use fileop::{CopyAction, Source};
 pub use helper::{main as helper_main, Helper, SUBCOMMAND};
 pub use kiln_snapshotter::diff::{LayerCompression, LayerDigests};
 pub use kiln_snapshotter::native::Snapshotter;
+pub use remake::remake_blob;
 pub use sandbox::{Mount, MountSource, RunAction, SecretFrom};
 
 use kiln_snapshotter::Store;
@@ -192,6 +194,8 @@ pub enum Error {
     NoQemuTarget(String),
     #[error("{0}")]
     Probe(&'static str),
+    #[error("making layer {layer} again: {why}")]
+    Remake { layer: String, why: String },
     /// An error inside the helper, as it reported it.
     #[error("{0}")]
     InHelper(String),

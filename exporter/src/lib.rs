@@ -43,8 +43,6 @@ pub enum Error {
     /// asked.
     #[error("{0}")]
     Options(String),
-    #[error("making layer {layer} again: {why}")]
-    Remake { layer: String, why: String },
 }
 
 /// Returns an [`Error::Options`] with the formatted message.
