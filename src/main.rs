@@ -18,7 +18,8 @@ use kiln_progress::{Mode, Progress};
 use kiln_registry::Registry;
 use kiln_snapshotter::idmap::IdMap;
 use kiln_snapshotter::Store;
-use kiln_solver::cache::{FileHashes, LocalCache};
+use kiln_solver::cache::{options, Caches, FileHashes, LocalCache};
+use kiln_solver::{transfer, Need};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -102,6 +103,12 @@ struct BuildArgs {
     /// Do not use cache when building the image.
     #[arg(long = "no-cache")]
     no_cache: bool,
+    /// Cache export destination (e.g. `type=local,dest=DIR[,mode=min|max]`).
+    #[arg(long = "cache-to")]
+    cache_to: Vec<String>,
+    /// External cache source (e.g. `type=local,src=DIR`).
+    #[arg(long = "cache-from")]
+    cache_from: Vec<String>,
     /// Set type of progress output (auto, tty, plain, quiet).
     #[arg(long, default_value = "auto")]
     progress: Mode,
@@ -199,6 +206,16 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
     let secrets = kiln_solver::secrets::parse(&b.secrets)?;
     let platforms = Platform::parse_list(b.platform.as_deref()).map_err(anyhow::Error::msg)?;
     let outputs = outputs::plan(&b.outputs, b.push, &b.tags)?;
+    let cache_to = b
+        .cache_to
+        .iter()
+        .map(|c| options::cache_to(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cache_from = b
+        .cache_from
+        .iter()
+        .map(|c| options::cache_from(c))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut labels = Vec::new();
     for l in &b.labels {
         match l.split_once('=') {
@@ -314,12 +331,20 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         warnings: Vec::new(),
     };
     // Whatever happens, the spool file is gone at the end: renamed into the archive, or
-    // removed by the guard.
-    let spool = outputs::Spool::for_outputs(&outputs, graphs.len());
+    // removed by the guard. A cache export needs every blob in the store: no spool.
+    let spool = match cache_to.is_empty() {
+        true => outputs::Spool::for_outputs(&outputs, graphs.len()),
+        false => outputs::Spool::none(),
+    };
     let executor: Arc<dyn Executor> = Arc::new(helper);
+    let owners = executor.preserves_owners();
+    let imports = transfer::import(&cache_from, &store, owners, &|m| progress.note(m));
     let solver = kiln_solver::Solver {
         executor: executor.clone(),
-        cache: Arc::new(LocalCache::new(store.clone())),
+        cache: Arc::new(Caches {
+            local: LocalCache::new(store.clone(), owners),
+            imports,
+        }),
         registry: registry.clone(),
         runtime: runtime.handle().clone(),
         file_hashes: FileHashes::load(&store, &inputs.context),
@@ -346,7 +371,7 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
     for ((graph, map), platform) in graphs.iter().zip(&merged.maps).zip(&platforms) {
         let results: HashMap<_, _> = map
             .iter()
-            .filter_map(|(old, new)| all.get(new).map(|r| (*old, r.clone())))
+            .filter_map(|(old, new)| all.get(new).map(|d| (*old, d.record.clone())))
             .collect();
         let built = kiln_exporter::assemble(graph, &results)?;
         let lowers = results
@@ -359,6 +384,18 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
             lowers,
         });
     }
+    // Layers of results an imported cache served come into the store as far as the
+    // outputs need them: blobs for images, snapshots for filesystems.
+    let layers: Vec<_> = images.iter().flat_map(|p| p.built.layers.clone()).collect();
+    let fs_output = outputs
+        .iter()
+        .any(|o| matches!(o.kind, outputs::Kind::Local | outputs::Kind::Tar));
+    let need = if fs_output {
+        Need::Snapshots
+    } else {
+        Need::Fetched
+    };
+    kiln_solver::bring_in(&solver, &layers, need, &|l| progress.note(l))?;
     if outputs.is_empty() {
         progress.note("WARNING: No output specified. The build result only remains in kiln's cache; use -o type=oci,dest=FILE or --push");
     }
@@ -374,6 +411,19 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         spooled,
     };
     let done = outputs::export_all(&session, &outputs)?;
+    let targets: Vec<_> = graphs
+        .iter()
+        .zip(&merged.maps)
+        .map(|(g, m)| m[&g.target])
+        .collect();
+    for to in &cache_to {
+        let records = transfer::select(&whole, &all, &targets, to.mode);
+        match transfer::export(&solver, to, &records) {
+            Ok((n, l)) => progress.note(&format!("exported cache: {n} results, {l} layers")),
+            Err(e) if to.ignore_error => progress.note(&format!("WARNING: exporting cache: {e}")),
+            Err(e) => return Err(anyhow::Error::from(e).context("exporting cache")),
+        }
+    }
     if let Some(p) = &b.iidfile {
         outputs::write_iidfile(p, &done)?;
     }

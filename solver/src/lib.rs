@@ -8,12 +8,15 @@
 
 pub mod cache;
 pub mod inputs;
+mod materialize;
 pub mod ops;
 pub mod resolver;
 mod scheduler;
 pub mod secrets;
 mod session;
+pub mod transfer;
 
+pub use materialize::{bring_in, Need};
 pub use scheduler::solve;
 pub use session::{Done, Solver, Spool, SPOOL_OFFSET};
 

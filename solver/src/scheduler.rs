@@ -2,7 +2,6 @@
 //! pool, so independent stages run at the same time. Pulls use the tokio runtime for
 //! concurrent downloads.
 
-use crate::cache::Record;
 use crate::session::{Done, Solver};
 use crate::{ops, Error, Result};
 use kiln_frontend::BuildGraph;
@@ -17,8 +16,8 @@ struct State {
     error: Option<Error>,
 }
 
-/// Runs every vertex of `g`; returns each vertex's result.
-pub fn solve(s: &Solver, g: &BuildGraph) -> Result<HashMap<NodeIndex, Record>> {
+/// Runs every vertex of `g`; returns each vertex's key and result.
+pub fn solve(s: &Solver, g: &BuildGraph) -> Result<HashMap<NodeIndex, Done>> {
     let dag = &g.dag;
     let waiting: HashMap<NodeIndex, usize> = dag
         .node_indices()
@@ -57,7 +56,7 @@ pub fn solve(s: &Solver, g: &BuildGraph) -> Result<HashMap<NodeIndex, Record>> {
     if let Some(e) = st.error {
         return Err(e);
     }
-    Ok(st.done.into_iter().map(|(n, d)| (n, d.record)).collect())
+    Ok(st.done)
 }
 
 fn spawn<'s>(

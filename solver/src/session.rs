@@ -74,17 +74,6 @@ impl Solver {
         self.executor.store()
     }
 
-    /// Snapshots made with real owners and with emulated ones differ for the same
-    /// layer, so neither mode's cache results or snapshots serve the other: this tag
-    /// enters the root cache keys.
-    pub(crate) fn owners_tag(&self) -> &'static str {
-        if self.executor.preserves_owners() {
-            "owners:real"
-        } else {
-            "owners:emulated"
-        }
-    }
-
     /// The snapshot id for a layer in this identity-mapping mode.
     pub(crate) fn snapshot_id(&self, diff_id: &str) -> Result<String> {
         Ok(kiln_snapshotter::store::snapshot_id(

@@ -1,13 +1,22 @@
-//! Cache keys, records and the cache store.
+//! Cache keys, records and the cache stores.
 //!
 //! A vertex's key ([`CacheKey`]) hashes what it does and the keys of its inputs (for
 //! COPY from the context: the selected files' paths, types, modes and contents), so
-//! equal keys mean equal results. A record ([`Record`]) maps a key to the resulting
-//! layer stack. The solver asks a [`CacheStore`] for records and gives it new ones;
-//! [`LocalCache`] keeps them in the store, where a record is only trusted while every
-//! snapshot and blob it names is still there.
+//! equal keys mean equal results. Keys are portable: they depend on content and on
+//! what lands in the image, never on absolute paths, the context's times, the store or
+//! the builder's identity mapping, so another checkout on another machine finds the
+//! same keys. A record ([`Record`]) maps a key to the resulting layer stack.
+//!
+//! The solver asks a [`CacheStore`] for records and gives it new ones. [`LocalCache`]
+//! keeps them in the store, where a record is only trusted while every snapshot and
+//! blob it names is still there; [`Caches`] puts imported caches (`--cache-from`,
+//! [`local_dir`]) behind it, whose records name layers that are only in the imported
+//! cache until a step must run on them or an export needs their bytes.
 
 mod context;
+pub mod description;
+pub mod local_dir;
+pub mod options;
 
 pub use context::{hash_context, FileHashes, SETTLED};
 pub use kiln_snapshotter::records::{Kind, Layer, Record};
@@ -19,7 +28,7 @@ use sha2::{Digest, Sha256};
 /// The version of the cache keys' make-up. Keys hash, among other things, the
 /// frontend's step descriptions as JSON: a change to those types, or to what a key
 /// covers, bumps it, so that no record made under the old meaning is served.
-pub const KEY_VERSION: u32 = 2;
+pub const KEY_VERSION: u32 = 3;
 
 /// Hashes length-prefixed parts into a hex digest (for keys, and for names derived
 /// from build inputs: cache mounts, COPY link hints, context digests).
@@ -58,35 +67,86 @@ impl std::fmt::Display for CacheKey {
 
 /// Where the solver finds the results of earlier builds and keeps new ones.
 ///
-/// `load` answers only with a record whose layers are usable in the local store now
-/// (every snapshot and blob there): a store that keeps them elsewhere (a registry, an
-/// object store) brings them in before it answers.
+/// A record `load` answers with names its layers' snapshots by the ids of this
+/// build's identity mapping. Its layers are either in the local store, or in this
+/// cache: [`CacheStore::fetch_blob`] brings such a layer's blob into the local store,
+/// which the solver does (and unpacks it) only when a step must run on the layer or an
+/// export needs its bytes.
 pub trait CacheStore: Send + Sync {
     /// The record for `key`, if one is usable (and marks it used).
     fn load(&self, key: &CacheKey) -> Option<Record>;
     /// Keeps `record` as the result of `key`.
     fn save(&self, key: &CacheKey, record: &Record) -> Result<()>;
+    /// Puts the blob of `layer` into the local store if this cache holds it; says
+    /// whether it did.
+    fn fetch_blob(&self, _layer: &Layer) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// The cache kept in kiln's own store (`cache/`).
+///
+/// Snapshots made with real owners and with emulated ones differ for the same layer
+/// (the layer blobs do not), so a store used in both identity-mapping modes files each
+/// mode's records apart: the record of `key` is kept under the key and the mode.
 #[derive(Debug, Clone)]
 pub struct LocalCache {
     store: Store,
+    mode: &'static str,
 }
 
 impl LocalCache {
-    pub fn new(store: Store) -> LocalCache {
-        LocalCache { store }
+    /// The cache of `store` for builds that keep real owners (`preserves_owners`) or
+    /// emulate them.
+    pub fn new(store: Store, preserves_owners: bool) -> LocalCache {
+        let mode = if preserves_owners {
+            "owners:real"
+        } else {
+            "owners:emulated"
+        };
+        LocalCache { store, mode }
+    }
+
+    fn file(&self, key: &CacheKey) -> String {
+        digest(&[key.as_str(), self.mode])
     }
 }
 
 impl CacheStore for LocalCache {
     fn load(&self, key: &CacheKey) -> Option<Record> {
-        self.store.load_record(key.as_str())
+        self.store.load_record(&self.file(key))
     }
 
     fn save(&self, key: &CacheKey, record: &Record) -> Result<()> {
-        Ok(self.store.save_record(key.as_str(), record)?)
+        Ok(self.store.save_record(&self.file(key), record)?)
+    }
+}
+
+/// The local cache first, then each imported cache in `--cache-from` order; new
+/// records go to the local cache.
+pub struct Caches {
+    pub local: LocalCache,
+    pub imports: Vec<Box<dyn CacheStore>>,
+}
+
+impl CacheStore for Caches {
+    fn load(&self, key: &CacheKey) -> Option<Record> {
+        self.local
+            .load(key)
+            .or_else(|| self.imports.iter().find_map(|c| c.load(key)))
+    }
+
+    fn save(&self, key: &CacheKey, record: &Record) -> Result<()> {
+        self.local.save(key, record)
+    }
+
+    fn fetch_blob(&self, layer: &Layer) -> Result<bool> {
+        for c in &self.imports {
+            if c.fetch_blob(layer)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 

@@ -14,12 +14,9 @@ pub(crate) struct Image<'a> {
 }
 
 impl Operation for Image<'_> {
-    /// Its pinned reference, in this identity-mapping mode.
-    fn cache_key(&self, cx: &Cx<'_>) -> Result<CacheKey> {
-        Ok(CacheKey::new(
-            "image",
-            &[self.pinned, cx.solver.owners_tag()],
-        ))
+    /// Its pinned reference.
+    fn cache_key(&self, _: &Cx<'_>) -> Result<CacheKey> {
+        Ok(CacheKey::new("image", &[self.pinned]))
     }
 
     fn execute(&self, cx: &Cx<'_>, v: &Vertex) -> Result<Record> {

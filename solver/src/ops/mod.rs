@@ -13,6 +13,7 @@ mod run;
 mod scratch;
 
 use crate::cache::{CacheKey, Layer, Record};
+use crate::materialize::Need;
 use crate::session::{Done, Solver, SPOOL_OFFSET};
 use crate::{Error, Result};
 use kiln_executor::{Action, StepOutcome, StepSpec};
@@ -121,10 +122,21 @@ pub(crate) fn run_vertex(
             return Ok(Done { key, record });
         }
     }
-    match op.execute(&cx, &v).and_then(|record| {
-        s.cache.save(&key, &record)?;
-        Ok(record)
-    }) {
+    // A result an imported cache served names layers that are only there: the
+    // inputs this vertex runs on come into the store now, and not before.
+    let inputs_local = || {
+        let layers: Vec<Layer> = inputs
+            .values()
+            .flat_map(|d| d.record.layers.iter().cloned())
+            .collect();
+        crate::materialize::bring_in(s, &layers, Need::Snapshots, &|l: &str| v.log(l))
+    };
+    match inputs_local()
+        .and_then(|()| op.execute(&cx, &v))
+        .and_then(|record| {
+            s.cache.save(&key, &record)?;
+            Ok(record)
+        }) {
         Ok(record) => {
             v.done();
             Ok(Done { key, record })

@@ -1,7 +1,8 @@
 //! The solver on the recording fake executor: scheduling, cache reuse and step
 //! failures, without namespaces.
 
-use crate::cache::{CacheStore, FileHashes, LocalCache};
+use crate::cache::{options, CacheStore, Caches, FileHashes, LocalCache};
+use crate::transfer;
 use crate::{solve, Error, Solver};
 use kiln_executor::fake::{Call, Recording};
 use kiln_frontend::{BuildOptions, ImageResolver, Platform, ResolvedImage};
@@ -44,6 +45,19 @@ impl Bench {
 
     /// Builds `dockerfile` on `exec`; the error, if any.
     fn build(&self, dockerfile: &str, exec: Arc<Recording>, no_cache: bool) -> Result<(), Error> {
+        self.build_with(dockerfile, exec, no_cache, vec![], None)
+    }
+
+    /// Builds `dockerfile` on `exec` with `imports` behind the local cache, and
+    /// exports the results to `export` (mode=max).
+    fn build_with(
+        &self,
+        dockerfile: &str,
+        exec: Arc<Recording>,
+        no_cache: bool,
+        imports: Vec<Box<dyn CacheStore>>,
+        export: Option<&std::path::Path>,
+    ) -> Result<(), Error> {
         let opts = BuildOptions {
             file_name: "Dockerfile".into(),
             build_args: vec![],
@@ -54,7 +68,10 @@ impl Bench {
         let graph = kiln_frontend::compile(dockerfile, &opts, &NoImages).expect("compile");
         let solver = Solver {
             executor: exec,
-            cache: Arc::new(LocalCache::new(self.store.clone())),
+            cache: Arc::new(Caches {
+                local: LocalCache::new(self.store.clone(), true),
+                imports,
+            }),
             registry: Arc::new(kiln_registry::Registry::new()),
             runtime: self.runtime.handle().clone(),
             context: self.context.clone(),
@@ -68,7 +85,13 @@ impl Bench {
             progress: Progress::new(Mode::Quiet),
             spool: None,
         };
-        solve(&solver, &graph).map(|_| ())
+        let done = solve(&solver, &graph)?;
+        if let Some(dir) = export {
+            let to = options::cache_to(&format!("type=local,dest={},mode=max", dir.display()))?;
+            let records = transfer::select(&graph, &done, &[graph.target], to.mode);
+            transfer::export(&solver, &to, &records)?;
+        }
+        Ok(())
     }
 
     fn fake(&self) -> Arc<Recording> {
@@ -153,7 +176,7 @@ fn a_failing_run_names_its_line_and_stops_what_depends_on_it() {
 fn the_local_cache_store_answers_only_with_usable_records() {
     let b = Bench::new();
     b.build(TWO_STAGES, b.fake(), false).expect("build");
-    assert!(LocalCache::new(b.store.clone())
+    assert!(LocalCache::new(b.store.clone(), true)
         .load(&crate::cache::CacheKey::new("nothing", &[]))
         .is_none());
     // Records whose snapshots are gone are not served: everything runs again.
@@ -162,4 +185,50 @@ fn the_local_cache_store_answers_only_with_usable_records() {
     let again = b.fake();
     b.build(TWO_STAGES, again.clone(), false).expect("again");
     assert_eq!(again.steps().len(), 5, "{:?}", again.steps());
+}
+
+#[test]
+fn an_exported_cache_serves_a_fresh_store_without_fetching_until_a_step_runs() {
+    let (a, b) = (Bench::new(), Bench::new());
+    let dir = a._dir.path().join("cache");
+    a.build_with(TWO_STAGES, a.fake(), false, vec![], Some(&dir))
+        .expect("export");
+    let import = |bench: &Bench| {
+        transfer::import(
+            &[options::cache_from(&format!("type=local,src={}", dir.display())).expect("from")],
+            &bench.store,
+            true,
+            &|_| {},
+        )
+    };
+    // Store B is empty and its context another copy: every step is served, and not
+    // one layer is fetched or unpacked.
+    let fresh = b.fake();
+    b.build_with(TWO_STAGES, fresh.clone(), false, import(&b), None)
+        .expect("cached");
+    assert_eq!(fresh.calls(), Vec::<Call>::new());
+    // A step added at the end runs on its parent's layers, which come in then.
+    let more = b.fake();
+    b.build_with(
+        &format!("{TWO_STAGES}RUN make c\n"),
+        more.clone(),
+        false,
+        import(&b),
+        None,
+    )
+    .expect("one more step");
+    assert_eq!(more.steps(), ["run /bin/sh -c make c"]);
+    let unpacked = more
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, Call::Unpack { .. }))
+        .count();
+    assert_eq!(unpacked, 2, "{:?}", more.calls());
+    // A cache whose blobs are gone is a miss, not a failure.
+    std::fs::remove_dir_all(dir.join("blobs")).expect("rm");
+    let c = Bench::new();
+    let missed = c.fake();
+    c.build_with(TWO_STAGES, missed.clone(), false, import(&c), None)
+        .expect("miss");
+    assert_eq!(missed.steps().len(), 5);
 }

@@ -1,0 +1,213 @@
+//! `--cache-to` / `--cache-from`: a runner's cache carried to a fresh store, as a CI
+//! job restores it.
+
+use super::{Case, Run, SEED};
+use std::fs;
+use std::path::Path;
+
+/// The build steps of a plain progress log (not `[internal]` ones) and how each ended.
+fn steps(run: &Run) -> Vec<(String, String)> {
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    lines
+        .iter()
+        .filter(|l| l.contains("] ") && !l.contains("[internal]"))
+        .filter_map(|l| {
+            let (id, title) = l.split_once(' ')?;
+            if !title.starts_with('[') {
+                return None;
+            }
+            let end = lines.iter().find_map(|m| {
+                let rest = m.strip_prefix(id)?.strip_prefix(' ')?;
+                (rest == "CACHED" || rest.starts_with("DONE") || rest.starts_with("ERROR"))
+                    .then(|| rest.split(' ').next().unwrap_or(rest).to_string())
+            })?;
+            Some((title.to_string(), end))
+        })
+        .collect()
+}
+
+fn all_cached(run: &Run) {
+    let s = steps(run);
+    assert!(s.len() >= 7, "{}", run.stderr);
+    assert!(
+        s.iter().all(|(_, end)| end == "CACHED"),
+        "{s:#?}\n{}",
+        run.stderr
+    );
+}
+
+fn ended(run: &Run, title: &str) -> String {
+    steps(run)
+        .into_iter()
+        .find(|(t, _)| t.contains(title))
+        .map(|(_, e)| e)
+        .unwrap_or_else(|| panic!("no step {title:?} in\n{}", run.stderr))
+}
+
+fn snapshots(case: &Case) -> Vec<String> {
+    fs::read_dir(case.path("store/snapshots"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                // overlay's empty lower directory
+                .filter(|n| n != "empty")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A fresh store on another checkout of the same files (written again: other paths,
+/// other times).
+fn runner(greeting: &str) -> Case {
+    let case = Case::new(SEED);
+    case.file("greeting.txt", greeting);
+    case
+}
+
+fn cache_to(dir: &Path, mode: &str) -> String {
+    format!("type=local,dest={},mode={mode}", dir.display())
+}
+
+fn cache_from(dir: &Path) -> String {
+    format!("type=local,src={}", dir.display())
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn a_local_cache_makes_a_fresh_store_build_all_cached_and_alike() {
+    let first = runner("carried\n");
+    let cache = first.path("cache");
+    let out_a = first.path("a.tar");
+    let a = first
+        .build(&[
+            "--cache-to",
+            &cache_to(&cache, "max"),
+            "-o",
+            &format!("type=oci,dest={}", out_a.display()),
+        ])
+        .expect_ok();
+    assert!(a.stderr.contains("exported cache:"), "{}", a.stderr);
+    // An OCI layout whose manifest independent tools read.
+    let index = super::json(&fs::read_to_string(cache.join("index.json")).expect("index"));
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "latest"
+    );
+    let manifest = super::tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci:{}:latest", cache.display()),
+        ],
+    );
+    assert!(
+        manifest.contains("application/vnd.kiln.cache.config.v1+json"),
+        "{manifest}"
+    );
+
+    // The second runner: an empty store, a checkout written later elsewhere.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = runner("carried\n");
+    let out_b = second.path("b.tar");
+    let b = second
+        .build(&[
+            "--cache-from",
+            &cache_from(&cache),
+            "-o",
+            &format!("type=oci,dest={}", out_b.display()),
+        ])
+        .expect_ok();
+    all_cached(&b);
+    assert_eq!(a.image_digest(), b.image_digest());
+    // Nothing was unpacked: the layers came in as blobs, for the archive only.
+    assert_eq!(snapshots(&second), Vec::<String>::new(), "{}", b.stderr);
+    assert_eq!(
+        fs::read(&out_a).map(|b| b.len()).ok(),
+        fs::read(&out_b).map(|b| b.len()).ok()
+    );
+
+    // A runner without a subordinate id range (owners emulated) finds the same keys.
+    let single = runner("carried\n");
+    let e = super::store::build(
+        &single,
+        &["--cache-from", &cache_from(&cache)],
+        &[("KILN_IDMAP", "single")],
+    )
+    .expect_ok();
+    all_cached(&e);
+    assert_eq!(e.image_digest(), a.image_digest());
+
+    // One changed source file: only what depends on it runs, on layers that come in.
+    second.file("greeting.txt", "changed\n");
+    let c = second
+        .build(&["--cache-from", &cache_from(&cache)])
+        .expect_ok();
+    assert_eq!(ended(&c, "[builder 1/4] FROM"), "CACHED", "{}", c.stderr);
+    assert_eq!(ended(&c, "[builder 2/4] WORKDIR"), "CACHED", "{}", c.stderr);
+    assert_eq!(ended(&c, "[builder 3/4] COPY"), "DONE", "{}", c.stderr);
+    assert_eq!(ended(&c, "[builder 4/4] RUN"), "DONE", "{}", c.stderr);
+    assert_eq!(ended(&c, "[stage-2 2/3] WORKDIR"), "CACHED", "{}", c.stderr);
+    assert_eq!(ended(&c, "[stage-2 3/3] COPY"), "DONE", "{}", c.stderr);
+    assert_ne!(c.image_digest(), a.image_digest());
+
+    // A cache that is not there is a warning and a miss.
+    let third = runner("carried\n");
+    let d = third
+        .build(&["--cache-from", &cache_from(&third.path("nowhere"))])
+        .expect_ok();
+    assert!(
+        d.stderr.contains("WARNING: not importing cache"),
+        "{}",
+        d.stderr
+    );
+    assert_eq!(ended(&d, "[builder 4/4] RUN"), "DONE", "{}", d.stderr);
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn mode_min_carries_the_final_stage_and_mode_max_every_stage() {
+    let first = runner("stages\n");
+    let (min, max) = (first.path("cache-min"), first.path("cache-max"));
+    first
+        .build(&[
+            "--cache-to",
+            &cache_to(&min, "min"),
+            "--cache-to",
+            &cache_to(&max, "max"),
+        ])
+        .expect_ok();
+    // A change in the final stage only: its WORKDIR.
+    let changed = SEED
+        .replace("WORKDIR /app", "WORKDIR /app2")
+        .replace("/app/out.txt", "/app2/out.txt");
+    for (dir, builder_end) in [(&min, "DONE"), (&max, "CACHED")] {
+        let case = Case::new(&changed);
+        case.file("greeting.txt", "stages\n");
+        let run = case.build(&["--cache-from", &cache_from(dir)]).expect_ok();
+        assert_eq!(
+            ended(&run, "[builder 4/4] RUN"),
+            builder_end,
+            "{}: {}",
+            dir.display(),
+            run.stderr
+        );
+        assert_eq!(
+            ended(&run, "[stage-2 2/3] WORKDIR"),
+            "DONE",
+            "{}",
+            run.stderr
+        );
+    }
+    // The same Dockerfile from the min cache: the final image's steps are cached and
+    // the image is the same. (The builder still runs: kiln computes a step's key on
+    // the way down the graph, not before it decides what to run.)
+    let same = runner("stages\n");
+    let run = same.build(&["--cache-from", &cache_from(&min)]).expect_ok();
+    assert_eq!(
+        ended(&run, "[stage-2 3/3] COPY"),
+        "CACHED",
+        "{}",
+        run.stderr
+    );
+}
