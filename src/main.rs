@@ -338,7 +338,14 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
     };
     let executor: Arc<dyn Executor> = Arc::new(helper);
     let owners = executor.preserves_owners();
-    let imports = transfer::import(&cache_from, &store, owners, &|m| progress.note(m));
+    let imports = transfer::import(
+        &cache_from,
+        &store,
+        &registry,
+        runtime.handle(),
+        owners,
+        &|m| progress.note(m),
+    );
     let solver = kiln_solver::Solver {
         executor: executor.clone(),
         cache: Arc::new(Caches {
@@ -385,12 +392,9 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         });
     }
     // Layers of results an imported cache served come into the store as far as the
-    // outputs need them: blobs for images, snapshots for filesystems.
-    let layers: Vec<_> = images.iter().flat_map(|p| p.built.layers.clone()).collect();
-    let fs_output = outputs
-        .iter()
-        .any(|o| matches!(o.kind, outputs::Kind::Local | outputs::Kind::Tar));
-    let need = if fs_output {
+    // outputs need them.
+    let (layers, snapshots) = outputs::needs(&outputs, &b.tags, &images);
+    let need = if snapshots {
         Need::Snapshots
     } else {
         Need::Fetched

@@ -37,6 +37,18 @@ use hosts::Host;
 pub use login::login_host;
 pub use names::parse_reference;
 
+/// Whether a push to `target` can do without a blob whose repository is `source`
+/// (`host/path`): the source is on the same registry, which has the blob or mounts
+/// it (a registry that cannot mount it makes the push upload it, which needs it).
+pub fn can_mount(source: Option<&str>, target: &str) -> bool {
+    let Ok(t) = parse_reference(target) else {
+        return false;
+    };
+    source
+        .and_then(|s| s.split_once('/'))
+        .is_some_and(|(h, _)| h == t.registry())
+}
+
 use oci_spec::image::ImageManifest;
 use std::collections::HashMap;
 use std::sync::Mutex;

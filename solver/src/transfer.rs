@@ -2,21 +2,28 @@
 //! export of a build's results.
 
 use crate::cache::options::{Backend, CacheFrom, CacheTo, Mode};
-use crate::cache::{description::Description, local_dir, CacheKey, CacheStore, Layer, Record};
+use crate::cache::{
+    description::Description, local_dir, registry::RegistryCache, CacheKey, CacheStore, Layer,
+    Record,
+};
 use crate::materialize::{bring_in, Need};
 use crate::session::{Done, Solver};
 use crate::Result;
 use kiln_frontend::BuildGraph;
+use kiln_registry::Registry;
 use kiln_snapshotter::Store;
 use petgraph::graph::NodeIndex;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Opens every `--cache-from`. A cache that cannot be read is a warning and a miss,
 /// never a failed build.
 pub fn import(
     froms: &[CacheFrom],
     store: &Store,
+    registry: &Arc<Registry>,
+    runtime: &tokio::runtime::Handle,
     preserves_owners: bool,
     note: &dyn Fn(&str),
 ) -> Vec<Box<dyn CacheStore>> {
@@ -29,6 +36,25 @@ pub fn import(
                 match local_dir::LocalDir::open(Path::new(dir), tag, store.clone(), snapshot_id) {
                     Ok(c) => {
                         note(&format!("importing cache from {dir} ({} results)", c.len()));
+                        out.push(Box::new(c));
+                    }
+                    Err(e) => note(&format!("WARNING: not importing cache: {e}")),
+                }
+            }
+            Backend::Registry { reference } => {
+                let c = RegistryCache::open(
+                    registry.clone(),
+                    runtime.clone(),
+                    reference,
+                    store.clone(),
+                    snapshot_id,
+                );
+                match c {
+                    Ok(c) => {
+                        note(&format!(
+                            "importing cache from {reference} ({} results)",
+                            c.len()
+                        ));
                         out.push(Box::new(c));
                     }
                     Err(e) => note(&format!("WARNING: not importing cache: {e}")),
@@ -76,11 +102,20 @@ pub fn export(s: &Solver, to: &CacheTo, records: &[(CacheKey, Record)]) -> Resul
     let layers: Vec<Layer> = records
         .iter()
         .flat_map(|(_, r)| r.layers.iter().cloned())
+        .filter(|l| match &to.backend {
+            Backend::Registry { reference } => {
+                !kiln_registry::can_mount(l.source.as_deref(), reference)
+            }
+            Backend::Local { .. } => true,
+        })
         .collect();
     bring_in(s, &layers, Need::Blobs, &|l: &str| s.progress.note(l))?;
     let desc = Description::of(records.iter().map(|(k, r)| (k, r)));
     match &to.backend {
         Backend::Local { dir, tag } => local_dir::export(Path::new(dir), tag, &desc, s.store())?,
+        Backend::Registry { reference } => {
+            crate::cache::registry::export(&s.registry, &s.runtime, reference, &desc, s.store())?
+        }
     }
     Ok((desc.records.len(), desc.layers.len()))
 }

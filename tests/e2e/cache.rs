@@ -210,3 +210,108 @@ fn mode_min_carries_the_final_stage_and_mode_max_every_stage() {
         run.stderr
     );
 }
+
+/// The blobs in a case's store.
+fn store_blobs(case: &Case) -> Vec<String> {
+    fs::read_dir(case.path("store/blobs/sha256"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The layer digests of the image `reference` in the registry.
+fn layers_of(reference: &str) -> Vec<String> {
+    let m = super::json(&super::tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
+    ));
+    m["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest").to_string())
+        .collect()
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn a_registry_cache_serves_a_fresh_store_whose_push_downloads_no_layer() {
+    let reg = super::registry();
+    let cache = format!("{reg}/e2e/cache:seed");
+    let first = runner("from the registry\n");
+    let a = first
+        .build(&[
+            "--cache-to",
+            &format!("type=registry,ref={cache},mode=max"),
+            "--push",
+            "-t",
+            &format!("{reg}/e2e/cache-app:a"),
+        ])
+        .expect_ok();
+    let manifest = super::tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{cache}"),
+        ],
+    );
+    assert!(
+        manifest.contains("application/vnd.kiln.cache.config.v1+json"),
+        "{manifest}"
+    );
+
+    // A fresh runner builds and pushes under another name: all cached, the same image,
+    // and not one layer blob came into its store (the push found or mounted them).
+    let second = runner("from the registry\n");
+    let pushed = format!("{reg}/e2e/cache-app:b");
+    let b = second
+        .build(&[
+            "--cache-from",
+            &format!("type=registry,ref={cache}"),
+            "--push",
+            "-t",
+            &pushed,
+        ])
+        .expect_ok();
+    all_cached(&b);
+    assert_eq!(a.image_digest(), b.image_digest());
+    let layers = layers_of(&pushed);
+    assert!(layers.len() >= 3, "{layers:?}");
+    let have = store_blobs(&second);
+    assert!(
+        layers.iter().all(|l| !have.contains(l)),
+        "layers were downloaded: {have:?}\n{}",
+        b.stderr
+    );
+    assert!(snapshots(&second).is_empty(), "{}", b.stderr);
+
+    // A step that must run fetches the layers it runs on, from the cache.
+    second.file("greeting.txt", "changed\n");
+    let c = second
+        .build(&["--cache-from", &format!("type=registry,ref={cache}")])
+        .expect_ok();
+    assert_eq!(ended(&c, "[builder 3/4] COPY"), "DONE", "{}", c.stderr);
+    assert_eq!(ended(&c, "[stage-2 2/3] WORKDIR"), "CACHED", "{}", c.stderr);
+
+    // A cache ref that does not exist is a warning and a miss.
+    let third = runner("from the registry\n");
+    let d = third
+        .build(&["--cache-from", &format!("{reg}/e2e/cache:nope")])
+        .expect_ok();
+    assert!(
+        d.stderr.contains("WARNING: not importing cache"),
+        "{}",
+        d.stderr
+    );
+    assert_eq!(ended(&d, "[builder 4/4] RUN"), "DONE", "{}", d.stderr);
+}

@@ -58,6 +58,39 @@ pub fn plan(specs: &[String], push: bool, tags: &[String]) -> Result<Vec<Output>
     Ok(outputs)
 }
 
+/// The layers the outputs need in the store, and whether as snapshots (a filesystem
+/// output) or as blobs: every layer of the images, but for a build whose outputs are
+/// all pushes those a push can mount or find on its registry.
+pub fn needs(outputs: &[Output], tags: &[String], images: &[PlatformImage]) -> (Vec<Layer>, bool) {
+    let snapshots = outputs
+        .iter()
+        .any(|o| matches!(o.kind, Kind::Local | Kind::Tar));
+    let pushes: Vec<&String> = outputs
+        .iter()
+        .filter(|o| o.kind == Kind::Registry)
+        .flat_map(|o| {
+            if o.names.is_empty() {
+                tags
+            } else {
+                &o.names[..]
+            }
+        })
+        .collect();
+    let only_pushes = !outputs.is_empty() && outputs.iter().all(|o| o.kind == Kind::Registry);
+    let layers = images
+        .iter()
+        .flat_map(|p| p.built.layers.iter().cloned())
+        .filter(|l| {
+            snapshots
+                || !only_pushes
+                || !pushes
+                    .iter()
+                    .all(|t| kiln_registry::can_mount(l.source.as_deref(), t))
+        })
+        .collect();
+    (layers, snapshots)
+}
+
 /// An image an output made: the first platform's, the index over several, and the
 /// names it went by.
 pub struct Made {
@@ -200,9 +233,12 @@ fn keep_spooled(store: &Store, layer: &Layer, spool: &Path) -> Result<()> {
 fn remake_blobs(ctx: &Session, except: Option<&str>) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     for l in ctx.images.iter().flat_map(|p| &p.built.layers) {
+        // A layer without a snapshot is one an imported cache holds, left there for a
+        // push that mounts it.
         if l.pulled
             || Some(l.digest.as_str()) == except
             || ctx.store.has_blob(&l.digest)
+            || !ctx.store.snapshot_path(&l.snapshot).is_dir()
             || !seen.insert(&l.digest)
         {
             continue;

@@ -17,6 +17,7 @@ mod context;
 pub mod description;
 pub mod local_dir;
 pub mod options;
+pub mod registry;
 
 pub use context::{hash_context, FileHashes, SETTLED};
 pub use kiln_snapshotter::records::{Kind, Layer, Record};

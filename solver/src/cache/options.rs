@@ -20,6 +20,8 @@ pub enum Backend {
     /// An OCI layout directory (`dest=` to export, `src=` to import), with the cache
     /// manifest under `tag`.
     Local { dir: String, tag: String },
+    /// A repository of a registry (`ref=REPO:TAG`), the cache manifest under the tag.
+    Registry { reference: String },
 }
 
 /// One `--cache-to`.
@@ -45,7 +47,7 @@ fn not_yet(flag: &str, spec: &str, t: &str) -> Error {
     bad(
         flag,
         spec,
-        format!("cache type {t} is not supported yet (type=local works: dest=DIR / src=DIR)"),
+        format!("cache type {t} is not supported yet (type=local and type=registry work)"),
     )
 }
 
@@ -61,29 +63,38 @@ fn pairs(flag: &str, spec: &str) -> Result<Vec<(String, String)>> {
     kiln_frontend::csv::pairs(spec, flag).map_err(Error::Input)
 }
 
+/// The last value of `k` in `kv`.
+fn get<'a>(kv: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    kv.iter()
+        .rev()
+        .find(|(x, _)| x == k)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The cache type of `kv`, one kiln supports.
+fn cache_type<'a>(flag: &str, spec: &str, kv: &'a [(String, String)]) -> Result<&'a str> {
+    match get(kv, "type") {
+        Some(t @ ("local" | "registry")) => Ok(t),
+        Some(t @ ("inline" | "s3" | "gha" | "azblob")) => Err(not_yet(flag, spec, t)),
+        Some(t) => Err(bad(flag, spec, format!("unknown cache type {t:?}"))),
+        None => Err(bad(
+            flag,
+            spec,
+            "missing type= (e.g. type=local,dest=DIR or type=registry,ref=REPO:TAG)",
+        )),
+    }
+}
+
 /// Parses one `--cache-to`.
 pub fn cache_to(spec: &str) -> Result<CacheTo> {
     const FLAG: &str = "--cache-to";
     let kv = pairs(FLAG, spec)?;
-    let get = |k: &str| {
-        kv.iter()
-            .rev()
-            .find(|(x, _)| x == k)
-            .map(|(_, v)| v.as_str())
-    };
-    let t =
-        get("type").ok_or_else(|| bad(FLAG, spec, "missing type= (e.g. type=local,dest=DIR)"))?;
-    if t != "local" {
-        return Err(match t {
-            "registry" | "inline" | "s3" | "gha" | "azblob" => not_yet(FLAG, spec, t),
-            _ => bad(FLAG, spec, format!("unknown cache type {t:?}")),
-        });
-    }
+    let t = cache_type(FLAG, spec, &kv)?;
     let mut mode = Mode::Min;
     let mut ignore_error = false;
     for (k, v) in &kv {
         match k.as_str() {
-            "type" | "dest" | "tag" => {}
+            "type" | "dest" | "tag" | "ref" => {}
             "mode" => {
                 mode = match v.as_str() {
                     "min" => Mode::Min,
@@ -95,26 +106,37 @@ pub fn cache_to(spec: &str) -> Result<CacheTo> {
             // kiln always writes OCI media types and an image manifest.
             "oci-mediatypes" | "image-manifest" if parse_bool(FLAG, spec, k, v)? => {}
             "oci-mediatypes" | "image-manifest" => {
-                return Err(bad(FLAG, spec, format!("{k}=false is not supported: kiln writes an OCI image manifest")))
+                return Err(bad(
+                    FLAG,
+                    spec,
+                    format!("{k}=false is not supported: kiln writes an OCI image manifest"),
+                ))
             }
             "compression" | "compression-level" | "force-compression" => {
                 return Err(bad(
                     FLAG,
                     spec,
-                    format!("{k} is not supported yet for type=local: the cache keeps the layers as the build made them"),
+                    format!("{k} is not supported yet: the cache keeps the layers as the build made them"),
                 ))
             }
-            _ => return Err(bad(FLAG, spec, format!("unknown option {k:?} (known: dest, mode, tag, ignore-error, oci-mediatypes, image-manifest)"))),
+            _ => {
+                return Err(bad(
+                    FLAG,
+                    spec,
+                    format!("unknown option {k:?} (known: dest, ref, mode, tag, ignore-error, oci-mediatypes, image-manifest)"),
+                ))
+            }
         }
     }
-    let dir = get("dest")
-        .filter(|d| !d.is_empty())
-        .ok_or_else(|| bad(FLAG, spec, "type=local needs dest=DIR"))?;
     Ok(CacheTo {
-        backend: Backend::Local {
-            dir: dir.to_string(),
-            tag: get("tag").unwrap_or("latest").to_string(),
-        },
+        backend: backend(
+            FLAG,
+            spec,
+            t,
+            get(&kv, "dest"),
+            get(&kv, "ref"),
+            get(&kv, "tag"),
+        )?,
         mode,
         ignore_error,
     })
@@ -124,40 +146,58 @@ pub fn cache_to(spec: &str) -> Result<CacheTo> {
 pub fn cache_from(spec: &str) -> Result<CacheFrom> {
     const FLAG: &str = "--cache-from";
     if !spec.contains('=') {
-        return Err(not_yet(FLAG, spec, "registry"));
-    }
-    let kv = pairs(FLAG, spec)?;
-    let get = |k: &str| {
-        kv.iter()
-            .rev()
-            .find(|(x, _)| x == k)
-            .map(|(_, v)| v.as_str())
-    };
-    let t =
-        get("type").ok_or_else(|| bad(FLAG, spec, "missing type= (e.g. type=local,src=DIR)"))?;
-    if t != "local" {
-        return Err(match t {
-            "registry" | "inline" | "s3" | "gha" | "azblob" => not_yet(FLAG, spec, t),
-            _ => bad(FLAG, spec, format!("unknown cache type {t:?}")),
+        return Ok(CacheFrom {
+            backend: backend(FLAG, spec, "registry", None, Some(spec), None)?,
         });
     }
+    let kv = pairs(FLAG, spec)?;
+    let t = cache_type(FLAG, spec, &kv)?;
     for (k, _) in &kv {
-        if !matches!(k.as_str(), "type" | "src" | "tag") {
+        if !matches!(k.as_str(), "type" | "src" | "tag" | "ref") {
             return Err(bad(
                 FLAG,
                 spec,
-                format!("unknown option {k:?} (known: src, tag)"),
+                format!("unknown option {k:?} (known: src, ref, tag)"),
             ));
         }
     }
-    let dir = get("src")
-        .filter(|d| !d.is_empty())
-        .ok_or_else(|| bad(FLAG, spec, "type=local needs src=DIR"))?;
     Ok(CacheFrom {
-        backend: Backend::Local {
+        backend: backend(
+            FLAG,
+            spec,
+            t,
+            get(&kv, "src"),
+            get(&kv, "ref"),
+            get(&kv, "tag"),
+        )?,
+    })
+}
+
+/// The backend of type `t`: the directory `dir` (type=local) or `reference`.
+fn backend(
+    flag: &str,
+    spec: &str,
+    t: &str,
+    dir: Option<&str>,
+    reference: Option<&str>,
+    tag: Option<&str>,
+) -> Result<Backend> {
+    if t == "local" {
+        let key = if flag == "--cache-to" { "dest" } else { "src" };
+        let dir = dir
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| bad(flag, spec, format!("type=local needs {key}=DIR")))?;
+        return Ok(Backend::Local {
             dir: dir.to_string(),
-            tag: get("tag").unwrap_or("latest").to_string(),
-        },
+            tag: tag.unwrap_or("latest").to_string(),
+        });
+    }
+    let r = reference
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| bad(flag, spec, "type=registry needs ref=REPO[:TAG]"))?;
+    kiln_registry::parse_reference(r).map_err(|e| bad(flag, spec, e))?;
+    Ok(Backend::Registry {
+        reference: r.to_string(),
     })
 }
 
@@ -199,9 +239,29 @@ mod tests {
         ] {
             assert!(cache_to(bad).is_err(), "{bad}");
         }
-        let e = cache_to("type=registry,ref=r/c").expect_err("not yet");
+        let e = cache_to("type=s3,bucket=b").expect_err("not yet");
         assert!(e.to_string().contains("not supported yet"), "{e}");
         assert!(cache_from("type=local").is_err());
-        assert!(cache_from("r/c:tag").is_err());
+        let r = Backend::Registry {
+            reference: "127.0.0.1:5000/r/c:tag".into(),
+        };
+        assert_eq!(
+            cache_from("127.0.0.1:5000/r/c:tag").expect("bare").backend,
+            r
+        );
+        assert_eq!(
+            cache_from("type=registry,ref=127.0.0.1:5000/r/c:tag")
+                .expect("ref")
+                .backend,
+            r
+        );
+        assert_eq!(
+            cache_to("type=registry,ref=127.0.0.1:5000/r/c:tag,mode=max")
+                .expect("to")
+                .backend,
+            r
+        );
+        assert!(cache_to("type=registry").is_err());
+        assert!(cache_from("type=registry,ref=UPPER/x").is_err());
     }
 }

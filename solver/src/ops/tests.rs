@@ -197,6 +197,8 @@ fn an_exported_cache_serves_a_fresh_store_without_fetching_until_a_step_runs() {
         transfer::import(
             &[options::cache_from(&format!("type=local,src={}", dir.display())).expect("from")],
             &bench.store,
+            &Arc::new(kiln_registry::Registry::new()),
+            bench.runtime.handle(),
             true,
             &|_| {},
         )
