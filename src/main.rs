@@ -18,7 +18,9 @@ use kiln_progress::{Mode, Progress};
 use kiln_registry::Registry;
 use kiln_snapshotter::idmap::IdMap;
 use kiln_snapshotter::Store;
-use kiln_solver::cache::{options, Caches, FileHashes, LocalCache};
+use kiln_solver::cache::description::INLINE_FIELD;
+use kiln_solver::cache::options::{self, Backend};
+use kiln_solver::cache::{Caches, FileHashes, LocalCache};
 use kiln_solver::{transfer, Need};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -380,7 +382,11 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
             .iter()
             .filter_map(|(old, new)| all.get(new).map(|d| (*old, d.record.clone())))
             .collect();
-        let built = kiln_exporter::assemble(graph, &results)?;
+        let mut built = kiln_exporter::assemble(graph, &results)?;
+        if cache_to.iter().any(|c| c.backend == Backend::Inline) {
+            let desc = transfer::inline(&whole, &all, map[&graph.target]);
+            built.extra_config.insert(INLINE_FIELD.into(), desc);
+        }
         let lowers = results
             .get(&graph.target)
             .map(|r| r.lowers())

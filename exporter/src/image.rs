@@ -90,6 +90,9 @@ impl Index<'_> {
 pub struct Built {
     pub config: ImageConfig,
     pub layers: Vec<Layer>,
+    /// Fields added to the config as they are (`--cache-to type=inline` puts the
+    /// cache's description there).
+    pub extra_config: std::collections::BTreeMap<String, serde_json::Value>,
     /// Which history rows this build added (their times follow SOURCE_DATE_EPOCH).
     own_rows: Vec<bool>,
 }
@@ -248,6 +251,7 @@ pub fn assemble(graph: &BuildGraph, results: &HashMap<NodeIndex, Record>) -> Res
     Ok(Built {
         config,
         layers: target.layers.clone(),
+        extra_config: Default::default(),
         own_rows,
     })
 }
@@ -294,7 +298,17 @@ pub fn finish(built: &Built, opts: &ImageOptions, store: &Store) -> Result<Image
             "annotations need OCI media types (oci-mediatypes=true)".into(),
         ));
     }
-    let config_bytes = serde_json::to_vec(&config).map_err(|e| Error::Assemble(e.to_string()))?;
+    let config_bytes = if built.extra_config.is_empty() {
+        serde_json::to_vec(&config)
+    } else {
+        serde_json::to_value(&config).and_then(|mut v| {
+            if let Some(m) = v.as_object_mut() {
+                m.extend(built.extra_config.clone());
+            }
+            serde_json::to_vec(&v)
+        })
+    }
+    .map_err(|e| Error::Assemble(e.to_string()))?;
     let config_digest = digest::of(&config_bytes);
     let manifest_media_type = if oci { OCI_MANIFEST } else { DOCKER_MANIFEST };
     let manifest = Manifest {

@@ -32,6 +32,7 @@ pub fn import(
     let mut out: Vec<Box<dyn CacheStore>> = Vec::new();
     for f in froms {
         match &f.backend {
+            Backend::Inline => {}
             Backend::Local { dir, tag } => {
                 match local_dir::LocalDir::open(Path::new(dir), tag, store.clone(), snapshot_id) {
                     Ok(c) => {
@@ -97,6 +98,18 @@ pub fn select(
         .collect()
 }
 
+/// The inline cache of the image whose target vertex is `target`: the description of
+/// the results that make its layers, for its config's
+/// [`INLINE_FIELD`](crate::cache::description::INLINE_FIELD).
+pub fn inline(
+    g: &BuildGraph,
+    done: &HashMap<NodeIndex, Done>,
+    target: NodeIndex,
+) -> serde_json::Value {
+    let records = select(g, done, &[target], Mode::Min);
+    serde_json::to_value(Description::of(records.iter().map(|(k, r)| (k, r)))).unwrap_or_default()
+}
+
 /// Exports `records` to `to`; returns how many results and layers it wrote.
 pub fn export(s: &Solver, to: &CacheTo, records: &[(CacheKey, Record)]) -> Result<(usize, usize)> {
     let layers: Vec<Layer> = records
@@ -107,6 +120,8 @@ pub fn export(s: &Solver, to: &CacheTo, records: &[(CacheKey, Record)]) -> Resul
                 !kiln_registry::can_mount(l.source.as_deref(), reference)
             }
             Backend::Local { .. } => true,
+            // In the image: its exporters needed the blobs already.
+            Backend::Inline => false,
         })
         .collect();
     bring_in(s, &layers, Need::Blobs, &|l: &str| s.progress.note(l))?;
@@ -114,8 +129,22 @@ pub fn export(s: &Solver, to: &CacheTo, records: &[(CacheKey, Record)]) -> Resul
     match &to.backend {
         Backend::Local { dir, tag } => local_dir::export(Path::new(dir), tag, &desc, s.store())?,
         Backend::Registry { reference } => {
-            crate::cache::registry::export(&s.registry, &s.runtime, reference, &desc, s.store())?
+            let sources = records
+                .iter()
+                .flat_map(|(_, r)| &r.layers)
+                .filter_map(|l| Some((l.digest.clone(), l.source.clone()?)))
+                .collect();
+            crate::cache::registry::export(
+                &s.registry,
+                &s.runtime,
+                reference,
+                &desc,
+                &sources,
+                s.store(),
+            )?
         }
+        // Written into the images' configs before they were exported.
+        Backend::Inline => {}
     }
     Ok((desc.records.len(), desc.layers.len()))
 }

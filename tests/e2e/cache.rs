@@ -315,3 +315,54 @@ fn a_registry_cache_serves_a_fresh_store_whose_push_downloads_no_layer() {
     );
     assert_eq!(ended(&d, "[builder 4/4] RUN"), "DONE", "{}", d.stderr);
 }
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn an_inline_cache_travels_in_the_pushed_image() {
+    let reg = super::registry();
+    let (image_a, image_b) = (
+        format!("{reg}/e2e/cache-inline:a"),
+        format!("{reg}/e2e/cache-inline:b"),
+    );
+    let first = runner("inline\n");
+    let a = first
+        .build(&["--cache-to", "type=inline", "--push", "-t", &image_a])
+        .expect_ok();
+    let config = super::json(&super::tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--config",
+            "--tls-verify=false",
+            &format!("docker://{image_a}"),
+        ],
+    ));
+    assert!(config["kiln.cache.v1"]["records"].is_array(), "{config}");
+
+    // A fresh runner reads it from the image: the final stage is served (the builder
+    // stage, which min carries not, runs), the image is the same, and its layers stay
+    // on the registry.
+    let second = runner("inline\n");
+    let b = second
+        .build(&[
+            "--cache-from",
+            &image_a,
+            "--cache-to",
+            "type=inline",
+            "--push",
+            "-t",
+            &image_b,
+        ])
+        .expect_ok();
+    assert_eq!(ended(&b, "[stage-2 2/3] WORKDIR"), "CACHED", "{}", b.stderr);
+    assert_eq!(ended(&b, "[stage-2 3/3] COPY"), "CACHED", "{}", b.stderr);
+    assert_eq!(a.image_digest(), b.image_digest());
+    let have = store_blobs(&second);
+    let layers = layers_of(&image_b);
+    assert!(
+        layers.iter().all(|l| !have.contains(l)),
+        "layers were downloaded: {have:?}\n{}",
+        b.stderr
+    );
+}

@@ -9,7 +9,8 @@
 //!
 //! Layers are kept once, and records name them by index. A record carries what kiln's
 //! store keeps of a result but not its snapshot ids, which depend on the identity
-//! mapping of the build that imports it.
+//! mapping of the build that imports it, nor where its layers can be had, which is
+//! the cache itself (a registry cache names its repository when it is imported).
 
 use super::{CacheKey, Kind, Layer, Record, KEY_VERSION};
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,11 @@ use std::collections::HashMap;
 
 /// The config media type of a kiln cache manifest.
 pub const MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
+
+/// The image config field of an inline cache (`--cache-to type=inline`). BuildKit's
+/// is `moby.buildkit.cache.v0`, in BuildKit's own format; this one holds a
+/// [`Description`].
+pub const INLINE_FIELD: &str = "kiln.cache.v1";
 
 /// A layer of the cache.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -27,8 +33,6 @@ pub struct CachedLayer {
     pub media_type: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pulled: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
 }
 
 /// A key's result.
@@ -77,7 +81,6 @@ impl Description {
                         size: l.size,
                         media_type: l.media_type.clone(),
                         pulled: l.pulled,
-                        source: l.source.clone(),
                     };
                     *index.entry(c.clone()).or_insert_with(|| {
                         layers.push(c);
@@ -121,7 +124,7 @@ impl Description {
                         media_type: c.media_type.clone(),
                         snapshot: snapshot_id(&c.diff_id)?,
                         pulled: c.pulled,
-                        source: c.source.clone(),
+                        source: None,
                     })
                 })
                 .collect();

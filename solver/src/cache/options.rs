@@ -22,6 +22,9 @@ pub enum Backend {
     Local { dir: String, tag: String },
     /// A repository of a registry (`ref=REPO:TAG`), the cache manifest under the tag.
     Registry { reference: String },
+    /// `--cache-to type=inline`: the description in the exported image's config,
+    /// which `--cache-from REPO:TAG` of the pushed image reads.
+    Inline,
 }
 
 /// One `--cache-to`.
@@ -47,7 +50,7 @@ fn not_yet(flag: &str, spec: &str, t: &str) -> Error {
     bad(
         flag,
         spec,
-        format!("cache type {t} is not supported yet (type=local and type=registry work)"),
+        format!("cache type {t} is not supported yet (type=local, registry and inline work)"),
     )
 }
 
@@ -75,7 +78,13 @@ fn get<'a>(kv: &'a [(String, String)], k: &str) -> Option<&'a str> {
 fn cache_type<'a>(flag: &str, spec: &str, kv: &'a [(String, String)]) -> Result<&'a str> {
     match get(kv, "type") {
         Some(t @ ("local" | "registry")) => Ok(t),
-        Some(t @ ("inline" | "s3" | "gha" | "azblob")) => Err(not_yet(flag, spec, t)),
+        Some("inline") if flag == "--cache-to" => Ok("inline"),
+        Some("inline") => Err(bad(
+            flag,
+            spec,
+            "an inline cache is read from its image: --cache-from REPO:TAG",
+        )),
+        Some(t @ ("s3" | "gha" | "azblob")) => Err(not_yet(flag, spec, t)),
         Some(t) => Err(bad(flag, spec, format!("unknown cache type {t:?}"))),
         None => Err(bad(
             flag,
@@ -128,15 +137,23 @@ pub fn cache_to(spec: &str) -> Result<CacheTo> {
             }
         }
     }
-    Ok(CacheTo {
-        backend: backend(
+    let backend = backend(
+        FLAG,
+        spec,
+        t,
+        get(&kv, "dest"),
+        get(&kv, "ref"),
+        get(&kv, "tag"),
+    )?;
+    if backend == Backend::Inline && mode == Mode::Max {
+        return Err(bad(
             FLAG,
             spec,
-            t,
-            get(&kv, "dest"),
-            get(&kv, "ref"),
-            get(&kv, "tag"),
-        )?,
+            "type=inline carries the final image's steps only (mode=min); use type=registry for mode=max",
+        ));
+    }
+    Ok(CacheTo {
+        backend,
         mode,
         ignore_error,
     })
@@ -182,6 +199,9 @@ fn backend(
     reference: Option<&str>,
     tag: Option<&str>,
 ) -> Result<Backend> {
+    if t == "inline" {
+        return Ok(Backend::Inline);
+    }
     if t == "local" {
         let key = if flag == "--cache-to" { "dest" } else { "src" };
         let dir = dir
@@ -262,6 +282,12 @@ mod tests {
             r
         );
         assert!(cache_to("type=registry").is_err());
+        assert_eq!(
+            cache_to("type=inline").expect("inline").backend,
+            Backend::Inline
+        );
+        assert!(cache_to("type=inline,mode=max").is_err());
+        assert!(cache_from("type=inline").is_err());
         assert!(cache_from("type=registry,ref=UPPER/x").is_err());
     }
 }

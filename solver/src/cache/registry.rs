@@ -54,18 +54,26 @@ impl RegistryCache {
         let resolved = runtime
             .block_on(registry.resolve(reference, &want, &store))
             .map_err(|e| cache_err(reference, e))?;
+        // A cache manifest, or an image whose config carries its cache inline.
         let media = resolved.manifest.config().media_type().to_string();
-        if media != description::MEDIA_TYPE {
-            return Err(cache_err(
-                reference,
-                format!(
-                    "not a kiln cache (its config is {media}, not {})",
-                    description::MEDIA_TYPE
-                ),
-            ));
-        }
-        let desc: Description = serde_json::from_slice(&resolved.config)
-            .map_err(|e| cache_err(reference, format!("bad cache description: {e}")))?;
+        let desc: Description = if media == description::MEDIA_TYPE {
+            serde_json::from_slice(&resolved.config)
+                .map_err(|e| cache_err(reference, format!("bad cache description: {e}")))?
+        } else {
+            let config: serde_json::Value = serde_json::from_slice(&resolved.config)
+                .map_err(|e| cache_err(reference, format!("bad image config: {e}")))?;
+            let inline = config.get(description::INLINE_FIELD).ok_or_else(|| {
+                cache_err(
+                    reference,
+                    format!(
+                        "neither a kiln cache ({}) nor an image with one inline",
+                        description::MEDIA_TYPE
+                    ),
+                )
+            })?;
+            serde_json::from_value(inline.clone())
+                .map_err(|e| cache_err(reference, format!("bad inline cache: {e}")))?
+        };
         if desc.key_version != super::KEY_VERSION {
             return Err(cache_err(
                 reference,
@@ -145,12 +153,14 @@ impl CacheStore for RegistryCache {
 }
 
 /// Pushes `desc` as the cache at `reference`; its layers' blobs are in `store`, or
-/// (for those with a source on the same registry) there to mount or find.
+/// (for those whose repository in `sources` is on the same registry) there to mount
+/// or find.
 pub fn export(
     registry: &Registry,
     runtime: &tokio::runtime::Handle,
     reference: &str,
     desc: &Description,
+    sources: &HashMap<String, String>,
     store: &Store,
 ) -> Result<()> {
     let config = serde_json::to_vec(desc).map_err(|e| cache_err(reference, e))?;
@@ -161,7 +171,7 @@ pub fn export(
         .map(|l| Blob {
             digest: l.digest.clone(),
             size: l.size,
-            source: l.source.clone(),
+            source: sources.get(&l.digest).cloned(),
         })
         .collect();
     let layers: Vec<serde_json::Value> = desc
