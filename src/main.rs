@@ -428,8 +428,8 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         .collect();
     for to in &cache_to {
         let records = transfer::select(&whole, &all, &targets, to.mode);
-        match transfer::export(&solver, to, &records) {
-            Ok((n, l)) => progress.note(&format!("exported cache: {n} results, {l} layers")),
+        match transfer::export(&solver, to, &records, &transfer::cache_mounts(&whole)) {
+            Ok((n, l)) => progress.note(&format!("exported cache: {n} results, {l} blobs")),
             Err(e) if to.ignore_error => progress.note(&format!("WARNING: exporting cache: {e}")),
             Err(e) => return Err(anyhow::Error::from(e).context("exporting cache")),
         }

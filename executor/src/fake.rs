@@ -29,6 +29,12 @@ pub enum Call {
     MakeLayer {
         id: String,
     },
+    UnpackTree {
+        dir: PathBuf,
+    },
+    Pack {
+        dir: PathBuf,
+    },
     ExportFs {
         lowers: Vec<String>,
         dest: PathBuf,
@@ -128,6 +134,21 @@ impl Executor for Recording {
         self.record(Call::Unpack { id: id.to_string() });
         fs_err::create_dir_all(self.store.snapshot_path(id))?;
         Ok(Vec::new())
+    }
+
+    fn unpack_tree(&self, _blob: &Path, dir: &Path, _: &str) -> Result<()> {
+        self.record(Call::UnpackTree {
+            dir: dir.to_path_buf(),
+        });
+        fs_err::create_dir_all(dir)?;
+        Ok(())
+    }
+
+    fn pack(&self, dir: &Path, out: &Path) -> Result<LayerDigests> {
+        self.record(Call::Pack {
+            dir: dir.to_path_buf(),
+        });
+        self.layer(&dir.display().to_string(), out, 0, LayerCompression::Gzip)
     }
 
     fn step(&self, step: StepSpec, log: Log<'_>) -> Result<StepOutcome> {

@@ -162,6 +162,30 @@ impl Executor for Helper {
         }
     }
 
+    fn unpack_tree(&self, blob: &Path, dir: &Path, diff_id: &str) -> Result<()> {
+        let req = Request::UnpackTree {
+            store: self.root(),
+            blob: blob.to_path_buf(),
+            dir: dir.to_path_buf(),
+            diff_id: diff_id.to_string(),
+        };
+        match self.run(&req, &|l: &str| tracing::info!("{l}"))? {
+            Response::Unpacked { .. } => Ok(()),
+            _ => Err(Error::Unexpected("unpack")),
+        }
+    }
+
+    fn pack(&self, dir: &Path, out: &Path) -> Result<LayerDigests> {
+        let req = Request::Pack {
+            dir: dir.to_path_buf(),
+            out: out.to_path_buf(),
+        };
+        match self.run(&req, &|l: &str| tracing::info!("{l}"))? {
+            Response::Layer(d) => Ok(d),
+            _ => Err(Error::Unexpected("pack")),
+        }
+    }
+
     fn step(&self, step: StepSpec, log: Log<'_>) -> Result<StepOutcome> {
         let req = Request::Step {
             store: self.root(),

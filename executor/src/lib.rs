@@ -65,6 +65,11 @@ pub trait Executor: Send + Sync {
     ) -> Result<Vec<String>>;
     /// Runs a step on a fresh filesystem over `lowers` and makes its layer.
     fn step(&self, step: StepSpec, log: Log<'_>) -> Result<StepOutcome>;
+    /// Unpacks the layer blob `blob` into the new directory `dir` (a cache mount of the
+    /// store); the stream must hash to `diff_id`. A directory already there stays.
+    fn unpack_tree(&self, blob: &Path, dir: &Path, diff_id: &str) -> Result<()>;
+    /// Writes the tree `dir` (a cache mount) as a gzip layer blob at `out`.
+    fn pack(&self, dir: &Path, out: &Path) -> Result<LayerDigests>;
     /// Makes the layer blob of snapshot `id` again, at `out`.
     fn make_layer(
         &self,

@@ -25,6 +25,18 @@ pub(crate) enum Request {
         compression: LayerCompression,
         layer_offset: u64,
     },
+    /// Unpacks a layer blob into the directory `dir` (created; one already there stays).
+    UnpackTree {
+        store: PathBuf,
+        blob: PathBuf,
+        dir: PathBuf,
+        diff_id: String,
+    },
+    /// Writes the tree `dir` as a gzip layer blob at `out`.
+    Pack {
+        dir: PathBuf,
+        out: PathBuf,
+    },
     Layer {
         store: PathBuf,
         id: String,

@@ -18,33 +18,36 @@ pub(crate) fn handle(req: Request) -> Result<Response> {
             diff_id,
         } => {
             let store = Store::open(store)?;
-            let tmp = store.tmp_path("unpack");
-            fs::create_dir(&tmp)?;
-            let f = fs::File::open(&blob)?;
-            let limit = f
-                .metadata()
-                .ok()
-                .and_then(|m| unpack::expansion_limit(m.len()));
-            let result = unpack::unpack_bounded(f, &tmp, unpack::Owners::here(), limit)
-                .map_err(Error::from)
-                .and_then(|u| match &diff_id {
-                    Some(want) if *want != u.diff_id => Err(Error::DiffId {
-                        got: u.diff_id.clone(),
-                        want: want.clone(),
-                    }),
-                    _ => Ok(u),
-                });
-            let out = match result {
-                Ok(u) => u,
-                Err(e) => {
-                    remove_tree(&tmp);
-                    return Err(e);
-                }
-            };
+            let (tmp, out) = unpack_checked(&store, &blob, diff_id.as_deref())?;
             place_snapshot(&store, &tmp, &id)?;
             Ok(Response::Unpacked {
                 skipped_devices: out.skipped_devices,
             })
+        }
+        Request::UnpackTree {
+            store,
+            blob,
+            dir,
+            diff_id,
+        } => {
+            let store = Store::open(store)?;
+            let (tmp, out) = unpack_checked(&store, &blob, Some(&diff_id))?;
+            // One already there (another build seeded it meanwhile) stays.
+            if dir.exists() || fs::rename(&tmp, &dir).is_err() {
+                remove_tree(&tmp);
+            }
+            Ok(Response::Unpacked {
+                skipped_devices: out.skipped_devices,
+            })
+        }
+        Request::Pack { dir, out } => {
+            let f = fs::File::create(&out)?;
+            let layer =
+                kiln_snapshotter::diff::write_layer(&dir, f.into_parts().0, LayerCompression::Gzip);
+            if layer.is_err() {
+                let _ = fs::remove_file(&out);
+            }
+            Ok(Response::Layer(layer?))
         }
         Request::Step {
             store,
@@ -127,6 +130,38 @@ pub(crate) fn handle(req: Request) -> Result<Response> {
                 .map(|p| kiln_snapshotter::tree::disk_usage(p))
                 .collect(),
         )),
+    }
+}
+
+/// Unpacks `blob` into a fresh temp directory of `store`, checking that the stream
+/// hashes to `diff_id` and that it does not expand beyond the bound.
+fn unpack_checked(
+    store: &Store,
+    blob: &Path,
+    diff_id: Option<&str>,
+) -> Result<(std::path::PathBuf, unpack::Unpacked)> {
+    let tmp = store.tmp_path("unpack");
+    fs::create_dir(&tmp)?;
+    let f = fs::File::open(blob)?;
+    let limit = f
+        .metadata()
+        .ok()
+        .and_then(|m| unpack::expansion_limit(m.len()));
+    let result = unpack::unpack_bounded(f, &tmp, unpack::Owners::here(), limit)
+        .map_err(Error::from)
+        .and_then(|u| match diff_id {
+            Some(want) if want != u.diff_id => Err(Error::DiffId {
+                got: u.diff_id.clone(),
+                want: want.to_string(),
+            }),
+            _ => Ok(u),
+        });
+    match result {
+        Ok(u) => Ok((tmp, u)),
+        Err(e) => {
+            remove_tree(&tmp);
+            Err(e)
+        }
     }
 }
 

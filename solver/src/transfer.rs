@@ -3,8 +3,10 @@
 
 use crate::cache::options::{Backend, CacheFrom, CacheTo, Mode};
 use crate::cache::{
-    description::Description, local_dir, registry::RegistryCache, CacheKey, CacheStore, Layer,
-    Record,
+    description::{CachedMount, Description},
+    local_dir,
+    registry::RegistryCache,
+    CacheKey, CacheStore, Layer, Record,
 };
 use crate::materialize::{bring_in, Need};
 use crate::session::{Done, Solver};
@@ -110,8 +112,75 @@ pub fn inline(
     serde_json::to_value(Description::of(records.iter().map(|(k, r)| (k, r)))).unwrap_or_default()
 }
 
-/// Exports `records` to `to`; returns how many results and layers it wrote.
-pub fn export(s: &Solver, to: &CacheTo, records: &[(CacheKey, Record)]) -> Result<(usize, usize)> {
+/// The cache mounts the graph's RUN steps use, by directory name.
+pub fn cache_mounts(g: &BuildGraph) -> Vec<String> {
+    let mut v: Vec<String> = g
+        .dag
+        .node_weights()
+        .filter_map(|s| match &s.op {
+            kiln_frontend::Op::Run(r) => Some(r),
+            _ => None,
+        })
+        .flat_map(|r| &r.mounts)
+        .filter(|m| m.spec.kind == kiln_frontend::MountKind::Cache)
+        .map(|m| crate::cache::mount_dir_name(&m.spec.id))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Packs the cache mounts `names` of the store (each at most `limit` bytes on disk)
+/// as blobs of the store, for a cache export.
+fn pack_mounts(s: &Solver, names: &[String], limit: u64) -> Result<Vec<CachedMount>> {
+    let store = s.store();
+    let mut out = Vec::new();
+    for name in names {
+        let dir = store.root().join("cache-mounts").join(name);
+        if !dir.is_dir() {
+            continue;
+        }
+        let size = s
+            .executor
+            .usage(std::slice::from_ref(&dir))?
+            .first()
+            .copied()
+            .unwrap_or(0);
+        if size > limit {
+            s.progress.note(&format!(
+                "cache mount {name}: {} on disk, over mounts-limit ({}): not exported",
+                kiln_snapshotter::gc::human_size(size),
+                kiln_snapshotter::gc::human_size(limit)
+            ));
+            continue;
+        }
+        let tmp = store.tmp_path("mount-blob");
+        let d = match s.executor.pack(&dir, &tmp) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
+        store.commit_blob_trusted(&tmp, &d.digest)?;
+        out.push(CachedMount {
+            name: name.clone(),
+            digest: d.digest,
+            diff_id: d.diff_id,
+            size: d.size,
+        });
+    }
+    Ok(out)
+}
+
+/// Exports `records` (and, with `mounts=true`, the cache mounts `mounts`) to `to`;
+/// returns how many results and blobs it wrote.
+pub fn export(
+    s: &Solver,
+    to: &CacheTo,
+    records: &[(CacheKey, Record)],
+    mounts: &[String],
+) -> Result<(usize, usize)> {
     let layers: Vec<Layer> = records
         .iter()
         .flat_map(|(_, r)| r.layers.iter().cloned())
@@ -125,7 +194,10 @@ pub fn export(s: &Solver, to: &CacheTo, records: &[(CacheKey, Record)]) -> Resul
         })
         .collect();
     bring_in(s, &layers, Need::Blobs, &|l: &str| s.progress.note(l))?;
-    let desc = Description::of(records.iter().map(|(k, r)| (k, r)));
+    let mut desc = Description::of(records.iter().map(|(k, r)| (k, r)));
+    if let Some(limit) = to.mounts {
+        desc.mounts = pack_mounts(s, mounts, limit)?;
+    }
     match &to.backend {
         Backend::Local { dir, tag } => local_dir::export(Path::new(dir), tag, &desc, s.store())?,
         Backend::Registry { reference } => {
@@ -146,5 +218,5 @@ pub fn export(s: &Solver, to: &CacheTo, records: &[(CacheKey, Record)]) -> Resul
         // Written into the images' configs before they were exported.
         Backend::Inline => {}
     }
-    Ok((desc.records.len(), desc.layers.len()))
+    Ok((desc.records.len(), desc.blobs().len()))
 }

@@ -366,3 +366,39 @@ fn an_inline_cache_travels_in_the_pushed_image() {
         b.stderr
     );
 }
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn cache_mounts_travel_with_mounts_true() {
+    let writer = |cmd: &str| {
+        format!(
+            "FROM REGISTRY/library/busybox:latest\n\
+             RUN --mount=type=cache,target=/var/cache/app {cmd}\n"
+        )
+    };
+    let first = Case::new(&writer("echo from-the-first-runner > /var/cache/app/mark"));
+    let (with, without) = (first.path("with"), first.path("without"));
+    first
+        .build(&[
+            "--cache-to",
+            &format!("type=local,dest={},mounts=true", with.display()),
+            "--cache-to",
+            &format!("type=local,dest={}", without.display()),
+        ])
+        .expect_ok();
+    // Another RUN on another runner, with the same cache mount: it sees the first
+    // runner's files when they travelled, and an empty mount when not.
+    let reader = writer("cat /var/cache/app/mark > /seen 2>/dev/null || echo empty > /seen");
+    for (dir, want) in [(&with, "from-the-first-runner\n"), (&without, "empty\n")] {
+        let case = Case::new(&reader);
+        let out = case.path("out");
+        case.build(&[
+            "--cache-from",
+            &cache_from(dir),
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ])
+        .expect_ok();
+        assert_eq!(fs::read_to_string(out.join("seen")).expect("seen"), want);
+    }
+}

@@ -51,6 +51,31 @@ pub struct CachedRecord {
     pub description: String,
 }
 
+/// The contents of a cache mount, as a layer blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedMount {
+    /// The mount's directory name ([`super::mount_dir_name`]).
+    pub name: String,
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+}
+
+impl CachedMount {
+    /// The mount's blob as a layer, for [`super::CacheStore::fetch_blob`].
+    pub fn layer(&self) -> Layer {
+        Layer {
+            diff_id: self.diff_id.clone(),
+            digest: self.digest.clone(),
+            size: self.size,
+            media_type: kiln_snapshotter::diff::MEDIA_TYPE_GZIP.into(),
+            snapshot: String::new(),
+            pulled: false,
+            source: None,
+        }
+    }
+}
+
 /// The whole description.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Description {
@@ -58,9 +83,37 @@ pub struct Description {
     pub key_version: u32,
     pub layers: Vec<CachedLayer>,
     pub records: Vec<CachedRecord>,
+    /// Cache mounts' contents (`--cache-to ...,mounts=true`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<CachedMount>,
+}
+
+/// A blob of the cache, as its manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheBlob {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
 }
 
 impl Description {
+    /// Every blob the cache holds: its layers', then its mounts' (gzip layers).
+    pub fn blobs(&self) -> Vec<CacheBlob> {
+        self.layers
+            .iter()
+            .map(|l| CacheBlob {
+                digest: l.digest.clone(),
+                size: l.size,
+                media_type: l.media_type.clone(),
+            })
+            .chain(self.mounts.iter().map(|m| CacheBlob {
+                digest: m.digest.clone(),
+                size: m.size,
+                media_type: kiln_snapshotter::diff::MEDIA_TYPE_GZIP.into(),
+            }))
+            .collect()
+    }
+
     /// The description of `records`.
     pub fn of<'a>(records: impl IntoIterator<Item = (&'a CacheKey, &'a Record)>) -> Description {
         let mut layers: Vec<CachedLayer> = Vec::new();
@@ -103,6 +156,7 @@ impl Description {
             key_version: KEY_VERSION,
             layers,
             records: out,
+            mounts: Vec::new(),
         }
     }
 

@@ -35,6 +35,8 @@ pub struct LocalDir {
     records: HashMap<String, Record>,
     /// The layer blobs the directory holds.
     blobs: HashSet<String>,
+    /// Cache mounts' contents, by mount name.
+    mounts: HashMap<String, Layer>,
 }
 
 impl LocalDir {
@@ -92,16 +94,29 @@ impl LocalDir {
         }
         // Only blobs that are there, at their size, count; their digests are checked
         // when they are copied into the store.
+        let present = |digest: &str, size: u64| {
+            blob_path(dir, digest)
+                .ok()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .is_some_and(|m| m.len() == size)
+        };
         let blobs: HashSet<String> = desc
             .layers
             .iter()
-            .filter(|l| {
-                blob_path(dir, &l.digest)
-                    .ok()
-                    .and_then(|p| std::fs::metadata(p).ok())
-                    .is_some_and(|m| m.len() == l.size)
-            })
+            .filter(|l| present(&l.digest, l.size))
             .map(|l| l.digest.clone())
+            .chain(
+                desc.mounts
+                    .iter()
+                    .filter(|m| present(&m.digest, m.size))
+                    .map(|m| m.digest.clone()),
+            )
+            .collect();
+        let mounts = desc
+            .mounts
+            .iter()
+            .filter(|m| blobs.contains(&m.digest))
+            .map(|m| (m.name.clone(), m.layer()))
             .collect();
         let records = desc
             .records(snapshot_id)
@@ -113,6 +128,7 @@ impl LocalDir {
             store,
             records,
             blobs,
+            mounts,
         })
     }
 
@@ -155,6 +171,10 @@ impl CacheStore for LocalDir {
         }
         r.map(|()| true)
     }
+
+    fn mount(&self, name: &str) -> Option<Layer> {
+        self.mounts.get(name).cloned()
+    }
 }
 
 /// Writes `desc` and the blobs of its layers (all in `store`) as the cache tagged
@@ -166,7 +186,7 @@ pub fn export(dir: &Path, tag: &str, desc: &Description, store: &Store) -> Resul
         write_file(dir, &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     }
     let mut layers = Vec::new();
-    for l in &desc.layers {
+    for l in desc.blobs() {
         let to = blob_path(dir, &l.digest)?;
         if std::fs::metadata(&to).is_ok_and(|m| m.len() == l.size) {
             // Content-addressed: a blob of the right size under its digest was written

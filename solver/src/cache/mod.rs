@@ -42,6 +42,12 @@ pub fn digest(parts: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
+/// The directory name, under the store's `cache-mounts/`, of the cache mount `id`
+/// (`RUN --mount=type=cache,id=...`; the id defaults to the target).
+pub fn mount_dir_name(id: &str) -> String {
+    digest(&["cache-mount", id])[..24].to_string()
+}
+
 /// A vertex's cache key: the op kind and its parts, under [`KEY_VERSION`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey(String);
@@ -82,6 +88,11 @@ pub trait CacheStore: Send + Sync {
     /// whether it did.
     fn fetch_blob(&self, _layer: &Layer) -> Result<bool> {
         Ok(false)
+    }
+    /// The contents of the cache mount named `name` ([`mount_dir_name`]), as a layer
+    /// whose blob [`CacheStore::fetch_blob`] brings in, if this cache carries it.
+    fn mount(&self, _name: &str) -> Option<Layer> {
+        None
     }
 }
 
@@ -148,6 +159,10 @@ impl CacheStore for Caches {
             }
         }
         Ok(false)
+    }
+
+    fn mount(&self, name: &str) -> Option<Layer> {
+        self.imports.iter().find_map(|c| c.mount(name))
     }
 }
 

@@ -14,6 +14,9 @@ pub enum Mode {
     Max,
 }
 
+/// How big a cache mount `mounts=true` carries by default (bytes on disk).
+pub const DEFAULT_MOUNTS_LIMIT: u64 = 1 << 30;
+
 /// Where a cache goes or comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
@@ -32,6 +35,10 @@ pub enum Backend {
 pub struct CacheTo {
     pub backend: Backend,
     pub mode: Mode,
+    /// `mounts=true`: the build's cache mounts' contents travel too, each at most
+    /// `mounts_limit` bytes on disk (`mounts-limit=SIZE`, default 1 GiB); a bigger one
+    /// stays behind, with a note.
+    pub mounts: Option<u64>,
     /// `ignore-error=true`: a failed export is a warning, not a failed build.
     pub ignore_error: bool,
 }
@@ -101,9 +108,16 @@ pub fn cache_to(spec: &str) -> Result<CacheTo> {
     let t = cache_type(FLAG, spec, &kv)?;
     let mut mode = Mode::Min;
     let mut ignore_error = false;
+    let mut mounts = false;
+    let mut limit = DEFAULT_MOUNTS_LIMIT;
     for (k, v) in &kv {
         match k.as_str() {
             "type" | "dest" | "tag" | "ref" => {}
+            "mounts" => mounts = parse_bool(FLAG, spec, k, v)?,
+            "mounts-limit" => {
+                limit = kiln_snapshotter::gc::parse_size(v)
+                    .map_err(|e| bad(FLAG, spec, format!("mounts-limit={v:?}: {e}")))?
+            }
             "mode" => {
                 mode = match v.as_str() {
                     "min" => Mode::Min,
@@ -132,7 +146,7 @@ pub fn cache_to(spec: &str) -> Result<CacheTo> {
                 return Err(bad(
                     FLAG,
                     spec,
-                    format!("unknown option {k:?} (known: dest, ref, mode, tag, ignore-error, oci-mediatypes, image-manifest)"),
+                    format!("unknown option {k:?} (known: dest, ref, mode, tag, mounts, mounts-limit, ignore-error, oci-mediatypes, image-manifest)"),
                 ))
             }
         }
@@ -152,9 +166,17 @@ pub fn cache_to(spec: &str) -> Result<CacheTo> {
             "type=inline carries the final image's steps only (mode=min); use type=registry for mode=max",
         ));
     }
+    if mounts && backend == Backend::Inline {
+        return Err(bad(
+            FLAG,
+            spec,
+            "mounts=true needs a cache of its own (type=local or type=registry)",
+        ));
+    }
     Ok(CacheTo {
         backend,
         mode,
+        mounts: mounts.then_some(limit),
         ignore_error,
     })
 }
@@ -287,6 +309,20 @@ mod tests {
             Backend::Inline
         );
         assert!(cache_to("type=inline,mode=max").is_err());
+        assert_eq!(
+            cache_to("type=local,dest=/c,mounts=true")
+                .expect("m")
+                .mounts,
+            Some(DEFAULT_MOUNTS_LIMIT)
+        );
+        assert_eq!(
+            cache_to("type=local,dest=/c,mounts=true,mounts-limit=10mb")
+                .expect("m")
+                .mounts,
+            Some(10 << 20)
+        );
+        assert_eq!(cache_to("type=local,dest=/c").expect("m").mounts, None);
+        assert!(cache_to("type=inline,mounts=true").is_err());
         assert!(cache_from("type=inline").is_err());
         assert!(cache_from("type=registry,ref=UPPER/x").is_err());
     }

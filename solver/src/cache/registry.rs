@@ -29,6 +29,8 @@ pub struct RegistryCache {
     repository: String,
     records: HashMap<String, Record>,
     blobs: HashSet<String>,
+    /// Cache mounts' contents, by mount name.
+    mounts: HashMap<String, Layer>,
 }
 
 fn cache_err(reference: &str, why: impl std::fmt::Display) -> Error {
@@ -89,7 +91,7 @@ impl RegistryCache {
             .rsplit_once('@')
             .map(|(r, _)| r.to_string())
             .unwrap_or_default();
-        // Only layers the manifest lists count.
+        // Only blobs the manifest lists count.
         let blobs: HashSet<String> = resolved
             .manifest
             .layers()
@@ -107,6 +109,12 @@ impl RegistryCache {
                 (k, r)
             })
             .collect();
+        let mounts = desc
+            .mounts
+            .iter()
+            .filter(|m| blobs.contains(&m.digest))
+            .map(|m| (m.name.clone(), m.layer()))
+            .collect();
         Ok(RegistryCache {
             registry,
             runtime,
@@ -114,6 +122,7 @@ impl RegistryCache {
             repository,
             records,
             blobs,
+            mounts,
         })
     }
 
@@ -150,6 +159,10 @@ impl CacheStore for RegistryCache {
         ))?;
         Ok(true)
     }
+
+    fn mount(&self, name: &str) -> Option<Layer> {
+        self.mounts.get(name).cloned()
+    }
 }
 
 /// Pushes `desc` as the cache at `reference`; its layers' blobs are in `store`, or
@@ -166,16 +179,16 @@ pub fn export(
     let config = serde_json::to_vec(desc).map_err(|e| cache_err(reference, e))?;
     let config_digest = store.write_blob(&config)?;
     let mut blobs: Vec<Blob> = desc
-        .layers
-        .iter()
+        .blobs()
+        .into_iter()
         .map(|l| Blob {
-            digest: l.digest.clone(),
-            size: l.size,
             source: sources.get(&l.digest).cloned(),
+            digest: l.digest,
+            size: l.size,
         })
         .collect();
     let layers: Vec<serde_json::Value> = desc
-        .layers
+        .blobs()
         .iter()
         .map(|l| {
             serde_json::json!({

@@ -36,8 +36,44 @@ impl Operation for Run<'_> {
             Some(a) => a.clone(),
             None => run_action(cx, self.spec)?.0,
         };
+        for m in &action.mounts {
+            if let MountSource::Cache { dir, .. } = &m.kind {
+                seed_mount(cx, v, dir);
+            }
+        }
         let layer = execute_step(cx, v, Action::Run(action))?;
         Ok(on_parent(cx, layer))
+    }
+}
+
+/// A cache mount the store does not have yet starts with what an imported cache
+/// carries of it (`--cache-to ...,mounts=true`). Only a head start: when that fails,
+/// the RUN gets an empty mount, as it would without the import.
+fn seed_mount(cx: &Cx<'_>, v: &Vertex, dir: &std::path::Path) {
+    let s = cx.solver;
+    let Some(name) = dir.file_name().map(|n| n.to_string_lossy().to_string()) else {
+        return;
+    };
+    if dir.exists() {
+        return;
+    }
+    let Some(l) = s.cache.mount(&name) else {
+        return;
+    };
+    let r = (|| -> crate::Result<()> {
+        let store = s.store();
+        if !store.has_blob(&l.digest) && !s.cache.fetch_blob(&l)? {
+            return Ok(());
+        }
+        let blob = store.blob_path(&l.digest)?;
+        std::fs::create_dir_all(store.root().join("cache-mounts"))?;
+        Ok(s.executor.unpack_tree(&blob, dir, &l.diff_id)?)
+    })();
+    match r {
+        Ok(()) => v.log(&format!("cache mount {name}: from the imported cache")),
+        Err(e) => v.log(&format!(
+            "cache mount {name}: not seeded from the imported cache: {e}"
+        )),
     }
 }
 

@@ -89,7 +89,7 @@ impl Bench {
         if let Some(dir) = export {
             let to = options::cache_to(&format!("type=local,dest={},mode=max", dir.display()))?;
             let records = transfer::select(&graph, &done, &[graph.target], to.mode);
-            transfer::export(&solver, &to, &records)?;
+            transfer::export(&solver, &to, &records, &[])?;
         }
         Ok(())
     }
