@@ -30,7 +30,7 @@ fi
 install_packages() {
   export DEBIAN_FRONTEND=noninteractive
   local need=0
-  for p in docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler keyutils; do
+  for p in docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler keyutils python3-venv; do
     dpkg -s "$p" >/dev/null 2>&1 || need=1
   done
   if ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -41,7 +41,7 @@ install_packages() {
     log "installing packages"
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends \
-      docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler keyutils ca-certificates >/dev/null
+      docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler keyutils python3-venv ca-certificates >/dev/null
     mkdir -p "$STATE" && touch "$STATE/.apt-updated"
   fi
 }
@@ -180,10 +180,22 @@ seed_debian() {
   rm -rf "$work"
 }
 
+# moto's S3 server, for the s3 cache test (the test starts it on 127.0.0.1), in a
+# virtualenv of Debian's python3 that the test user can run.
+install_moto() {
+  local venv="$STATE/moto"
+  [ -x "$venv/bin/moto_server" ] && return
+  log "installing moto's S3 server into $venv"
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]'
+}
+
 mkdir -p "$STATE"
 install_packages
 create_user
 start_registry
 seed_busybox
 seed_debian
+install_moto
 log "ready: registry $REGISTRY, test user $TEST_USER"

@@ -6,6 +6,7 @@ use crate::cache::{
     description::{CachedMount, Description},
     local_dir,
     registry::RegistryCache,
+    s3::S3Cache,
     CacheKey, CacheStore, Layer, Record,
 };
 use crate::materialize::{bring_in, Need};
@@ -35,6 +36,25 @@ pub fn import(
     for f in froms {
         match &f.backend {
             Backend::Inline => {}
+            Backend::S3(location) => {
+                match S3Cache::open(
+                    location.clone(),
+                    runtime.clone(),
+                    store.clone(),
+                    snapshot_id,
+                ) {
+                    Ok(c) => {
+                        note(&format!(
+                            "importing cache from s3://{}/{} ({} results)",
+                            location.bucket,
+                            location.prefix,
+                            c.len()
+                        ));
+                        out.push(Box::new(c));
+                    }
+                    Err(e) => note(&format!("WARNING: not importing cache: {e}")),
+                }
+            }
             Backend::Local { dir, tag } => {
                 match local_dir::LocalDir::open(Path::new(dir), tag, store.clone(), snapshot_id) {
                     Ok(c) => {
@@ -188,7 +208,7 @@ pub fn export(
             Backend::Registry { reference } => {
                 !kiln_registry::can_mount(l.source.as_deref(), reference)
             }
-            Backend::Local { .. } => true,
+            Backend::Local { .. } | Backend::S3(_) => true,
             // In the image: its exporters needed the blobs already.
             Backend::Inline => false,
         })
@@ -215,6 +235,7 @@ pub fn export(
                 s.store(),
             )?
         }
+        Backend::S3(location) => crate::cache::s3::export(location, &s.runtime, &desc, s.store())?,
         // Written into the images' configs before they were exported.
         Backend::Inline => {}
     }

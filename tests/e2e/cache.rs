@@ -402,3 +402,93 @@ fn cache_mounts_travel_with_mounts_true() {
         assert_eq!(fs::read_to_string(out.join("seen")).expect("seen"), want);
     }
 }
+
+/// moto's S3 server on a free port of 127.0.0.1, stopped when dropped.
+struct S3Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let bin = std::env::var("KILN_E2E_MOTO")
+            .unwrap_or_else(|_| "/var/tmp/kiln-ci/moto/bin/moto_server".into());
+        assert!(
+            Path::new(&bin).exists(),
+            "{bin}: moto's S3 server is missing; run scripts/setup.sh"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: {e}"));
+        let server = S3Server { child, port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("moto's S3 server did not come up on port {port}");
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn an_s3_cache_serves_a_fresh_store() {
+    let s3 = S3Server::start();
+    super::tool(
+        "curl",
+        &["-fsS", "-X", "PUT", &format!("{}/kiln-cache", s3.url())],
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let opts = format!(
+        "type=s3,bucket=kiln-cache,endpoint_url={},use_path_style=true,prefix=ci/",
+        s3.url()
+    );
+    let first = runner("in a bucket\n");
+    let a =
+        super::store::build(&first, &["--cache-to", &format!("{opts},mode=max")], &env).expect_ok();
+    // BuildKit's layout: the manifest under manifests/NAME, the blobs under blobs/.
+    let listing = super::tool(
+        "curl",
+        &["-fsS", &format!("{}/kiln-cache?prefix=ci/", s3.url())],
+    );
+    assert!(listing.contains("ci/manifests/buildkit"), "{listing}");
+    assert!(listing.contains("ci/blobs/sha256:"), "{listing}");
+
+    let second = runner("in a bucket\n");
+    let b = super::store::build(&second, &["--cache-from", &opts], &env).expect_ok();
+    all_cached(&b);
+    assert_eq!(a.image_digest(), b.image_digest());
+
+    // The bucket gone: a warning and a miss.
+    drop(s3);
+    let third = runner("in a bucket\n");
+    let c = super::store::build(&third, &["--cache-from", &opts], &env).expect_ok();
+    assert!(
+        c.stderr.contains("WARNING: not importing cache"),
+        "{}",
+        c.stderr
+    );
+}

@@ -18,6 +18,7 @@ pub mod description;
 pub mod local_dir;
 pub mod options;
 pub mod registry;
+pub mod s3;
 
 pub use context::{hash_context, FileHashes, SETTLED};
 pub use kiln_snapshotter::records::{Kind, Layer, Record};

@@ -25,6 +25,8 @@ pub enum Backend {
     Local { dir: String, tag: String },
     /// A repository of a registry (`ref=REPO:TAG`), the cache manifest under the tag.
     Registry { reference: String },
+    /// A bucket of an S3 service.
+    S3(super::s3::Location),
     /// `--cache-to type=inline`: the description in the exported image's config,
     /// which `--cache-from REPO:TAG` of the pushed image reads.
     Inline,
@@ -57,7 +59,7 @@ fn not_yet(flag: &str, spec: &str, t: &str) -> Error {
     bad(
         flag,
         spec,
-        format!("cache type {t} is not supported yet (type=local, registry and inline work)"),
+        format!("cache type {t} is not supported yet (type=local, registry, s3 and inline work)"),
     )
 }
 
@@ -84,14 +86,14 @@ fn get<'a>(kv: &'a [(String, String)], k: &str) -> Option<&'a str> {
 /// The cache type of `kv`, one kiln supports.
 fn cache_type<'a>(flag: &str, spec: &str, kv: &'a [(String, String)]) -> Result<&'a str> {
     match get(kv, "type") {
-        Some(t @ ("local" | "registry")) => Ok(t),
+        Some(t @ ("local" | "registry" | "s3")) => Ok(t),
         Some("inline") if flag == "--cache-to" => Ok("inline"),
         Some("inline") => Err(bad(
             flag,
             spec,
             "an inline cache is read from its image: --cache-from REPO:TAG",
         )),
-        Some(t @ ("s3" | "gha" | "azblob")) => Err(not_yet(flag, spec, t)),
+        Some(t @ ("gha" | "azblob")) => Err(not_yet(flag, spec, t)),
         Some(t) => Err(bad(flag, spec, format!("unknown cache type {t:?}"))),
         None => Err(bad(
             flag,
@@ -113,6 +115,7 @@ pub fn cache_to(spec: &str) -> Result<CacheTo> {
     for (k, v) in &kv {
         match k.as_str() {
             "type" | "dest" | "tag" | "ref" => {}
+            k if t == "s3" && S3_KEYS.contains(&k) => {}
             "mounts" => mounts = parse_bool(FLAG, spec, k, v)?,
             "mounts-limit" => {
                 limit = kiln_snapshotter::gc::parse_size(v)
@@ -173,6 +176,10 @@ pub fn cache_to(spec: &str) -> Result<CacheTo> {
             "mounts=true needs a cache of its own (type=local or type=registry)",
         ));
     }
+    let backend = match backend {
+        Backend::Registry { .. } if t == "s3" => Backend::S3(s3_location(FLAG, spec, &kv)?),
+        b => b,
+    };
     Ok(CacheTo {
         backend,
         mode,
@@ -191,6 +198,16 @@ pub fn cache_from(spec: &str) -> Result<CacheFrom> {
     }
     let kv = pairs(FLAG, spec)?;
     let t = cache_type(FLAG, spec, &kv)?;
+    if t == "s3" {
+        for (k, _) in &kv {
+            if k != "type" && !S3_KEYS.contains(&k.as_str()) {
+                return Err(bad(FLAG, spec, format!("unknown option {k:?}")));
+            }
+        }
+        return Ok(CacheFrom {
+            backend: Backend::S3(s3_location(FLAG, spec, &kv)?),
+        });
+    }
     for (k, _) in &kv {
         if !matches!(k.as_str(), "type" | "src" | "tag" | "ref") {
             return Err(bad(
@@ -212,6 +229,42 @@ pub fn cache_from(spec: &str) -> Result<CacheFrom> {
     })
 }
 
+/// The options of `type=s3` (BuildKit's names).
+const S3_KEYS: [&str; 11] = [
+    "bucket",
+    "region",
+    "endpoint_url",
+    "prefix",
+    "blobs_prefix",
+    "manifests_prefix",
+    "name",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "use_path_style",
+];
+
+fn s3_location(flag: &str, spec: &str, kv: &[(String, String)]) -> Result<super::s3::Location> {
+    let owned = |k: &str| get(kv, k).filter(|v| !v.is_empty()).map(str::to_string);
+    let bucket = owned("bucket").ok_or_else(|| bad(flag, spec, "type=s3 needs bucket=NAME"))?;
+    Ok(super::s3::Location {
+        bucket,
+        region: owned("region"),
+        endpoint_url: owned("endpoint_url"),
+        prefix: owned("prefix").unwrap_or_default(),
+        blobs_prefix: owned("blobs_prefix").unwrap_or_else(|| "blobs/".into()),
+        manifests_prefix: owned("manifests_prefix").unwrap_or_else(|| "manifests/".into()),
+        name: owned("name").unwrap_or_else(|| "buildkit".into()),
+        access_key_id: owned("access_key_id"),
+        secret_access_key: owned("secret_access_key"),
+        session_token: owned("session_token"),
+        path_style: match get(kv, "use_path_style") {
+            Some(v) => parse_bool(flag, spec, "use_path_style", v)?,
+            None => false,
+        },
+    })
+}
+
 /// The backend of type `t`: the directory `dir` (type=local) or `reference`.
 fn backend(
     flag: &str,
@@ -223,6 +276,12 @@ fn backend(
 ) -> Result<Backend> {
     if t == "inline" {
         return Ok(Backend::Inline);
+    }
+    if t == "s3" {
+        // Filled in from the s3 options by the caller.
+        return Ok(Backend::Registry {
+            reference: String::new(),
+        });
     }
     if t == "local" {
         let key = if flag == "--cache-to" { "dest" } else { "src" };
@@ -281,8 +340,30 @@ mod tests {
         ] {
             assert!(cache_to(bad).is_err(), "{bad}");
         }
-        let e = cache_to("type=s3,bucket=b").expect_err("not yet");
+        let e = cache_to("type=gha").expect_err("not yet");
         assert!(e.to_string().contains("not supported yet"), "{e}");
+        let s3 = cache_to(
+            "type=s3,bucket=b,endpoint_url=http://127.0.0.1:9000,use_path_style=true,mode=max",
+        )
+        .expect("s3");
+        match s3.backend {
+            Backend::S3(l) => {
+                assert_eq!(
+                    (l.bucket.as_str(), l.path_style, l.name.as_str()),
+                    ("b", true, "buildkit")
+                );
+                assert_eq!(l.blobs_prefix, "blobs/");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(cache_to("type=s3").is_err());
+        assert!(matches!(
+            cache_from("type=s3,bucket=b,prefix=p/")
+                .expect("from")
+                .backend,
+            Backend::S3(_)
+        ));
+        assert!(cache_from("type=s3,bucket=b,bogus=1").is_err());
         assert!(cache_from("type=local").is_err());
         let r = Backend::Registry {
             reference: "127.0.0.1:5000/r/c:tag".into(),
