@@ -1,14 +1,9 @@
 //! `--cache-from` and `--cache-to`: imported caches behind the local one, and the
 //! export of a build's results.
 
+use crate::cache::description::{CachedMount, Description};
 use crate::cache::options::{Backend, CacheFrom, CacheTo, Mode};
-use crate::cache::{
-    description::{CachedMount, Description},
-    local_dir,
-    registry::RegistryCache,
-    s3::S3Cache,
-    CacheKey, CacheStore, Layer, Record,
-};
+use crate::cache::{local_dir, registry, s3, CacheKey, CacheStore, Layer, Record};
 use crate::materialize::{bring_in, Need};
 use crate::session::{Done, Solver};
 use crate::Result;
@@ -34,55 +29,31 @@ pub fn import(
         |diff_id: &str| kiln_snapshotter::store::snapshot_id(diff_id, !preserves_owners).ok();
     let mut out: Vec<Box<dyn CacheStore>> = Vec::new();
     for f in froms {
-        match &f.backend {
-            Backend::Inline => {}
-            Backend::S3(location) => {
-                match S3Cache::open(
-                    location.clone(),
-                    runtime.clone(),
-                    store.clone(),
-                    snapshot_id,
-                ) {
-                    Ok(c) => {
-                        note(&format!(
-                            "importing cache from s3://{}/{} ({} results)",
-                            location.bucket,
-                            location.prefix,
-                            c.len()
-                        ));
-                        out.push(Box::new(c));
-                    }
-                    Err(e) => note(&format!("WARNING: not importing cache: {e}")),
-                }
-            }
+        let opened = match &f.backend {
+            Backend::Inline => continue,
             Backend::Local { dir, tag } => {
-                match local_dir::LocalDir::open(Path::new(dir), tag, store.clone(), snapshot_id) {
-                    Ok(c) => {
-                        note(&format!("importing cache from {dir} ({} results)", c.len()));
-                        out.push(Box::new(c));
-                    }
-                    Err(e) => note(&format!("WARNING: not importing cache: {e}")),
-                }
+                local_dir::open(Path::new(dir), tag, store.clone(), snapshot_id)
             }
-            Backend::Registry { reference } => {
-                let c = RegistryCache::open(
-                    registry.clone(),
-                    runtime.clone(),
-                    reference,
-                    store.clone(),
-                    snapshot_id,
-                );
-                match c {
-                    Ok(c) => {
-                        note(&format!(
-                            "importing cache from {reference} ({} results)",
-                            c.len()
-                        ));
-                        out.push(Box::new(c));
-                    }
-                    Err(e) => note(&format!("WARNING: not importing cache: {e}")),
-                }
+            Backend::Registry { reference } => registry::open(
+                registry.clone(),
+                runtime.clone(),
+                reference,
+                store.clone(),
+                snapshot_id,
+            ),
+            Backend::S3(location) => s3::open(
+                location.clone(),
+                runtime.clone(),
+                store.clone(),
+                snapshot_id,
+            ),
+        };
+        match opened {
+            Ok(c) => {
+                note(&format!("importing cache from {}", c.summary()));
+                out.push(Box::new(c));
             }
+            Err(e) => note(&format!("WARNING: not importing cache: {e}")),
         }
     }
     out
@@ -226,7 +197,7 @@ pub fn export(
                 .flat_map(|(_, r)| &r.layers)
                 .filter_map(|l| Some((l.digest.clone(), l.source.clone()?)))
                 .collect();
-            crate::cache::registry::export(
+            registry::export(
                 &s.registry,
                 &s.runtime,
                 reference,
@@ -235,7 +206,7 @@ pub fn export(
                 s.store(),
             )?
         }
-        Backend::S3(location) => crate::cache::s3::export(location, &s.runtime, &desc, s.store())?,
+        Backend::S3(location) => s3::export(location, &s.runtime, &desc, s.store())?,
         // Written into the images' configs before they were exported.
         Backend::Inline => {}
     }

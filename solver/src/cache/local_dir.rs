@@ -10,14 +10,13 @@
 //! export needs it.
 
 use super::description::{self, Description};
-use super::{CacheKey, CacheStore, Layer, Record};
+use super::imported::{self, BlobSource, Imported, MANIFEST_MEDIA_TYPE};
 use crate::{Error, Result};
 use kiln_snapshotter::{digest, Store};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
-const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf> {
@@ -28,153 +27,89 @@ fn cache_err(dir: &Path, why: impl std::fmt::Display) -> Error {
     Error::Input(format!("cache {}: {why}", dir.display()))
 }
 
-/// An imported `type=local` cache.
-pub struct LocalDir {
-    dir: PathBuf,
-    store: Store,
-    records: HashMap<String, Record>,
-    /// The layer blobs the directory holds.
-    blobs: HashSet<String>,
-    /// Cache mounts' contents, by mount name.
-    mounts: HashMap<String, Layer>,
+/// The blobs of an OCI layout directory.
+struct DirBlobs(PathBuf);
+
+impl BlobSource for DirBlobs {
+    fn fetch(&self, digest: &str, _size: u64, store: &Store) -> Result<()> {
+        let tmp = store.tmp_path("cache-blob");
+        if let Err(e) = fs_err::copy(blob_path(&self.0, digest)?, &tmp) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        imported::commit(store, &tmp, digest)
+    }
 }
 
-impl LocalDir {
-    /// Reads the cache under `tag` in `dir`; `snapshot_id` names a layer's snapshot (by
-    /// its diffID) in the importing build's identity mapping.
-    pub fn open(
-        dir: &Path,
-        tag: &str,
-        store: Store,
-        snapshot_id: impl Fn(&str) -> Option<String>,
-    ) -> Result<LocalDir> {
-        let index: serde_json::Value = read_json(dir, &dir.join("index.json"))?;
-        let manifests = index
-            .get("manifests")
-            .and_then(|m| m.as_array())
-            .ok_or_else(|| cache_err(dir, "index.json lists no manifests"))?;
-        let tagged = |m: &&serde_json::Value| {
-            m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1")))
-                .and_then(|v| v.as_str())
-                == Some(tag)
-        };
-        let entry = manifests
-            .iter()
-            .find(tagged)
-            .ok_or_else(|| cache_err(dir, format!("no cache tagged {tag:?}")))?;
-        let digest_of = |v: &serde_json::Value| {
-            v.get("digest")
-                .and_then(|d| d.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| cache_err(dir, "a descriptor without a digest"))
-        };
-        let manifest: serde_json::Value = read_json(dir, &blob_path(dir, &digest_of(entry)?)?)?;
-        let config = manifest
-            .get("config")
-            .ok_or_else(|| cache_err(dir, "the cache manifest has no config"))?;
-        if config.get("mediaType").and_then(|m| m.as_str()) != Some(description::MEDIA_TYPE) {
-            return Err(cache_err(
-                dir,
-                format!(
-                    "the manifest tagged {tag:?} is not a kiln cache ({})",
-                    description::MEDIA_TYPE
-                ),
-            ));
-        }
-        let desc: Description = read_json(dir, &blob_path(dir, &digest_of(config)?)?)?;
-        if desc.key_version != super::KEY_VERSION {
-            return Err(cache_err(
-                dir,
-                format!(
-                    "made by a kiln with cache keys of version {} (this one: {})",
-                    desc.key_version,
-                    super::KEY_VERSION
-                ),
-            ));
-        }
-        // Only blobs that are there, at their size, count; their digests are checked
-        // when they are copied into the store.
-        let present = |digest: &str, size: u64| {
-            blob_path(dir, digest)
+/// Reads the cache under `tag` in `dir`; `snapshot_id` names a layer's snapshot (by
+/// its diffID) in the importing build's identity mapping.
+pub fn open(
+    dir: &Path,
+    tag: &str,
+    store: Store,
+    snapshot_id: impl Fn(&str) -> Option<String>,
+) -> Result<Imported> {
+    let index: serde_json::Value = read_json(dir, &dir.join("index.json"))?;
+    let manifests = index
+        .get("manifests")
+        .and_then(|m| m.as_array())
+        .ok_or_else(|| cache_err(dir, "index.json lists no manifests"))?;
+    let tagged = |m: &&serde_json::Value| {
+        m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1")))
+            .and_then(|v| v.as_str())
+            == Some(tag)
+    };
+    let entry = manifests
+        .iter()
+        .find(tagged)
+        .ok_or_else(|| cache_err(dir, format!("no cache tagged {tag:?}")))?;
+    let digest_of = |v: &serde_json::Value| {
+        v.get("digest")
+            .and_then(|d| d.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| cache_err(dir, "a descriptor without a digest"))
+    };
+    let manifest: serde_json::Value = read_json(dir, &blob_path(dir, &digest_of(entry)?)?)?;
+    let config = manifest
+        .get("config")
+        .ok_or_else(|| cache_err(dir, "the cache manifest has no config"))?;
+    if config.get("mediaType").and_then(|m| m.as_str()) != Some(description::MEDIA_TYPE) {
+        return Err(cache_err(
+            dir,
+            format!(
+                "the manifest tagged {tag:?} is not a kiln cache ({})",
+                description::MEDIA_TYPE
+            ),
+        ));
+    }
+    let desc: Description = read_json(dir, &blob_path(dir, &digest_of(config)?)?)?;
+    // Only blobs that are there, at their size, count; their digests are checked when
+    // they are copied into the store.
+    let blobs: HashSet<String> = desc
+        .blobs()
+        .into_iter()
+        .filter(|b| {
+            blob_path(dir, &b.digest)
                 .ok()
                 .and_then(|p| std::fs::metadata(p).ok())
-                .is_some_and(|m| m.len() == size)
-        };
-        let blobs: HashSet<String> = desc
-            .layers
-            .iter()
-            .filter(|l| present(&l.digest, l.size))
-            .map(|l| l.digest.clone())
-            .chain(
-                desc.mounts
-                    .iter()
-                    .filter(|m| present(&m.digest, m.size))
-                    .map(|m| m.digest.clone()),
-            )
-            .collect();
-        let mounts = desc
-            .mounts
-            .iter()
-            .filter(|m| blobs.contains(&m.digest))
-            .map(|m| (m.name.clone(), m.layer()))
-            .collect();
-        let records = desc
-            .records(snapshot_id)
-            .into_iter()
-            .filter(|(_, r)| r.layers.iter().all(|l| blobs.contains(&l.digest)))
-            .collect();
-        Ok(LocalDir {
-            dir: dir.to_path_buf(),
-            store,
-            records,
-            blobs,
-            mounts,
+                .is_some_and(|m| m.len() == b.size)
         })
-    }
-
-    /// How many keys the cache has results for.
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
+        .map(|b| b.digest)
+        .collect();
+    Imported::new(
+        &dir.display().to_string(),
+        desc,
+        blobs,
+        None,
+        snapshot_id,
+        Box::new(DirBlobs(dir.to_path_buf())),
+        store,
+    )
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, p: &Path) -> Result<T> {
     let bytes = fs_err::read(p).map_err(|e| cache_err(dir, e))?;
     serde_json::from_slice(&bytes).map_err(|e| cache_err(dir, format!("{}: {e}", p.display())))
-}
-
-impl CacheStore for LocalDir {
-    fn load(&self, key: &CacheKey) -> Option<Record> {
-        self.records.get(key.as_str()).cloned()
-    }
-
-    /// An imported cache takes no new records (`--cache-to` writes them).
-    fn save(&self, _: &CacheKey, _: &Record) -> Result<()> {
-        Ok(())
-    }
-
-    fn fetch_blob(&self, layer: &Layer) -> Result<bool> {
-        if !self.blobs.contains(&layer.digest) {
-            return Ok(false);
-        }
-        let from = blob_path(&self.dir, &layer.digest)?;
-        let tmp = self.store.tmp_path("cache-blob");
-        let r = fs_err::copy(&from, &tmp)
-            .map_err(Error::from)
-            .and_then(|_| Ok(self.store.commit_blob(&tmp, &layer.digest)?));
-        if r.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        r.map(|()| true)
-    }
-
-    fn mount(&self, name: &str) -> Option<Layer> {
-        self.mounts.get(name).cloned()
-    }
 }
 
 /// Writes `desc` and the blobs of its layers (all in `store`) as the cache tagged
@@ -185,7 +120,6 @@ pub fn export(dir: &Path, tag: &str, desc: &Description, store: &Store) -> Resul
     if !layout.exists() {
         write_file(dir, &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     }
-    let mut layers = Vec::new();
     for l in desc.blobs() {
         let to = blob_path(dir, &l.digest)?;
         if std::fs::metadata(&to).is_ok_and(|m| m.len() == l.size) {
@@ -201,25 +135,10 @@ pub fn export(dir: &Path, tag: &str, desc: &Description, store: &Store) -> Resul
             }
             r?;
         }
-        layers.push(serde_json::json!({
-            "mediaType": l.media_type,
-            "digest": l.digest,
-            "size": l.size,
-        }));
     }
     let config = serde_json::to_vec(desc).map_err(|e| cache_err(dir, e))?;
     let config_digest = put_blob(dir, &config)?;
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": {
-            "mediaType": description::MEDIA_TYPE,
-            "digest": config_digest,
-            "size": config.len(),
-        },
-        "layers": layers,
-    }))
-    .map_err(|e| cache_err(dir, e))?;
+    let manifest = imported::manifest(desc, &config_digest, config.len());
     let manifest_digest = put_blob(dir, &manifest)?;
     // The index last: other tags' entries stay.
     let mut entries: Vec<serde_json::Value> = std::fs::read(dir.join("index.json"))

@@ -15,6 +15,7 @@
 
 mod context;
 pub mod description;
+pub mod imported;
 pub mod local_dir;
 pub mod options;
 pub mod registry;

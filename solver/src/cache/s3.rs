@@ -11,13 +11,14 @@
 //! checked before they are kept. Import reads the manifest and the description only.
 
 use super::description::{self, Description};
-use super::{CacheKey, CacheStore, Layer, Record};
+use super::imported::{self, BlobSource, Imported};
 use crate::{Error, Result};
 use futures_util::StreamExt;
+use kiln_snapshotter::Store;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{Read, Write};
 
 /// Where an s3 cache is, and how to reach it.
@@ -88,114 +89,18 @@ impl Location {
     }
 }
 
-/// An imported `type=s3` cache.
-pub struct S3Cache {
+/// The blobs of a bucket.
+struct BucketBlobs {
     location: Location,
     client: AmazonS3,
     runtime: tokio::runtime::Handle,
-    store: kiln_snapshotter::Store,
-    records: HashMap<String, Record>,
-    blobs: HashSet<String>,
-    mounts: HashMap<String, Layer>,
 }
 
-impl S3Cache {
-    /// Reads the cache at `location`; `snapshot_id` names a layer's snapshot (by its
-    /// diffID) in the importing build's identity mapping.
-    pub fn open(
-        location: Location,
-        runtime: tokio::runtime::Handle,
-        store: kiln_snapshotter::Store,
-        snapshot_id: impl Fn(&str) -> Option<String>,
-    ) -> Result<S3Cache> {
-        let client = location.client()?;
-        let get = |p: ObjectPath| {
-            runtime.block_on(async {
-                client
-                    .get(&p)
-                    .await
-                    .map_err(|e| location.err(format!("{p}: {e}")))?
-                    .bytes()
-                    .await
-                    .map_err(|e| location.err(format!("{p}: {e}")))
-            })
-        };
-        let manifest: serde_json::Value = serde_json::from_slice(&get(location.manifest())?)
-            .map_err(|e| location.err(format!("bad manifest: {e}")))?;
-        let config = &manifest["config"];
-        if config["mediaType"].as_str() != Some(description::MEDIA_TYPE) {
-            return Err(location.err("its manifest is not a kiln cache's"));
-        }
-        let config_digest = config["digest"]
-            .as_str()
-            .ok_or_else(|| location.err("the manifest's config has no digest"))?;
-        let bytes = get(location.blob(config_digest))?;
-        if kiln_snapshotter::digest::of(&bytes) != config_digest {
-            return Err(location.err("the description does not match its digest"));
-        }
-        let desc: Description = serde_json::from_slice(&bytes)
-            .map_err(|e| location.err(format!("bad cache description: {e}")))?;
-        if desc.key_version != super::KEY_VERSION {
-            return Err(location.err(format!(
-                "made by a kiln with cache keys of version {} (this one: {})",
-                desc.key_version,
-                super::KEY_VERSION
-            )));
-        }
-        let blobs: HashSet<String> = manifest["layers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|l| l["digest"].as_str().map(str::to_string))
-            .collect();
-        let records = desc
-            .records(snapshot_id)
-            .into_iter()
-            .filter(|(_, r)| r.layers.iter().all(|l| blobs.contains(&l.digest)))
-            .collect();
-        let mounts = desc
-            .mounts
-            .iter()
-            .filter(|m| blobs.contains(&m.digest))
-            .map(|m| (m.name.clone(), m.layer()))
-            .collect();
-        Ok(S3Cache {
-            location,
-            client,
-            runtime,
-            store,
-            records,
-            blobs,
-            mounts,
-        })
-    }
-
-    /// How many keys the cache has results for.
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-}
-
-impl CacheStore for S3Cache {
-    fn load(&self, key: &CacheKey) -> Option<Record> {
-        self.records.get(key.as_str()).cloned()
-    }
-
-    /// An imported cache takes no new records (`--cache-to` writes them).
-    fn save(&self, _: &CacheKey, _: &Record) -> Result<()> {
-        Ok(())
-    }
-
-    fn fetch_blob(&self, layer: &Layer) -> Result<bool> {
-        if !self.blobs.contains(&layer.digest) {
-            return Ok(false);
-        }
-        let tmp = self.store.tmp_path("cache-blob");
-        let path = self.location.blob(&layer.digest);
+impl BlobSource for BucketBlobs {
+    /// Streamed into a temp file of the store, at most `size` bytes, then checked.
+    fn fetch(&self, digest: &str, size: u64, store: &Store) -> Result<()> {
+        let tmp = store.tmp_path("cache-blob");
+        let path = self.location.blob(digest);
         let r = self.runtime.block_on(async {
             let got = self
                 .client
@@ -208,10 +113,9 @@ impl CacheStore for S3Cache {
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| self.location.err(format!("{path}: {e}")))?;
                 n += chunk.len() as u64;
-                if n > layer.size {
+                if n > size {
                     return Err(self.location.err(format!(
-                        "{path}: more than the {} bytes the cache gives it",
-                        layer.size
+                        "{path}: more than the {size} bytes the cache gives it"
                     )));
                 }
                 out.write_all(&chunk)?;
@@ -219,16 +123,69 @@ impl CacheStore for S3Cache {
             out.sync_all()?;
             Ok(())
         });
-        let r = r.and_then(|()| Ok(self.store.commit_blob(&tmp, &layer.digest)?));
-        if r.is_err() {
+        if let Err(e) = r {
             let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        r.map(|()| true)
+        imported::commit(store, &tmp, digest)
     }
+}
 
-    fn mount(&self, name: &str) -> Option<Layer> {
-        self.mounts.get(name).cloned()
+/// Reads the cache at `location`; `snapshot_id` names a layer's snapshot (by its
+/// diffID) in the importing build's identity mapping.
+pub fn open(
+    location: Location,
+    runtime: tokio::runtime::Handle,
+    store: Store,
+    snapshot_id: impl Fn(&str) -> Option<String>,
+) -> Result<Imported> {
+    let client = location.client()?;
+    let get = |p: ObjectPath| {
+        runtime.block_on(async {
+            client
+                .get(&p)
+                .await
+                .map_err(|e| location.err(format!("{p}: {e}")))?
+                .bytes()
+                .await
+                .map_err(|e| location.err(format!("{p}: {e}")))
+        })
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(&get(location.manifest())?)
+        .map_err(|e| location.err(format!("bad manifest: {e}")))?;
+    let config = &manifest["config"];
+    if config["mediaType"].as_str() != Some(description::MEDIA_TYPE) {
+        return Err(location.err("its manifest is not a kiln cache's"));
     }
+    let config_digest = config["digest"]
+        .as_str()
+        .ok_or_else(|| location.err("the manifest's config has no digest"))?;
+    let bytes = get(location.blob(config_digest))?;
+    if kiln_snapshotter::digest::of(&bytes) != config_digest {
+        return Err(location.err("the description does not match its digest"));
+    }
+    let desc: Description = serde_json::from_slice(&bytes)
+        .map_err(|e| location.err(format!("bad cache description: {e}")))?;
+    let blobs: HashSet<String> = manifest["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["digest"].as_str().map(str::to_string))
+        .collect();
+    let what = format!("s3://{}/{}", location.bucket, location.prefix);
+    Imported::new(
+        &what,
+        desc,
+        blobs,
+        None,
+        snapshot_id,
+        Box::new(BucketBlobs {
+            location,
+            client,
+            runtime,
+        }),
+        store,
+    )
 }
 
 /// Parts of a multipart upload, and the size from which one is used.
@@ -239,7 +196,7 @@ pub fn export(
     location: &Location,
     runtime: &tokio::runtime::Handle,
     desc: &Description,
-    store: &kiln_snapshotter::Store,
+    store: &Store,
 ) -> Result<()> {
     let client = location.client()?;
     let err = |p: &ObjectPath, e: object_store::Error| location.err(format!("{p}: {e}"));
@@ -284,22 +241,7 @@ pub fn export(
             .put(&path, PutPayload::from(config.clone()))
             .await
             .map_err(|e| err(&path, e))?;
-        let layers: Vec<serde_json::Value> = desc
-            .blobs()
-            .iter()
-            .map(|l| serde_json::json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size}))
-            .collect();
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": description::MEDIA_TYPE,
-                "digest": config_digest,
-                "size": config.len(),
-            },
-            "layers": layers,
-        }))
-        .map_err(|e| location.err(e))?;
+        let manifest = imported::manifest(desc, &config_digest, config.len());
         let path = location.manifest();
         client
             .put(&path, PutPayload::from(manifest))
