@@ -47,6 +47,7 @@ CASES = [
     "big-layer-zstd",
     "push-unchanged",
     "cold-build",
+    "cache-fresh-runner",
 ]
 MIB = 1 << 20
 
@@ -502,6 +503,56 @@ class Bench:
             ok,
             f"kiln uploaded {uploads} blobs in {len(got['kiln'])} pushes (cached build + push)",
         )
+
+    def cache_fresh_runner(self):
+        """A CI runner that starts empty: a 200 MB image built and pushed once with
+        --cache-to type=registry (mode=max), then, from a fresh store each round, the
+        fully cached build and push with --cache-from, and the same with one source
+        file changed. kiln alone for now (BuildKit's registry cache import is the
+        reference the issue names; buildah's cache flags differ)."""
+        size = int(200 * MIB * self.args.scale)
+        ctx = os.path.join(self.work, "ctx", "cache-runner")
+        os.makedirs(os.path.join(ctx, "data"), exist_ok=True)
+        for i in range(4):
+            p = os.path.join(ctx, "data", f"part{i}.bin")
+            if not os.path.exists(p) or os.path.getsize(p) != size // 4:
+                write_mixed(p, size // 4, 40 + i)
+        src = os.path.join(ctx, "src.txt")
+        with open(src, "w") as f:
+            f.write("version 1\n")
+        with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+            f.write(f"FROM {BUSYBOX}\nCOPY data /data\nCOPY src.txt /src.txt\nRUN wc -c /src.txt > /built\n")
+        cache = f"{REGISTRY}/bench/kiln-cache:runner"
+        k = self.kiln
+        seed_root = os.path.join(self.work, "cache-seed")
+        k.wipe(seed_root)
+        k.build(ctx, "--cache-to", f"type=registry,ref={cache},mode=max", "--push", "-t",
+                f"{REGISTRY}/bench/kiln-app:seed", root=seed_root)
+        k.wipe(seed_root)
+        fresh = os.path.join(self.work, "cache-fresh")
+
+        def one(change):
+            with open(src, "w") as f:
+                f.write("version 2\n" if change else "version 1\n")
+            k.wipe(fresh)
+            return k.build(ctx, "--cache-from", f"type=registry,ref={cache}", "--push", "-t",
+                           f"{REGISTRY}/bench/kiln-app:runner", root=fresh)
+
+        for change, case in ((False, "cache-fresh-runner"), (True, "cache-one-change")):
+            got = {"kiln": []}
+            for i in range(self.args.rounds):
+                r = one(change)
+                got["kiln"].append(r)
+                print(f"    kiln     round {i + 1}: {r.wall:7.2f} s  {r.rss_kib / 1024:6.1f} MiB", flush=True)
+            k.wipe(fresh)
+            kw = wall(got, "kiln")
+            fetched = sum(r.out.count("from the imported cache") for r in got["kiln"])
+            if change:
+                target, ok = "(compared; BuildKit's registry cache is the reference)", self.rss_ok(got)
+            else:
+                target, ok = "< 1 s; no layer downloaded", kw < 1.0 and fetched == 0 and self.rss_ok(got)
+            self.row(case, got, target, ok,
+                     f"{size // MIB} MiB image, fresh store per round; layers fetched from the cache: {fetched}")
 
     def cold_build(self):
         app = os.path.join(self.work, "ctx", "cold")
