@@ -102,13 +102,10 @@ impl Recording {
         offset: u64,
         compression: LayerCompression,
     ) -> Result<LayerDigests> {
-        use std::io::Seek;
         let tree = self.store.tmp_path("fake-layer");
         fs_err::create_dir_all(&tree)?;
         fs_err::write(tree.join("fake-step"), what)?;
-        let mut f = fs_err::File::create(out)?;
-        f.seek(std::io::SeekFrom::Start(offset))?;
-        let d = kiln_snapshotter::diff::write_layer(&tree, f.into_parts().0, compression);
+        let d = crate::work::write_layer_file(&tree, out, offset, compression);
         let _ = std::fs::remove_dir_all(&tree);
         let d = d?;
         let id = kiln_snapshotter::store::snapshot_id(&d.diff_id, !self.preserves_owners())?;

@@ -40,15 +40,12 @@ pub(crate) fn handle(req: Request) -> Result<Response> {
                 skipped_devices: out.skipped_devices,
             })
         }
-        Request::Pack { dir, out } => {
-            let f = fs::File::create(&out)?;
-            let layer =
-                kiln_snapshotter::diff::write_layer(&dir, f.into_parts().0, LayerCompression::Gzip);
-            if layer.is_err() {
-                let _ = fs::remove_file(&out);
-            }
-            Ok(Response::Layer(layer?))
-        }
+        Request::Pack { dir, out } => Ok(Response::Layer(write_layer_file(
+            &dir,
+            &out,
+            0,
+            LayerCompression::Gzip,
+        )?)),
         Request::Step {
             store,
             snapshotter,
@@ -83,13 +80,12 @@ pub(crate) fn handle(req: Request) -> Result<Response> {
             if !snapshot.is_dir() {
                 return Err(Error::MissingSnapshot(id));
             }
-            let f = fs::File::create(&out)?;
-            let layer =
-                kiln_snapshotter::diff::write_layer(&snapshot, f.into_parts().0, compression);
-            if layer.is_err() {
-                let _ = fs::remove_file(&out);
-            }
-            Ok(Response::Layer(layer?))
+            Ok(Response::Layer(write_layer_file(
+                &snapshot,
+                &out,
+                0,
+                compression,
+            )?))
         }
         Request::ExportFs {
             store,
@@ -163,6 +159,32 @@ fn unpack_checked(
             Err(e)
         }
     }
+}
+
+/// Writes `tree` as a layer blob into the new file `out`, from byte `offset` (room for
+/// an archive's tar header); a blob that could not be written whole (ENOSPC, say) is
+/// removed, so no partial blob stays behind.
+pub(crate) fn write_layer_file(
+    tree: &Path,
+    out: &Path,
+    offset: u64,
+    compression: LayerCompression,
+) -> Result<kiln_snapshotter::diff::LayerDigests> {
+    let mut f = fs::File::create(out)?;
+    let r = f
+        .seek(std::io::SeekFrom::Start(offset))
+        .map_err(Error::from)
+        .and_then(|_| {
+            Ok(kiln_snapshotter::diff::write_layer(
+                tree,
+                f.into_parts().0,
+                compression,
+            )?)
+        });
+    if r.is_err() {
+        let _ = fs::remove_file(out);
+    }
+    r
 }
 
 /// Removes a temporary tree of the helper's (what a RUN left there can be of any depth).
@@ -317,17 +339,7 @@ fn step(
         native::diff(store, lowers, &merged, &upper, since)?;
     }
     sandbox::prune_holders(store, lowers, &upper, &holders);
-    let mut out = fs::File::create(layer_out)?;
-    out.seek(std::io::SeekFrom::Start(layer_offset))?;
-    let digests = match kiln_snapshotter::diff::write_layer(&upper, out.into_parts().0, compression)
-    {
-        Ok(d) => d,
-        Err(e) => {
-            // ENOSPC, say: no partial blob stays behind (the step directory goes too).
-            let _ = fs::remove_file(layer_out);
-            return Err(e.into());
-        }
-    };
+    let digests = write_layer_file(&upper, layer_out, layer_offset, compression)?;
     // A step that changed nothing still has its (empty) layer, as in BuildKit, whose
     // RUN, COPY, ADD and WORKDIR each add one.
     let id = store::snapshot_id(&digests.diff_id, kiln_snapshotter::owner::emulating())?;
