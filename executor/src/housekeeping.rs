@@ -12,19 +12,9 @@ use kiln_snapshotter::gc::{Inventory, Plan};
 use std::fs;
 use std::path::PathBuf;
 
-/// Disk usage of `paths` (measured inside the namespace).
-pub fn measure(l: &dyn Executor, paths: &[PathBuf]) -> Result<Vec<u64>> {
-    l.usage(paths)
-}
-
-/// Everything in the launcher's store, with sizes.
+/// Everything in the executor's store, with sizes (measured inside the namespace).
 pub fn inventory(l: &dyn Executor) -> Result<Inventory> {
-    Inventory::scan(l.store(), |paths: &[PathBuf]| measure(l, paths))
-}
-
-/// Deletes `paths` inside the namespace.
-pub fn remove(l: &dyn Executor, paths: Vec<PathBuf>) -> Result<()> {
-    l.remove(paths)
+    Inventory::scan(l.store(), |paths: &[PathBuf]| l.usage(paths))
 }
 
 /// Clears `tmp/` (call only under the exclusive store lock); returns how many
@@ -32,7 +22,7 @@ pub fn remove(l: &dyn Executor, paths: Vec<PathBuf>) -> Result<()> {
 pub fn clear_tmp(l: &dyn Executor) -> Result<usize> {
     let leftovers = l.store().tmp_entries()?;
     let n = leftovers.len();
-    remove(l, leftovers)?;
+    l.remove(leftovers)?;
     Ok(n)
 }
 
@@ -58,7 +48,7 @@ pub fn execute(l: &dyn Executor, plan: &Plan) -> Result<()> {
         remove_file(&store.blob_path(d)?)?;
     }
     trees.extend(plan.tmp.iter().cloned());
-    remove(l, trees)
+    l.remove(trees)
 }
 
 /// Removes a file the caller owns; one already gone is fine.
