@@ -19,6 +19,11 @@ use std::path::{Path, PathBuf};
 const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// The tag an `index.json` entry carries.
+fn ref_name(entry: &serde_json::Value) -> Option<&str> {
+    entry.get("annotations")?.get(REF_NAME)?.as_str()
+}
+
 fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf> {
     Ok(dir.join("blobs/sha256").join(digest::hex_part(digest)?))
 }
@@ -54,14 +59,9 @@ pub fn open(
         .get("manifests")
         .and_then(|m| m.as_array())
         .ok_or_else(|| cache_err(dir, "index.json lists no manifests"))?;
-    let tagged = |m: &&serde_json::Value| {
-        m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1")))
-            .and_then(|v| v.as_str())
-            == Some(tag)
-    };
     let entry = manifests
         .iter()
-        .find(tagged)
+        .find(|m| ref_name(m) == Some(tag))
         .ok_or_else(|| cache_err(dir, format!("no cache tagged {tag:?}")))?;
     let digest_of = |v: &serde_json::Value| {
         v.get("digest")
@@ -147,11 +147,7 @@ pub fn export(dir: &Path, tag: &str, desc: &Description, store: &Store) -> Resul
         .and_then(|v| v.get("manifests").and_then(|m| m.as_array()).cloned())
         .unwrap_or_default()
         .into_iter()
-        .filter(|m| {
-            m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1")))
-                .and_then(|v| v.as_str())
-                != Some(tag)
-        })
+        .filter(|m| ref_name(m) != Some(tag))
         .collect();
     entries.push(serde_json::json!({
         "mediaType": MANIFEST_MEDIA_TYPE,

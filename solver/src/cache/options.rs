@@ -154,14 +154,7 @@ pub fn cache_to(spec: &str) -> Result<CacheTo> {
             }
         }
     }
-    let backend = backend(
-        FLAG,
-        spec,
-        t,
-        get(&kv, "dest"),
-        get(&kv, "ref"),
-        get(&kv, "tag"),
-    )?;
+    let backend = backend(FLAG, spec, t, &kv, "dest")?;
     if backend == Backend::Inline && mode == Mode::Max {
         return Err(bad(
             FLAG,
@@ -176,10 +169,6 @@ pub fn cache_to(spec: &str) -> Result<CacheTo> {
             "mounts=true needs a cache of its own (type=local or type=registry)",
         ));
     }
-    let backend = match backend {
-        Backend::Registry { .. } if t == "s3" => Backend::S3(s3_location(FLAG, spec, &kv)?),
-        b => b,
-    };
     Ok(CacheTo {
         backend,
         mode,
@@ -193,39 +182,27 @@ pub fn cache_from(spec: &str) -> Result<CacheFrom> {
     const FLAG: &str = "--cache-from";
     if !spec.contains('=') {
         return Ok(CacheFrom {
-            backend: backend(FLAG, spec, "registry", None, Some(spec), None)?,
+            backend: registry_backend(FLAG, spec, Some(spec))?,
         });
     }
     let kv = pairs(FLAG, spec)?;
     let t = cache_type(FLAG, spec, &kv)?;
-    if t == "s3" {
-        for (k, _) in &kv {
-            if k != "type" && !S3_KEYS.contains(&k.as_str()) {
-                return Err(bad(FLAG, spec, format!("unknown option {k:?}")));
-            }
-        }
-        return Ok(CacheFrom {
-            backend: Backend::S3(s3_location(FLAG, spec, &kv)?),
-        });
-    }
     for (k, _) in &kv {
-        if !matches!(k.as_str(), "type" | "src" | "tag" | "ref") {
-            return Err(bad(
-                FLAG,
-                spec,
-                format!("unknown option {k:?} (known: src, ref, tag)"),
-            ));
+        let known = match t {
+            "s3" => k == "type" || S3_KEYS.contains(&k.as_str()),
+            _ => matches!(k.as_str(), "type" | "src" | "tag" | "ref"),
+        };
+        if !known {
+            let which = if t == "s3" {
+                ""
+            } else {
+                " (known: src, ref, tag)"
+            };
+            return Err(bad(FLAG, spec, format!("unknown option {k:?}{which}")));
         }
     }
     Ok(CacheFrom {
-        backend: backend(
-            FLAG,
-            spec,
-            t,
-            get(&kv, "src"),
-            get(&kv, "ref"),
-            get(&kv, "tag"),
-        )?,
+        backend: backend(FLAG, spec, t, &kv, "src")?,
     })
 }
 
@@ -265,34 +242,33 @@ fn s3_location(flag: &str, spec: &str, kv: &[(String, String)]) -> Result<super:
     })
 }
 
-/// The backend of type `t`: the directory `dir` (type=local) or `reference`.
+/// The backend of type `t` from its options `kv`; `dir_key` names a local cache's
+/// directory (`dest` to export, `src` to import).
 fn backend(
     flag: &str,
     spec: &str,
     t: &str,
-    dir: Option<&str>,
-    reference: Option<&str>,
-    tag: Option<&str>,
+    kv: &[(String, String)],
+    dir_key: &str,
 ) -> Result<Backend> {
-    if t == "inline" {
-        return Ok(Backend::Inline);
+    match t {
+        "inline" => Ok(Backend::Inline),
+        "s3" => Ok(Backend::S3(s3_location(flag, spec, kv)?)),
+        "local" => {
+            let dir = get(kv, dir_key)
+                .filter(|d| !d.is_empty())
+                .ok_or_else(|| bad(flag, spec, format!("type=local needs {dir_key}=DIR")))?;
+            Ok(Backend::Local {
+                dir: dir.to_string(),
+                tag: get(kv, "tag").unwrap_or("latest").to_string(),
+            })
+        }
+        _ => registry_backend(flag, spec, get(kv, "ref")),
     }
-    if t == "s3" {
-        // Filled in from the s3 options by the caller.
-        return Ok(Backend::Registry {
-            reference: String::new(),
-        });
-    }
-    if t == "local" {
-        let key = if flag == "--cache-to" { "dest" } else { "src" };
-        let dir = dir
-            .filter(|d| !d.is_empty())
-            .ok_or_else(|| bad(flag, spec, format!("type=local needs {key}=DIR")))?;
-        return Ok(Backend::Local {
-            dir: dir.to_string(),
-            tag: tag.unwrap_or("latest").to_string(),
-        });
-    }
+}
+
+/// A `type=registry` backend at `reference`, which must be a valid name.
+fn registry_backend(flag: &str, spec: &str, reference: Option<&str>) -> Result<Backend> {
     let r = reference
         .filter(|r| !r.is_empty())
         .ok_or_else(|| bad(flag, spec, "type=registry needs ref=REPO[:TAG]"))?;
