@@ -44,9 +44,15 @@ pub fn can_mount(source: Option<&str>, target: &str) -> bool {
     let Ok(t) = parse_reference(target) else {
         return false;
     };
+    source.and_then(|s| on_registry(s, t.registry())).is_some()
+}
+
+/// The repository path of the blob source `source` (`host/path`) when it is on the
+/// registry `host`.
+pub(crate) fn on_registry<'a>(source: &'a str, host: &str) -> Option<&'a str> {
     source
-        .and_then(|s| s.split_once('/'))
-        .is_some_and(|(h, _)| h == t.registry())
+        .split_once('/')
+        .and_then(|(h, path)| (h == host).then_some(path))
 }
 
 use oci_spec::image::ImageManifest;

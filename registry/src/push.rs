@@ -87,9 +87,8 @@ impl Registry {
             return Ok(BlobOutcome::Existing);
         }
         if let Some(source) = &b.source {
-            let same_host = source.split_once('/').map(|(h, _)| h) == Some(r.registry());
-            let from = source.split_once('/').map_or("", |(_, p)| p);
-            if same_host && from != r.repository() {
+            let on_host = crate::on_registry(source, r.registry());
+            if let Some(from) = on_host.filter(|from| *from != r.repository()) {
                 let src = Reference::with_digest(
                     r.registry().to_string(),
                     from.to_string(),
