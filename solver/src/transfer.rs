@@ -125,18 +125,15 @@ pub fn cache_mounts(g: &BuildGraph) -> Vec<String> {
 /// as blobs of the store, for a cache export.
 fn pack_mounts(s: &Solver, names: &[String], limit: u64) -> Result<Vec<CachedMount>> {
     let store = s.store();
+    let (names, dirs): (Vec<&String>, Vec<std::path::PathBuf>) = names
+        .iter()
+        .map(|n| (n, store.root().join("cache-mounts").join(n)))
+        .filter(|(_, d)| d.is_dir())
+        .unzip();
+    // One measurement for all of them (each executor call is a helper process).
+    let sizes = s.executor.usage(&dirs)?;
     let mut out = Vec::new();
-    for name in names {
-        let dir = store.root().join("cache-mounts").join(name);
-        if !dir.is_dir() {
-            continue;
-        }
-        let size = s
-            .executor
-            .usage(std::slice::from_ref(&dir))?
-            .first()
-            .copied()
-            .unwrap_or(0);
+    for ((name, dir), size) in names.into_iter().zip(dirs).zip(sizes) {
         if size > limit {
             s.progress.note(&format!(
                 "cache mount {name}: {} on disk, over mounts-limit ({}): not exported",
