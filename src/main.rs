@@ -333,10 +333,12 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
         warnings: Vec::new(),
     };
     // Whatever happens, the spool file is gone at the end: renamed into the archive, or
-    // removed by the guard. A cache export needs every blob in the store: no spool.
-    let spool = match cache_to.is_empty() {
-        true => outputs::Spool::for_outputs(&outputs, graphs.len()),
-        false => outputs::Spool::none(),
+    // removed by the guard. A cache export of its own copies every blob from the store:
+    // no spool then (an inline cache is in the image, and needs none).
+    let spool = if cache_to.iter().all(|c| c.backend == Backend::Inline) {
+        outputs::Spool::for_outputs(&outputs, graphs.len())
+    } else {
+        outputs::Spool::none()
     };
     let executor: Arc<dyn Executor> = Arc::new(helper);
     let owners = executor.preserves_owners();
