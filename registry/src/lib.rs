@@ -39,7 +39,8 @@ pub use names::parse_reference;
 
 /// Whether a push to `target` can do without a blob whose repository is `source`
 /// (`host/path`): the source is on the same registry, which has the blob or mounts
-/// it (a registry that cannot mount it makes the push upload it, which needs it).
+/// it (a registry that refuses the mount makes the push fetch the blob from the
+/// source and upload it).
 pub fn can_mount(source: Option<&str>, target: &str) -> bool {
     let Ok(t) = parse_reference(target) else {
         return false;

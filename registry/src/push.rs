@@ -105,6 +105,14 @@ impl Registry {
                 }
             }
         }
+        // A blob the store lacks because the build only knew where it is (a layer
+        // of an imported cache, which the push was to mount) is fetched from there
+        // first, now that the mount was refused.
+        if let Some(source) = b.source.as_deref().filter(|_| !store.has_blob(&b.digest)) {
+            let pinned = format!("{source}@{}", b.digest);
+            self.fetch_sized(&pinned, &b.digest, Some(b.size), store)
+                .await?;
+        }
         let path = store.blob_path(&b.digest)?;
         if let Err(e) = std::fs::metadata(&path) {
             return Err(Error::Store(kiln_snapshotter::Error::Io {

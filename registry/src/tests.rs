@@ -432,6 +432,37 @@ async fn mounts_refused_with_202_and_bad_chunking_fall_back_to_uploads() {
 }
 
 #[tokio::test]
+async fn a_refused_mount_of_a_blob_the_store_lacks_fetches_it_from_the_source() {
+    let fake = Fake::start().await;
+    let layer = b"a layer of an imported cache".to_vec();
+    let digest = fake.add_blob("team/cache", &layer);
+    fake.state().refuse_mounts = true;
+    let d = tempfile::tempdir().expect("tmp");
+    let store = Store::open(d.path().join("store")).expect("store");
+    assert!(!store.has_blob(&digest));
+    let (reg, _) = client(d.path());
+    let blobs = [Blob {
+        digest: digest.clone(),
+        size: layer.len() as u64,
+        source: Some(format!("{}/team/cache", fake.addr)),
+    }];
+    let pushed = reg
+        .push(
+            &format!("{}/team/app:v1", fake.addr),
+            &blobs,
+            b"{}",
+            "application/vnd.oci.image.manifest.v1+json",
+            &store,
+        )
+        .await
+        .expect("pushes");
+    assert_eq!(pushed.blobs[0].1, BlobOutcome::Uploaded);
+    assert_eq!(fake.count(&format!("GET /v2/team/cache/blobs/{digest}")), 1);
+    assert!(store.has_blob(&digest), "fetched, verified and kept");
+    assert!(fake.state().repos["team/app"].contains(&digest));
+}
+
+#[tokio::test]
 async fn denied_and_missing_are_named() {
     let fake = Fake::start().await;
     fake.add_image("lib/app", "v1", b"x");
