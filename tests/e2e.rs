@@ -39,6 +39,41 @@ fn registry() -> String {
     std::env::var("KILN_E2E_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
 }
 
+/// The registry's access log (scripts/setup.sh starts it with one): its end now, to
+/// read what came after with [`RegistryLog::gets_since`].
+struct RegistryLog {
+    path: std::path::PathBuf,
+    start: u64,
+}
+
+impl RegistryLog {
+    fn mark() -> RegistryLog {
+        let path: std::path::PathBuf = std::env::var("KILN_E2E_REGISTRY_LOG")
+            .expect("KILN_E2E_REGISTRY_LOG: the registry's access log (scripts/test.sh)")
+            .into();
+        let start = fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .len();
+        RegistryLog { path, start }
+    }
+
+    /// The paths of the successful GET requests logged since the mark (distribution's
+    /// combined log format: `"GET /v2/... HTTP/1.1" 200 ...`).
+    fn gets_since(&self) -> Vec<String> {
+        let all = fs::read(&self.path).unwrap_or_else(|e| panic!("{}: {e}", self.path.display()));
+        let since = all.get(self.start as usize..).unwrap_or_default();
+        String::from_utf8_lossy(since)
+            .lines()
+            .filter_map(|l| {
+                let (_, req) = l.split_once("\"GET ")?;
+                let (path, rest) = req.split_once(' ')?;
+                let status = rest.split_once("\" ")?.1.split(' ').next()?;
+                (status == "200").then(|| path.to_string())
+            })
+            .collect()
+    }
+}
+
 /// A scratch directory with a context and a kiln store of its own.
 struct Case {
     dir: tempfile::TempDir,

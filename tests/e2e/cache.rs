@@ -277,6 +277,7 @@ fn a_registry_cache_serves_a_fresh_store_whose_push_downloads_no_layer() {
     // and not one layer blob came into its store (the push found or mounted them).
     let second = runner("from the registry\n");
     let pushed = format!("{reg}/e2e/cache-app:b");
+    let log = super::RegistryLog::mark();
     let b = second
         .build(&[
             "--cache-from",
@@ -297,14 +298,37 @@ fn a_registry_cache_serves_a_fresh_store_whose_push_downloads_no_layer() {
         b.stderr
     );
     assert!(snapshots(&second).is_empty(), "{}", b.stderr);
+    // Counted at the registry too: no GET of a layer blob of the image. (Other tests
+    // running meanwhile pull the shared base layer from library/ repositories; every
+    // other layer of this image is this test's own.)
+    let fetched: Vec<String> = log
+        .gets_since()
+        .into_iter()
+        .filter(|p| p.contains("/blobs/") && !p.starts_with("/v2/library/"))
+        .filter(|p| layers.iter().any(|l| p.ends_with(l.as_str())))
+        .collect();
+    assert!(fetched.is_empty(), "layer blobs downloaded: {fetched:?}");
+    assert!(
+        log.gets_since()
+            .iter()
+            .any(|p| p.starts_with("/v2/e2e/cache/manifests/")),
+        "the log shows the cache manifest read"
+    );
 
     // A step that must run fetches the layers it runs on, from the cache.
     second.file("greeting.txt", "changed\n");
+    let log = super::RegistryLog::mark();
     let c = second
         .build(&["--cache-from", &format!("type=registry,ref={cache}")])
         .expect_ok();
     assert_eq!(ended(&c, "[builder 3/4] COPY"), "DONE", "{}", c.stderr);
     assert_eq!(ended(&c, "[stage-2 2/3] WORKDIR"), "CACHED", "{}", c.stderr);
+    assert!(
+        log.gets_since()
+            .iter()
+            .any(|p| p.starts_with("/v2/e2e/cache/blobs/")),
+        "the log shows the layers fetched from the cache"
+    );
 
     // A cache ref that does not exist is a warning and a miss.
     a_miss(
