@@ -276,7 +276,7 @@ pub fn finish(built: &Built, opts: &ImageOptions, store: &Store) -> Result<Image
     let layers = built
         .layers
         .iter()
-        .map(|l| export_layer(store, l, &opts.layers))
+        .map(|l| Ok(export_layer(store, l, &opts.layers)?))
         .collect::<Result<Vec<_>>>()?;
     let mut config = built.config.clone();
     config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();

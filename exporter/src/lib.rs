@@ -10,7 +10,8 @@
 
 pub mod archive;
 pub mod image;
-pub mod layers;
+/// Layer conversions live in the snapshotter, which the cache export shares.
+pub use kiln_snapshotter::convert as layers;
 pub mod outputs;
 
 pub use image::{assemble, finish, Built, Image, ImageOptions, Multi};

@@ -10,6 +10,7 @@
 //! `kiln prune` removes and `kiln du` reports ([`gc`]). Raw syscalls and `unsafe` live
 //! in [`sys`] only.
 
+pub mod convert;
 pub mod diff;
 pub mod digest;
 pub mod gc;
@@ -74,6 +75,9 @@ pub enum Error {
     /// The user namespace or its identity mapping could not be set up.
     #[error("user namespace: {0}")]
     UserNs(String),
+    /// An export asked for something its format cannot carry.
+    #[error("{0}")]
+    Unsupported(String),
     /// A system call failed.
     #[error("{context}: {errno}")]
     Sys {

@@ -1,8 +1,8 @@
-//! Layer blobs as an export wants them: compression (`compression=`,
-//! `compression-level=`, `force-compression=`) and file times clamped to
-//! `SOURCE_DATE_EPOCH` (`rewrite-timestamp=true`).
+//! Layer blobs as an export wants them (an image's or a cache's): compression
+//! (`compression=`, `compression-level=`, `force-compression=`) and file times clamped
+//! to `SOURCE_DATE_EPOCH` (`rewrite-timestamp=true`).
 //!
-//! kiln makes its own layers with gzip when a step runs (`kiln_snapshotter::pargz`:
+//! kiln makes its own layers with gzip when a step runs (`crate::pargz`:
 //! pigz's scheme on two workers; on an 800 MB tar of /usr it took 8.7 s where
 //! `pigz -p 2 -6` took 17.5 s, for output 2% larger; zlib-rs is that much faster
 //! than the zlib pigz links). An export that asks for
@@ -13,11 +13,9 @@
 //! base image's layers keep the compression they were pulled with unless
 //! `force-compression=true`.
 
-use crate::{Error, Result};
-use kiln_snapshotter::digest::{self, HashWriter, WriteBehind};
-use kiln_snapshotter::records::Kind;
-use kiln_snapshotter::records::{Layer, Record};
-use kiln_snapshotter::Store;
+use crate::digest::{self, HashWriter, WriteBehind};
+use crate::records::{Kind, Layer, Record};
+use crate::{Error, Result, Store};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 
@@ -67,7 +65,7 @@ impl Compression {
             (Compression::Uncompressed, false) => "application/vnd.docker.image.rootfs.diff.tar",
             (Compression::Gzip, false) => "application/vnd.docker.image.rootfs.diff.tar.gzip",
             (Compression::Zstd, false) => {
-                return Err(Error::Options(
+                return Err(Error::Unsupported(
                     "compression=zstd needs OCI media types (oci-mediatypes=true): Docker's have no zstd layer".into(),
                 ))
             }
@@ -178,6 +176,13 @@ pub fn export_layer(store: &Store, layer: &Layer, opts: &LayerOptions) -> Result
     Ok(converted)
 }
 
+fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        context: path.display().to_string(),
+        source,
+    }
+}
+
 /// Streams `layer`'s blob into a new blob; returns (diff_id, digest, size).
 fn convert(
     store: &Store,
@@ -186,44 +191,44 @@ fn convert(
     opts: &LayerOptions,
 ) -> Result<(String, String, u64)> {
     let src = store.blob_path(&layer.digest)?;
-    let input = File::open(&src).map_err(crate::io(&src))?;
-    let tar = kiln_snapshotter::unpack::decompress(input)?;
+    let input = File::open(&src).map_err(io(&src))?;
+    let tar = crate::unpack::decompress(input)?;
     let tmp = store.tmp_path("convert");
-    let out = File::create(&tmp).map_err(crate::io(&tmp))?;
+    let out = File::create(&tmp).map_err(io(&tmp))?;
     let result = (|| {
         let hashed = HashWriter::new(BufWriter::with_capacity(1 << 20, WriteBehind::new(out)));
         let (hashed, diff_id) = match compression {
             Compression::Uncompressed => write_tar(tar, HashWriter::new(hashed), opts, &tmp)?,
             Compression::Gzip => {
                 let level = opts.level.unwrap_or(6).clamp(0, 9) as u32;
-                let gz = kiln_snapshotter::pargz::Writer::new(hashed, level, 2);
+                let gz = crate::pargz::Writer::new(hashed, level, 2);
                 let (gz, id) = write_tar(tar, HashWriter::new(gz), opts, &tmp)?;
-                (gz.finish().map_err(crate::io(&tmp))?, id)
+                (gz.finish().map_err(io(&tmp))?, id)
             }
             Compression::Zstd => {
                 let level = opts.level.unwrap_or(3).clamp(1, 22);
-                let mut z =
-                    zstd::stream::write::Encoder::new(hashed, level).map_err(crate::io(&tmp))?;
+                let mut z = zstd::stream::write::Encoder::new(hashed, level).map_err(io(&tmp))?;
                 // Two workers: zstd's multithreaded output does not depend on the
                 // number of workers, only on using them at all, so digests stay the
                 // same on every machine.
-                z.multithread(2).map_err(crate::io(&tmp))?;
+                z.multithread(2).map_err(io(&tmp))?;
                 let (z, id) = write_tar(tar, HashWriter::new(z), opts, &tmp)?;
-                (z.finish().map_err(crate::io(&tmp))?, id)
+                (z.finish().map_err(io(&tmp))?, id)
             }
         };
         let (buf, digest, size) = hashed.finish();
         let f = buf
             .into_inner()
             .map_err(|e| e.into_error())
-            .map_err(crate::io(&tmp))?
+            .map_err(io(&tmp))?
             .into_inner();
-        f.sync_all().map_err(crate::io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
         if opts.clamp_mtime.is_none() && diff_id != layer.diff_id {
-            return Err(Error::Assemble(format!(
-                "layer {} does not hold the content of its diffID {} (it has {diff_id})",
-                layer.digest, layer.diff_id
-            )));
+            return Err(Error::DigestMismatch {
+                what: format!("the content of layer {}", layer.digest),
+                expected: layer.diff_id.clone(),
+                actual: diff_id,
+            });
         }
         store.commit_blob_trusted(&tmp, &digest)?;
         Ok((diff_id, digest, size))
@@ -245,10 +250,10 @@ fn write_tar<W: Write>(
     let w = match opts.clamp_mtime {
         None => {
             let mut w = w;
-            std::io::copy(&mut r, &mut w).map_err(crate::io(tmp))?;
+            std::io::copy(&mut r, &mut w).map_err(io(tmp))?;
             w
         }
-        Some(epoch) => clamp_times(r, w, epoch).map_err(crate::io(tmp))?,
+        Some(epoch) => clamp_times(r, w, epoch).map_err(io(tmp))?,
     };
     let (inner, diff_id, _) = w.finish();
     Ok((inner, diff_id))
@@ -350,7 +355,7 @@ mod tests {
 
     fn entries(store: &Store, l: &Layer) -> Vec<(String, u64, Option<Vec<u8>>)> {
         let f = File::open(store.blob_path(&l.digest).expect("path")).expect("open");
-        let mut ar = tar::Archive::new(kiln_snapshotter::unpack::decompress(f).expect("dec"));
+        let mut ar = tar::Archive::new(crate::unpack::decompress(f).expect("dec"));
         ar.entries()
             .expect("entries")
             .map(|e| {
