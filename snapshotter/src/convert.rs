@@ -98,15 +98,22 @@ impl Default for LayerOptions {
     }
 }
 
+/// Whether exporting `layer` under `opts` makes a new blob (which needs its bytes).
+fn recompresses(layer: &Layer, opts: &LayerOptions) -> bool {
+    let current = Compression::of_media_type(&layer.media_type);
+    (opts.force || !layer.pulled) && (current != opts.compression || opts.level.is_some())
+}
+
+/// Whether [`export_layer`] of `layer` under `opts` reads the layer's blob.
+pub fn reads_blob(layer: &Layer, opts: &LayerOptions) -> bool {
+    recompresses(layer, opts) || opts.clamp_mtime.is_some()
+}
+
 /// The blob `layer` should be exported as: itself, or a conversion (made now, or
 /// found in the store from an earlier export). The media type follows the options.
 pub fn export_layer(store: &Store, layer: &Layer, opts: &LayerOptions) -> Result<Layer> {
     let current = Compression::of_media_type(&layer.media_type);
-    let recompress = if layer.pulled && !opts.force {
-        false
-    } else {
-        current != opts.compression || opts.level.is_some()
-    };
+    let recompress = recompresses(layer, opts);
     if !recompress && opts.clamp_mtime.is_none() {
         let mut same = layer.clone();
         same.media_type = current.media_type(opts.oci_media_types)?.to_string();

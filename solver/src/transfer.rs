@@ -9,6 +9,7 @@ use crate::session::{Done, Solver};
 use crate::Result;
 use kiln_frontend::BuildGraph;
 use kiln_registry::Registry;
+use kiln_snapshotter::convert::{self, LayerOptions};
 use kiln_snapshotter::Store;
 use petgraph::graph::NodeIndex;
 use std::collections::HashMap;
@@ -161,6 +162,35 @@ fn pack_mounts(s: &Solver, names: &[String], limit: u64) -> Result<Vec<CachedMou
     Ok(out)
 }
 
+/// `records` with their layers as `opts` asks (each layer converted once, two
+/// at a time).
+fn convert_layers(
+    store: &Store,
+    records: &[(CacheKey, Record)],
+    opts: &LayerOptions,
+) -> Result<Vec<(CacheKey, Record)>> {
+    use rayon::prelude::*;
+    let mut unique: Vec<&Layer> = records.iter().flat_map(|(_, r)| &r.layers).collect();
+    unique.sort_by(|a, b| a.digest.cmp(&b.digest));
+    unique.dedup_by(|a, b| a.digest == b.digest);
+    let done: HashMap<String, Layer> = unique
+        .par_iter()
+        .map(|l| Ok((l.digest.clone(), convert::export_layer(store, l, opts)?)))
+        .collect::<Result<_>>()?;
+    Ok(records
+        .iter()
+        .map(|(k, r)| {
+            let mut r = r.clone();
+            for l in &mut r.layers {
+                if let Some(c) = done.get(&l.digest) {
+                    *l = c.clone();
+                }
+            }
+            (k.clone(), r)
+        })
+        .collect())
+}
+
 /// Exports `records` (and, with `mounts=true`, the cache mounts `mounts`) to `to`;
 /// returns how many results and blobs it wrote.
 pub fn export(
@@ -173,6 +203,13 @@ pub fn export(
         .iter()
         .flat_map(|(_, r)| r.layers.iter().cloned())
         .filter(|l| match &to.backend {
+            _ if to
+                .layers
+                .as_ref()
+                .is_some_and(|o| convert::reads_blob(l, o)) =>
+            {
+                true
+            }
             Backend::Registry { reference } => {
                 !kiln_registry::can_mount(l.source.as_deref(), reference)
             }
@@ -182,6 +219,14 @@ pub fn export(
         })
         .collect();
     bring_in(s, &layers, Need::Blobs, &|l: &str| s.progress.note(l))?;
+    let converted;
+    let records = match &to.layers {
+        None => records,
+        Some(opts) => {
+            converted = convert_layers(s.store(), records, opts)?;
+            &converted[..]
+        }
+    };
     let mut desc = Description::of(records.iter().map(|(k, r)| (k, r)));
     if let Some(limit) = to.mounts {
         desc.mounts = pack_mounts(s, mounts, limit)?;

@@ -157,6 +157,84 @@ fn a_local_cache_makes_a_fresh_store_build_all_cached_and_alike() {
 }
 
 /// A build from `cache` that cannot be read: a warning, and every step runs.
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn compression_zstd_converts_the_cache_layers_and_the_image_stays_the_same() {
+    let first = runner("squeezed\n");
+    let cache = first.path("cache");
+    let a = first
+        .build(&[
+            "--cache-to",
+            &format!("{},compression=zstd", cache_to(&cache, "max")),
+        ])
+        .expect_ok();
+    let manifest = super::json(&super::tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci:{}:latest", cache.display()),
+        ],
+    ));
+    let types: Vec<&str> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["mediaType"].as_str().expect("mediaType"))
+        .collect();
+    // The base image's layer keeps its gzip (force-compression=false); kiln's own
+    // layers are zstd, and each blob is what its media type says.
+    assert!(
+        types.contains(&"application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&"application/vnd.oci.image.layer.v1.tar+gzip"),
+        "{types:?}"
+    );
+    for l in manifest["layers"].as_array().expect("layers") {
+        let digest = l["digest"].as_str().expect("digest");
+        let blob = cache.join("blobs/sha256").join(&digest["sha256:".len()..]);
+        let magic = fs::read(&blob).expect("blob");
+        let zstd = magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+        assert_eq!(
+            zstd,
+            l["mediaType"].as_str().expect("mt").ends_with("zstd"),
+            "{digest}"
+        );
+    }
+
+    // A fresh runner: all cached, and the image it exports (gzip, the default) is
+    // the first one's.
+    let second = runner("squeezed\n");
+    let b = second
+        .build(&["--cache-from", &cache_from(&cache)])
+        .expect_ok();
+    all_cached(&b);
+    assert_eq!(a.image_digest(), b.image_digest());
+
+    // force-compression=true converts the base layer too.
+    let forced = first.path("forced");
+    first
+        .build(&[
+            "--cache-to",
+            &format!(
+                "{},compression=zstd,force-compression=true",
+                cache_to(&forced, "max")
+            ),
+        ])
+        .expect_ok();
+    let m = super::tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci:{}:latest", forced.display()),
+        ],
+    );
+    assert!(!m.contains("tar+gzip"), "{m}");
+}
+
 fn a_miss(case: &Case, cache: &str) {
     let d = case.build(&["--cache-from", cache]).expect_ok();
     assert!(

@@ -3,6 +3,7 @@
 //! `type=registry,ref=NAME`.
 
 use crate::{Error, Result};
+use kiln_snapshotter::convert::{Compression, LayerOptions};
 
 /// How much `--cache-to` exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -43,6 +44,9 @@ pub struct CacheTo {
     pub mounts: Option<u64>,
     /// `ignore-error=true`: a failed export is a warning, not a failed build.
     pub ignore_error: bool,
+    /// `compression=`, `compression-level=`, `force-compression=`: the cache's layers
+    /// converted as an image export converts them; `None` keeps them as they are.
+    pub layers: Option<LayerOptions>,
 }
 
 /// One `--cache-from`.
@@ -112,6 +116,8 @@ pub fn cache_to(spec: &str) -> Result<CacheTo> {
     let mut ignore_error = false;
     let mut mounts = false;
     let mut limit = DEFAULT_MOUNTS_LIMIT;
+    let mut layers = LayerOptions::default();
+    let mut convert = false;
     for (k, v) in &kv {
         match k.as_str() {
             "type" | "dest" | "tag" | "ref" => {}
@@ -138,18 +144,40 @@ pub fn cache_to(spec: &str) -> Result<CacheTo> {
                     format!("{k}=false is not supported: kiln writes an OCI image manifest"),
                 ))
             }
-            "compression" | "compression-level" | "force-compression" => {
-                return Err(bad(
-                    FLAG,
-                    spec,
-                    format!("{k} is not supported yet: the cache keeps the layers as the build made them"),
-                ))
+            "compression" => {
+                layers.compression = Compression::parse(v).ok_or_else(|| {
+                    bad(
+                        FLAG,
+                        spec,
+                        format!("compression={v:?} (expected gzip, zstd or uncompressed)"),
+                    )
+                })?;
+                convert = true;
+            }
+            "compression-level" => {
+                layers.level = Some(
+                    v.parse::<i32>()
+                        .ok()
+                        .filter(|l| (0..=22).contains(l))
+                        .ok_or_else(|| {
+                            bad(
+                                FLAG,
+                                spec,
+                                format!("compression-level={v:?} is not a number from 0 to 22"),
+                            )
+                        })?,
+                );
+                convert = true;
+            }
+            "force-compression" => {
+                layers.force = parse_bool(FLAG, spec, k, v)?;
+                convert = true;
             }
             _ => {
                 return Err(bad(
                     FLAG,
                     spec,
-                    format!("unknown option {k:?} (known: dest, ref, mode, tag, mounts, mounts-limit, ignore-error, oci-mediatypes, image-manifest)"),
+                    format!("unknown option {k:?} (known: dest, ref, mode, tag, mounts, mounts-limit, ignore-error, compression, compression-level, force-compression, oci-mediatypes, image-manifest)"),
                 ))
             }
         }
@@ -160,6 +188,13 @@ pub fn cache_to(spec: &str) -> Result<CacheTo> {
             FLAG,
             spec,
             "type=inline carries the final image's steps only (mode=min); use type=registry for mode=max",
+        ));
+    }
+    if convert && backend == Backend::Inline {
+        return Err(bad(
+            FLAG,
+            spec,
+            "type=inline has the image's layers: set their compression on the output (-o ...,compression=)",
         ));
     }
     if mounts && backend == Backend::Inline {
@@ -174,6 +209,7 @@ pub fn cache_to(spec: &str) -> Result<CacheTo> {
         mode,
         mounts: mounts.then_some(limit),
         ignore_error,
+        layers: convert.then_some(layers),
     })
 }
 
@@ -380,6 +416,29 @@ mod tests {
         );
         assert_eq!(cache_to("type=local,dest=/c").expect("m").mounts, None);
         assert!(cache_to("type=inline,mounts=true").is_err());
+        assert_eq!(cache_to("type=local,dest=/c").expect("as is").layers, None);
+        let z = cache_to("type=local,dest=/c,compression=zstd,compression-level=9")
+            .expect("zstd")
+            .layers
+            .expect("converted");
+        assert_eq!(
+            (z.compression, z.level, z.force),
+            (Compression::Zstd, Some(9), false)
+        );
+        assert!(
+            cache_to("type=registry,ref=r/c,force-compression=true")
+                .expect("force")
+                .layers
+                .expect("converted")
+                .force
+        );
+        for bad in [
+            "type=local,dest=/c,compression=lz4",
+            "type=local,dest=/c,compression-level=23",
+            "type=inline,compression=zstd",
+        ] {
+            assert!(cache_to(bad).is_err(), "{bad}");
+        }
         assert!(cache_from("type=inline").is_err());
         assert!(cache_from("type=registry,ref=UPPER/x").is_err());
     }
