@@ -177,6 +177,25 @@ class Buildah:
                 shutil.rmtree(d, ignore_errors=True)
 
 
+class BuildKit:
+    """BuildKit's own buildkitd (rootful, from ../shared/buildkit, started by the root
+    part of this script) driven with buildctl, for the cases that name it."""
+
+    name = "buildkit"
+
+    def __init__(self, buildctl, addr):
+        self.exe, self.addr = buildctl, addr
+
+    def prune(self):
+        """Empties the daemon's cache, as a fresh CI runner starts."""
+        return run([self.exe, "--addr", self.addr, "prune", "--all"])
+
+    def build(self, ctx, *args):
+        cmd = [self.exe, "--addr", self.addr, "build", "--progress", "plain", "--frontend", "dockerfile.v0",
+               "--local", f"context={ctx}", "--local", f"dockerfile={ctx}"]
+        return run(cmd + list(args))
+
+
 def median(xs):
     return statistics.median(xs) if xs else None
 
@@ -275,6 +294,7 @@ class Bench:
         exe = shutil.which("buildah")
         self.buildah = Buildah(exe, self.work) if exe and not args.kiln_only else None
         self.builders = [b for b in (self.kiln, self.buildah) if b]
+        self.buildkit = BuildKit(args.buildctl, args.buildkit_addr) if args.buildkit_addr else None
         self.rows = []
         self.notes = []
 
@@ -505,11 +525,13 @@ class Bench:
         )
 
     def cache_fresh_runner(self):
-        """A CI runner that starts empty: a 200 MB image built and pushed once with
-        --cache-to type=registry (mode=max), then, from a fresh store each round, the
-        fully cached build and push with --cache-from, and the same with one source
-        file changed. kiln alone for now (BuildKit's registry cache import is the
-        reference the issue names; buildah's cache flags differ)."""
+        """A CI runner that starts empty: a 200 MB image built and pushed once with a
+        registry cache export (mode=max), then, from an empty cache each round (a fresh
+        kiln store; `buildctl prune --all` for BuildKit), the fully cached build and
+        push with the registry cache imported, and the same with one source file
+        changed. The peer is BuildKit's buildkitd with its own registry cache
+        (--export-cache / --import-cache type=registry), when the root part of this
+        script could start it."""
         size = int(200 * MIB * self.args.scale)
         ctx = os.path.join(self.work, "ctx", "cache-runner")
         os.makedirs(os.path.join(ctx, "data"), exist_ok=True)
@@ -518,41 +540,67 @@ class Bench:
             if not os.path.exists(p) or os.path.getsize(p) != size // 4:
                 write_mixed(p, size // 4, 40 + i)
         src = os.path.join(ctx, "src.txt")
-        with open(src, "w") as f:
-            f.write("version 1\n")
-        with open(os.path.join(ctx, "Dockerfile"), "w") as f:
-            f.write(f"FROM {BUSYBOX}\nCOPY data /data\nCOPY src.txt /src.txt\nRUN wc -c /src.txt > /built\n")
-        cache = f"{REGISTRY}/bench/kiln-cache:runner"
-        k = self.kiln
-        seed_root = os.path.join(self.work, "cache-seed")
-        k.wipe(seed_root)
-        k.build(ctx, "--cache-to", f"type=registry,ref={cache},mode=max", "--push", "-t",
-                f"{REGISTRY}/bench/kiln-app:seed", root=seed_root)
-        k.wipe(seed_root)
-        fresh = os.path.join(self.work, "cache-fresh")
 
-        def one(change):
+        def version(change):
             with open(src, "w") as f:
                 f.write("version 2\n" if change else "version 1\n")
-            k.wipe(fresh)
-            return k.build(ctx, "--cache-from", f"type=registry,ref={cache}", "--push", "-t",
-                           f"{REGISTRY}/bench/kiln-app:runner", root=fresh)
 
+        version(False)
+        with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+            f.write(f"FROM {BUSYBOX}\nCOPY data /data\nCOPY src.txt /src.txt\nRUN wc -c /src.txt > /built\n")
+        k, bk = self.kiln, self.buildkit
+        cache = {"kiln": f"{REGISTRY}/bench/kiln-cache:runner", "buildkit": f"{REGISTRY}/bench/bk-cache:runner"}
+        app = {"kiln": f"{REGISTRY}/bench/kiln-app", "buildkit": f"{REGISTRY}/bench/bk-app"}
+        seed_root = os.path.join(self.work, "cache-seed")
+        k.wipe(seed_root)
+        k.build(ctx, "--cache-to", f"type=registry,ref={cache['kiln']},mode=max", "--push", "-t",
+                f"{app['kiln']}:seed", root=seed_root)
+        k.wipe(seed_root)
+        fresh = os.path.join(self.work, "cache-fresh")
+        if bk:
+            bk.prune()
+            bk.build(ctx, "--export-cache", f"type=registry,ref={cache['buildkit']},mode=max",
+                     "--output", f"type=image,name={app['buildkit']}:seed,push=true,registry.insecure=true")
+
+        def one(who, change):
+            version(change)
+            if who == "kiln":
+                k.wipe(fresh)
+                return k.build(ctx, "--cache-from", f"type=registry,ref={cache['kiln']}", "--push", "-t",
+                               f"{app['kiln']}:runner", root=fresh)
+            bk.prune()
+            return bk.build(ctx, "--import-cache", f"type=registry,ref={cache['buildkit']}",
+                            "--output", f"type=image,name={app['buildkit']}:runner,push=true,registry.insecure=true")
+
+        who = ["kiln"] + (["buildkit"] if bk else [])
         for change, case in ((False, "cache-fresh-runner"), (True, "cache-one-change")):
-            got = {"kiln": []}
+            got = {w: [] for w in who}
             for i in range(self.args.rounds):
-                r = one(change)
-                got["kiln"].append(r)
-                print(f"    kiln     round {i + 1}: {r.wall:7.2f} s  {r.rss_kib / 1024:6.1f} MiB", flush=True)
+                for w in who if i % 2 == 0 else reversed(who):
+                    r = one(w, change)
+                    got[w].append(r)
+                    print(f"    {w:8} round {i + 1}: {r.wall:7.2f} s  {r.rss_kib / 1024:6.1f} MiB (client)", flush=True)
             k.wipe(fresh)
+            version(False)
             kw = wall(got, "kiln")
             fetched = sum(r.out.count("from the imported cache") for r in got["kiln"])
-            if change:
-                target, ok = "(compared; BuildKit's registry cache is the reference)", self.rss_ok(got)
+            ref = f"{size // MIB} MiB image, empty cache per round; layers kiln fetched from the cache: {fetched}"
+            if bk:
+                bw = wall(got, "buildkit")
+                cpu = median([r.cpu for r in got["kiln"]])
+                ref += (f"; BuildKit (rootful buildkitd, registry cache import, prune --all per round) {bw:.2f} s,"
+                        f" kiln/BuildKit {kw / bw:.2f}; kiln CPU {cpu:.2f} s")
+                versus = kw <= 0.3 * bw
             else:
-                target, ok = "< 1 s; no layer downloaded", kw < 1.0 and fetched == 0 and self.rss_ok(got)
-            self.row(case, got, target, ok,
-                     f"{size // MIB} MiB image, fresh store per round; layers fetched from the cache: {fetched}")
+                ref += "; BuildKit not running (run as root with ../shared/buildkit present)"
+                versus = None
+            if change:
+                target = "<= 0.3x BuildKit"
+                ok = versus if versus is None else versus and self.rss_ok(got)
+            else:
+                target = "<= 0.3x BuildKit; < 1 s; no layer downloaded"
+                ok = kw < 1.0 and fetched == 0 and self.rss_ok(got) and versus is not False
+            self.row(case, {"kiln": got["kiln"]}, target, ok, ref)
 
     def cold_build(self):
         app = os.path.join(self.work, "ctx", "cold")
@@ -658,7 +706,27 @@ def as_user(args):
     cmd += ["--cases", ",".join(args.cases), "--commit", commit]
     if args.kiln_only:
         cmd.append("--kiln-only")
-    code = subprocess.run(cmd).returncode
+    shared_bk = os.path.join(os.path.dirname(repo), "shared", "buildkit")
+    bk_dir = os.path.join(state, "bench-buildkit")
+    started = False
+    if "cache-fresh-runner" in args.cases and os.path.exists(os.path.join(shared_bk, "up.sh")):
+        # BuildKit runs as root, as it does in CI; the test user gets its socket for
+        # this run only (whoever holds it controls a root daemon: a bench machine's
+        # concern, not kiln's).
+        up = subprocess.run(["bash", os.path.join(shared_bk, "up.sh"), bk_dir, REGISTRY.rsplit(":", 1)[1]],
+                            capture_output=True, text=True)
+        if up.returncode == 0:
+            started = True
+            addr = up.stdout.strip().splitlines()[-1]
+            os.chown(addr.removeprefix("unix://"), pw.pw_uid, pw.pw_gid)
+            cmd += ["--buildkit-addr", addr, "--buildctl", os.path.join(bk_dir, "bin", "buildctl")]
+        else:
+            print(f"[bench] BuildKit did not start: {up.stderr.strip()}", file=sys.stderr)
+    try:
+        code = subprocess.run(cmd).returncode
+    finally:
+        if started:
+            subprocess.run(["bash", os.path.join(shared_bk, "down.sh"), bk_dir], capture_output=True)
     if os.path.exists(result):
         out = args.out or os.path.join(repo, "benches", "RESULTS.md")
         shutil.copy(result, out)
@@ -676,6 +744,8 @@ def main():
     p.add_argument("--work", help="working directory (default /var/tmp/kiln-ci/bench)")
     p.add_argument("--out", help="the table (default benches/RESULTS.md)")
     p.add_argument("--commit", default="")
+    p.add_argument("--buildkit-addr", help="a buildkitd to compare with (the root part starts one)")
+    p.add_argument("--buildctl", default="buildctl")
     args = p.parse_args()
     args.cases = [c for c in args.cases.split(",") if c]
     unknown = [c for c in args.cases if c not in CASES]

@@ -65,18 +65,117 @@ pub fn expansion_limit(compressed: u64) -> Option<u64> {
 
 /// Counts, hashes and bounds the uncompressed stream.
 struct Bounded<R> {
-    inner: digest::HashReader<R>,
+    inner: R,
+    count: u64,
     limit: Option<u64>,
 }
 
 impl<R: Read> Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
+        self.count += n as u64;
         if let Some(limit) = self.limit {
-            if self.inner.count() > limit {
+            if self.count > limit {
                 return Err(std::io::Error::other(bomb(limit)));
             }
         }
+        Ok(n)
+    }
+}
+
+/// The tar stream of a layer, decompressed and hashed (for the diffID) on a thread of
+/// its own while the caller parses it and writes the files: on two cores an unpack
+/// takes about as long as the slower of the two halves, not their sum.
+struct ReadAhead {
+    chunks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+/// How much the decompressing thread may be ahead: `DEPTH` chunks of `CHUNK` bytes.
+const CHUNK: usize = 1 << 20;
+const DEPTH: usize = 4;
+
+impl ReadAhead {
+    /// Starts decompressing `r` on a thread of `scope`; the thread's result is the
+    /// digest and size of everything it decompressed.
+    fn spawn<'scope, 'env, R: Read + Send + 'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        r: R,
+    ) -> (
+        ReadAhead,
+        std::thread::ScopedJoinHandle<'scope, Result<(String, u64)>>,
+    ) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(DEPTH);
+        let worker = scope.spawn(move || -> Result<(String, u64)> {
+            let mut tar = digest::HashReader::new(decompress(r)?);
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let mut filled = 0;
+                let res = loop {
+                    match tar.read(&mut buf[filled..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            filled += n;
+                            if filled == CHUNK {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                let end = filled < CHUNK;
+                buf.truncate(filled);
+                match res {
+                    Err(e) => {
+                        // The reader sees the error where the stream broke.
+                        let _ = tx.send(Ok(buf));
+                        let _ = tx.send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                        return Err(e).ctx(|| "reading layer".into());
+                    }
+                    Ok(()) if end => {
+                        let _ = tx.send(Ok(buf));
+                        return Ok((tar.digest(), tar.count()));
+                    }
+                    // A reader that stopped (an error of its own) ends this thread too.
+                    Ok(()) if tx.send(Ok(buf)).is_err() => {
+                        return Ok((tar.digest(), tar.count()));
+                    }
+                    Ok(()) => {}
+                }
+            }
+        });
+        (
+            ReadAhead {
+                chunks: rx,
+                current: Vec::new(),
+                at: 0,
+            },
+            worker,
+        )
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => {
+                    self.current = chunk?;
+                    self.at = 0;
+                    if self.current.is_empty() {
+                        return Ok(0);
+                    }
+                }
+                // The thread ended: after its last chunk, or with its error, which
+                // its join reports.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
         Ok(n)
     }
 }
@@ -125,7 +224,7 @@ impl Owners {
 }
 
 /// Unpacks the tar stream `r` (compressed or not) into `dest`, with no bound on its size.
-pub fn unpack(r: impl Read, dest: &Path, owners: Owners) -> Result<Unpacked> {
+pub fn unpack(r: impl Read + Send, dest: &Path, owners: Owners) -> Result<Unpacked> {
     unpack_bounded(r, dest, owners, None)
 }
 
@@ -133,13 +232,40 @@ pub fn unpack(r: impl Read, dest: &Path, owners: Owners) -> Result<Unpacked> {
 /// once it (or the file sizes its entries declare: sparse files) passes `limit` bytes.
 /// The whole stream is read, so [`Unpacked::diff_id`] is the layer's diffID.
 pub fn unpack_bounded(
-    r: impl Read,
+    r: impl Read + Send,
+    dest: &Path,
+    owners: Owners,
+    limit: Option<u64>,
+) -> Result<Unpacked> {
+    std::thread::scope(|scope| {
+        let (ahead, worker) = ReadAhead::spawn(scope, r);
+        let unpacked = unpack_entries(ahead, dest, owners, limit);
+        // A stream that broke fails the entries too, with the worker's message.
+        let hashed = worker
+            .join()
+            .unwrap_or_else(|_| Err(Error::BadLayer("the layer's decompression failed".into())));
+        let mut out = unpacked?;
+        let (diff_id, size) = hashed?;
+        if size != out.size {
+            return Err(Error::BadLayer(format!(
+                "the layer's tar stream ended after {} of its {size} bytes",
+                out.size
+            )));
+        }
+        out.diff_id = diff_id;
+        Ok(out)
+    })
+}
+
+fn unpack_entries(
+    r: ReadAhead,
     dest: &Path,
     owners: Owners,
     limit: Option<u64>,
 ) -> Result<Unpacked> {
     let mut ar = tar::Archive::new(Bounded {
-        inner: digest::HashReader::new(decompress(r)?),
+        inner: r,
+        count: 0,
         limit,
     });
     ar.set_preserve_permissions(true);
@@ -250,8 +376,7 @@ pub fn unpack_bounded(
     // The tar reader stops at the end-of-archive blocks; the diffID covers the rest.
     let mut rest = ar.into_inner();
     std::io::copy(&mut rest, &mut std::io::sink()).ctx(|| "reading layer".into())?;
-    out.size = rest.inner.count();
-    out.diff_id = rest.inner.digest();
+    out.size = rest.count;
     Ok(out)
 }
 
