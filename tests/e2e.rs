@@ -10,6 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "e2e/as_root.rs"]
+mod as_root;
 #[path = "e2e/cache.rs"]
 mod cache;
 #[path = "e2e/copy.rs"]

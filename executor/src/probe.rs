@@ -118,7 +118,13 @@ pub fn machine(root: Option<PathBuf>) -> (Vec<Check>, Option<String>) {
         .filter(|(_, p)| p.is_none())
         .map(|(t, _)| **t)
         .collect();
-    checks.push(if missing.is_empty() {
+    checks.push(if idmap == IdMap::Root {
+        check(
+            Verdict::Info,
+            "newuidmap/newgidmap",
+            "not needed: as root kiln writes its own identity mapping",
+        )
+    } else if missing.is_empty() {
         let paths: Vec<String> = tools
             .iter()
             .filter_map(|(_, p)| p.as_ref().map(|p| p.display().to_string()))
@@ -135,7 +141,9 @@ pub fn machine(root: Option<PathBuf>) -> (Vec<Check>, Option<String>) {
         )
         .fix("apt-get install uidmap")
     });
-    checks.push(if idmap.preserves_owners() {
+    checks.push(if idmap == IdMap::Root {
+        check(Verdict::Pass, "identity mapping", idmap.describe())
+    } else if idmap.preserves_owners() {
         check(Verdict::Pass, "subordinate ids", idmap.describe())
     } else {
         check(Verdict::Warn, "subordinate ids", idmap.describe()).fix(

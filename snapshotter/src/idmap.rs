@@ -4,7 +4,7 @@
 //! `newuidmap`/`newgidmap`), the namespace maps root to the caller and ids 1..N to the
 //! range, so layers keep every owner. Without one, only the caller is mapped (to root);
 //! other owners are then emulated with the `user.rootlesscontainers` xattr
-//! ([`crate::owner`]).
+//! ([`crate::owner`]). kiln run as root maps ids 0..=65535 to the host's same ids.
 //!
 //! The namespace is entered by a freshly exec'd helper process (it must be single
 //! threaded for `unshare(CLONE_NEWUSER)`): the helper unshares, tells the parent over a
@@ -34,7 +34,13 @@ pub enum IdMap {
     },
     /// Root -> the caller, nothing else.
     Single { uid: u32, gid: u32 },
+    /// kiln run as root: ids 0..=65535 map to the same host ids, as a rootful builder
+    /// gives its steps the host's (written by this process, which may).
+    Root,
 }
+
+/// How many ids kiln maps when it runs as root (0..=65535: nobody's 65534 included).
+pub const ROOT_RANGE: u32 = 65536;
 
 impl IdMap {
     /// Detects the best mapping available to the calling user; `KILN_IDMAP=single`
@@ -44,6 +50,9 @@ impl IdMap {
         let gid = getgid().as_raw();
         if std::env::var("KILN_IDMAP").as_deref() == Ok("single") {
             return IdMap::Single { uid, gid };
+        }
+        if uid == 0 && gid == 0 {
+            return IdMap::Root;
         }
         let name = User::from_uid(Uid::from_raw(uid))
             .ok()
@@ -65,7 +74,7 @@ impl IdMap {
 
     /// Whether files owned by users other than root can exist in the namespace.
     pub fn preserves_owners(&self) -> bool {
-        matches!(self, IdMap::Subordinate { .. })
+        matches!(self, IdMap::Subordinate { .. } | IdMap::Root)
     }
 
     /// One line for progress output.
@@ -79,6 +88,11 @@ impl IdMap {
                     uids.0 + uids.1 - 1
                 )
             }
+            IdMap::Root => format!(
+                "identity mapping: root (0-{} -> 0-{}, the host's own ids)",
+                ROOT_RANGE - 1,
+                ROOT_RANGE - 1
+            ),
             IdMap::Single { uid, .. } => {
                 format!("identity mapping: single id (0 -> {uid}); no /etc/subuid range, other owners are kept in the user.rootlesscontainers xattr")
             }
@@ -88,16 +102,10 @@ impl IdMap {
     /// Spawns `cmd`, whose program must call [`enter`] first, and maps its namespace.
     pub fn spawn(&self, cmd: &mut Command) -> Result<Child> {
         cmd.env(ENV_PARENT, std::process::id().to_string());
-        let IdMap::Subordinate {
-            uid,
-            gid,
-            uids,
-            gids,
-        } = self
-        else {
+        if let IdMap::Single { .. } = self {
             cmd.env(ENV_MODE, "single");
             return cmd.spawn().ctx(|| "starting the namespace helper".into());
-        };
+        }
         let (child_go, parent_go) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe".into())?;
         let (parent_ready, child_ready) =
             pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe".into())?;
@@ -118,8 +126,16 @@ impl IdMap {
         let result = match ready.read(&mut b) {
             Ok(1) => {
                 let pid = child.id().to_string();
-                run_map("newuidmap", &pid, *uid, *uids)
-                    .and_then(|_| run_map("newgidmap", &pid, *gid, *gids))
+                match self {
+                    IdMap::Subordinate {
+                        uid,
+                        gid,
+                        uids,
+                        gids,
+                    } => run_map("newuidmap", &pid, *uid, *uids)
+                        .and_then(|_| run_map("newgidmap", &pid, *gid, *gids)),
+                    _ => write_root_map(&pid),
+                }
             }
             _ => Err(Error::UserNs(
                 "the helper exited before entering its user namespace".into(),
@@ -138,6 +154,14 @@ impl IdMap {
             }
         }
     }
+}
+
+/// Maps ids 0..[`ROOT_RANGE`] of the helper `pid`'s namespace to the same host ids
+/// (root may write any mapping; setgroups stays allowed).
+fn write_root_map(pid: &str) -> Result<()> {
+    let line = format!("0 0 {ROOT_RANGE}");
+    write_proc(&format!("/proc/{pid}/uid_map"), &line)?;
+    write_proc(&format!("/proc/{pid}/gid_map"), &line)
 }
 
 fn run_map(tool: &str, pid: &str, own: u32, range: (u32, u32)) -> Result<()> {

@@ -1,0 +1,123 @@
+//! kiln run as root (as in a CI container): its own 65536-id mapping, never `0 -> 0`
+//! alone, so steps that change owners work and the owners land in the layers.
+//! scripts/test.sh runs this module as root, and every other one as the test user.
+
+use super::{kiln_bin, nix_uid, registry, Run};
+use std::collections::HashMap;
+use std::fs;
+use std::process::Command;
+
+/// path -> (uid, gid) of every entry of the image's layers after the first, from the
+/// OCI archive `archive`.
+fn owners(archive: &std::path::Path) -> HashMap<String, (u64, u64)> {
+    let blob = |digest: &str| -> Vec<u8> {
+        let mut ar = tar::Archive::new(fs::File::open(archive).expect("archive"));
+        let want = format!("blobs/sha256/{}", &digest["sha256:".len()..]);
+        for e in ar.entries().expect("entries") {
+            let mut e = e.expect("entry");
+            if e.path().expect("path").to_string_lossy() == want {
+                let mut v = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut v).expect("read");
+                return v;
+            }
+        }
+        panic!("{want} is not in the archive")
+    };
+    let json = |b: Vec<u8>| -> serde_json::Value { serde_json::from_slice(&b).expect("json") };
+    let index = {
+        let mut ar = tar::Archive::new(fs::File::open(archive).expect("archive"));
+        let mut v = Vec::new();
+        for e in ar.entries().expect("entries") {
+            let mut e = e.expect("entry");
+            if e.path().expect("path").to_string_lossy() == "index.json" {
+                std::io::Read::read_to_end(&mut e, &mut v).expect("read");
+            }
+        }
+        json(v)
+    };
+    let manifest = json(blob(
+        index["manifests"][0]["digest"].as_str().expect("digest"),
+    ));
+    let mut out = HashMap::new();
+    for l in manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .skip(1)
+    {
+        let gz = blob(l["digest"].as_str().expect("digest"));
+        let mut t = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
+        for e in t.entries().expect("layer") {
+            let e = e.expect("entry");
+            let h = e.header();
+            out.insert(
+                e.path()
+                    .expect("path")
+                    .to_string_lossy()
+                    .trim_end_matches('/')
+                    .to_string(),
+                (h.uid().expect("uid"), h.gid().expect("gid")),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "end-to-end, as root: scripts/test.sh runs it as root"]
+fn as_root_kiln_maps_65536_ids_and_steps_keep_the_owners_they_set() {
+    assert_eq!(nix_uid(), 0, "this module checks kiln run as root");
+    let dir = tempfile::tempdir().expect("tmp");
+    let ctx = dir.path().join("ctx");
+    fs::create_dir(&ctx).expect("ctx");
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/library/busybox:latest\n\
+             RUN cat /proc/self/uid_map /proc/self/gid_map \
+             && touch /x && chown 1000:2000 /x \
+             && mkdir -p -m 0750 /home/app && chown 1234:1234 /home/app \
+             && echo 'app:x:1234:1234::/home/app:/bin/sh' >> /etc/passwd\n\
+             USER app\n\
+             RUN id -u && touch /home/app/made-by-app\n",
+            registry()
+        ),
+    )
+    .expect("Dockerfile");
+    let out = dir.path().join("o.tar");
+    let run = Run::from(
+        Command::new(kiln_bin())
+            .arg("build")
+            .arg("--root")
+            .arg(dir.path().join("store"))
+            .args(["--progress", "plain", "-o"])
+            .arg(format!("type=oci,dest={}", out.display()))
+            .arg(&ctx)
+            .output()
+            .expect("run kiln"),
+    )
+    .expect_ok();
+    assert!(
+        run.stderr
+            .contains("identity mapping: root (0-65535 -> 0-65535"),
+        "{}",
+        run.stderr
+    );
+    // Both maps: 65536 ids from 0, not root alone.
+    let maps = run
+        .stderr
+        .lines()
+        .filter(|l| l.split_whitespace().skip(2).collect::<Vec<_>>() == ["0", "0", "65536"])
+        .count();
+    assert_eq!(maps, 2, "{}", run.stderr);
+    let o = owners(&out);
+    assert_eq!(o.get("x"), Some(&(1000, 2000)), "{o:?}");
+    assert_eq!(o.get("home/app"), Some(&(1234, 1234)), "{o:?}");
+    assert_eq!(o.get("home/app/made-by-app"), Some(&(1234, 1234)), "{o:?}");
+    // The step ran as the USER, who owns what it made.
+    assert!(
+        run.stderr.lines().any(|l| l.ends_with(" 1234")),
+        "{}",
+        run.stderr
+    );
+}
