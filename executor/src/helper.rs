@@ -77,6 +77,11 @@ impl Helper {
 
     /// Runs one request in a helper; every line of its output goes to `on_line`.
     fn run(&self, req: &Request, on_line: Log<'_>) -> Result<Response> {
+        self.run_with(req, Stdio::null(), on_line)
+    }
+
+    /// [`Helper::run`] with `stdin` as the helper's standard input.
+    fn run_with(&self, req: &Request, stdin: Stdio, on_line: Log<'_>) -> Result<Response> {
         let base = self.store.tmp_path("helper");
         let (req_path, resp_path) = (base.with_extension("req"), base.with_extension("resp"));
         let bytes = serde_json::to_vec(req).map_err(|e| Error::Protocol {
@@ -88,7 +93,7 @@ impl Helper {
         cmd.arg(SUBCOMMAND)
             .arg(&req_path)
             .arg(&resp_path)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let result = (|| {
@@ -152,11 +157,33 @@ impl Executor for Helper {
     ) -> Result<Vec<String>> {
         let req = Request::Unpack {
             store: self.root(),
-            blob: blob.to_path_buf(),
+            blob: Some(blob.to_path_buf()),
+            size: None,
             id: id.to_string(),
             diff_id: diff_id.map(str::to_string),
         };
         match self.run(&req, log)? {
+            Response::Unpacked { skipped_devices } => Ok(skipped_devices),
+            _ => Err(Error::Unexpected("unpack")),
+        }
+    }
+
+    fn unpack_stream(
+        &self,
+        input: std::fs::File,
+        size: u64,
+        id: &str,
+        diff_id: Option<&str>,
+        log: Log<'_>,
+    ) -> Result<Vec<String>> {
+        let req = Request::Unpack {
+            store: self.root(),
+            blob: None,
+            size: Some(size),
+            id: id.to_string(),
+            diff_id: diff_id.map(str::to_string),
+        };
+        match self.run_with(&req, Stdio::from(input), log)? {
             Response::Unpacked { skipped_devices } => Ok(skipped_devices),
             _ => Err(Error::Unexpected("unpack")),
         }
@@ -273,4 +300,14 @@ impl Executor for Helper {
             _ => Err(Error::Unexpected("binfmt probe")),
         }
     }
+}
+
+/// A pipe for [`Executor::unpack_stream`]: (read end, write end), both close-on-exec,
+/// with room for 1 MiB (the default 64 KiB makes a download and its unpack take turns).
+pub fn stream_pipe() -> Result<(std::fs::File, std::fs::File)> {
+    let (r, w) = std::io::pipe()?;
+    let (r, w): (std::os::fd::OwnedFd, std::os::fd::OwnedFd) = (r.into(), w.into());
+    // A smaller pipe still works: the size is a hint.
+    let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+    Ok((r.into(), w.into()))
 }

@@ -32,7 +32,7 @@ mod work;
 
 pub use emulate::Emulator;
 pub use fileop::{CopyAction, Source};
-pub use helper::{main as helper_main, Helper, SUBCOMMAND};
+pub use helper::{main as helper_main, stream_pipe, Helper, SUBCOMMAND};
 pub use kiln_snapshotter::diff::{LayerCompression, LayerDigests};
 pub use kiln_snapshotter::native::Snapshotter;
 pub use remake::remake_blob;
@@ -63,6 +63,26 @@ pub trait Executor: Send + Sync {
         diff_id: Option<&str>,
         log: Log<'_>,
     ) -> Result<Vec<String>>;
+    /// [`Executor::unpack`] of a layer blob of `size` bytes read from `input` as it
+    /// arrives (a download's pipe): the unpack keeps pace with the download. The
+    /// blob's digest is the caller's to check; the stream must hash to `diff_id`.
+    fn unpack_stream(
+        &self,
+        input: std::fs::File,
+        _size: u64,
+        id: &str,
+        diff_id: Option<&str>,
+        log: Log<'_>,
+    ) -> Result<Vec<String>> {
+        // Without a helper to stream into: the whole blob first.
+        let tmp = self.store().tmp_path("stream");
+        let copied = fs_err::File::create(&tmp)
+            .and_then(|mut f| std::io::copy(&mut { input }, &mut f).map(|_| ()))
+            .map_err(Error::from);
+        let res = copied.and_then(|()| self.unpack(&tmp, id, diff_id, log));
+        let _ = std::fs::remove_file(&tmp);
+        res
+    }
     /// Runs a step on a fresh filesystem over `lowers` and makes its layer.
     fn step(&self, step: StepSpec, log: Log<'_>) -> Result<StepOutcome>;
     /// Unpacks the layer blob `blob` into the new directory `dir` (a cache mount of the

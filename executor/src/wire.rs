@@ -9,9 +9,12 @@ use std::path::PathBuf;
 #[derive(Debug, Serialize, Deserialize)]
 #[allow(clippy::large_enum_variant)] // one request per helper process
 pub(crate) enum Request {
+    /// Unpacks a layer into snapshot `id`: the blob file `blob`, or with `None` the
+    /// stream on the helper's stdin, whose blob is `size` bytes.
     Unpack {
         store: PathBuf,
-        blob: PathBuf,
+        blob: Option<PathBuf>,
+        size: Option<u64>,
         id: String,
         diff_id: Option<String>,
     },

@@ -14,11 +14,19 @@ pub(crate) fn handle(req: Request) -> Result<Response> {
         Request::Unpack {
             store,
             blob,
+            size,
             id,
             diff_id,
         } => {
             let store = Store::open(store)?;
-            let (tmp, out) = unpack_checked(&store, &blob, diff_id.as_deref())?;
+            let (tmp, out) = match blob {
+                Some(blob) => unpack_checked(&store, &blob, diff_id.as_deref())?,
+                None => {
+                    // The parent's pipe: the blob as it downloads.
+                    let input = std::io::stdin();
+                    unpack_input(&store, input, size.unwrap_or(0), diff_id.as_deref())?
+                }
+            };
             place_snapshot(&store, &tmp, &id)?;
             Ok(Response::Unpacked {
                 skipped_devices: out.skipped_devices,
@@ -136,14 +144,22 @@ fn unpack_checked(
     blob: &Path,
     diff_id: Option<&str>,
 ) -> Result<(std::path::PathBuf, unpack::Unpacked)> {
+    let f = fs::File::open(blob)?;
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    unpack_input(store, f, size, diff_id)
+}
+
+/// [`unpack_checked`] of a blob of `size` bytes read from `input`.
+fn unpack_input(
+    store: &Store,
+    input: impl std::io::Read + Send,
+    size: u64,
+    diff_id: Option<&str>,
+) -> Result<(std::path::PathBuf, unpack::Unpacked)> {
     let tmp = store.tmp_path("unpack");
     fs::create_dir(&tmp)?;
-    let f = fs::File::open(blob)?;
-    let limit = f
-        .metadata()
-        .ok()
-        .and_then(|m| unpack::expansion_limit(m.len()));
-    let result = unpack::unpack_bounded(f, &tmp, unpack::Owners::here(), limit)
+    let limit = unpack::expansion_limit(size);
+    let result = unpack::unpack_bounded(input, &tmp, unpack::Owners::here(), limit)
         .map_err(Error::from)
         .and_then(|u| match diff_id {
             Some(want) if want != u.diff_id => Err(Error::DiffId {

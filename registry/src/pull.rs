@@ -178,7 +178,7 @@ impl Registry {
         let n = endpoints.len();
         for (i, ep) in endpoints.into_iter().enumerate() {
             let er = endpoint_reference(&r, &ep)?;
-            match self.fetch_blob_at(&er, &ep, digest, size, store).await {
+            match self.fetch_blob_at(&er, &ep, digest, size, store, None).await {
                 Ok(()) => return Ok(()),
                 Err(e) if i + 1 < n => {
                     (self.notify)(&format!("{}: {e}; trying the next source", ep.repository));
@@ -193,6 +193,41 @@ impl Registry {
         }))
     }
 
+    /// [`Registry::fetch_sized`] that also writes the bytes to `tee` as they arrive
+    /// (a pipe into an unpack), in one try from the first source: a retry cannot
+    /// take back what `tee` got, so a failure is the caller's to retry the ordinary
+    /// way. `tee` is closed when the fetch ends; the store gets the blob only if its
+    /// digest matched.
+    pub async fn fetch_teed(
+        &self,
+        pinned: &str,
+        digest: &str,
+        size: u64,
+        store: &Store,
+        tee: std::fs::File,
+    ) -> Result<()> {
+        let r = parse_reference(pinned)?;
+        let canonical = format!("{}/{}", r.registry(), r.repository());
+        let mut endpoints = self.conf.pull_endpoints(&canonical, true)?;
+        if let Some(first) = lock(&self.served_by).get(&canonical) {
+            if let Some(i) = endpoints.iter().position(|e| e == first) {
+                let e = endpoints.remove(i);
+                endpoints.insert(0, e);
+            }
+        }
+        let ep = endpoints.into_iter().next().ok_or_else(|| Error::NotFound {
+            reference: canonical,
+            what: format!("blob {digest}"),
+        })?;
+        let er = endpoint_reference(&r, &ep)?;
+        let tee = Some(tokio::io::BufWriter::with_capacity(
+            1 << 20,
+            tokio::fs::File::from_std(tee),
+        ));
+        self.fetch_blob_at(&er, &ep, digest, Some(size), store, tee)
+            .await
+    }
+
     async fn fetch_blob_at(
         &self,
         r: &Reference,
@@ -200,21 +235,54 @@ impl Registry {
         digest: &str,
         size: Option<u64>,
         store: &Store,
+        tee: Option<tokio::io::BufWriter<tokio::fs::File>>,
     ) -> Result<()> {
         let host = self.host(r, ep.insecure).await?;
         host.chunked
             .store_auth_if_needed(r.resolve_registry(), &host.auth)
             .await;
         let tmp = store.tmp_path("download");
+        let policy = match tee {
+            Some(_) => crate::retry::Policy {
+                attempts: 1,
+                ..self.policy_for(ep)
+            },
+            None => self.policy_for(ep),
+        };
+        let tee = std::sync::Mutex::new(tee);
         let res = self
             .retried(
-                self.policy_for(ep),
+                policy,
                 &format!("fetching blob {digest} of {}", ep.repository),
                 || async {
+                    use futures_util::TryStreamExt as _;
+                    use tokio::io::AsyncWriteExt as _;
                     let file = tokio::fs::File::create(&tmp).await?;
-                    host.chunked
-                        .pull_blob(r, digest, limited::Limited::new(file, size))
-                        .await
+                    // Big writes: each one of a tokio file is a trip to a blocking thread.
+                    let mut w = limited::Limited::new(
+                        tokio::io::BufWriter::with_capacity(1 << 20, file),
+                        size,
+                    );
+                    // The stream verifies the digest as it goes (oci-client's
+                    // VerifyingStream: one hash, where `pull_blob` makes two) and fails
+                    // at its end on a mismatch; nothing unverified reaches the store.
+                    let desc = oci_client::manifest::OciDescriptor {
+                        digest: digest.to_string(),
+                        ..Default::default()
+                    };
+                    let mut stream = host.chunked.pull_blob_stream(r, &desc).await?.stream;
+                    let mut tee = lock(&tee).take();
+                    while let Some(bytes) = stream.try_next().await.map_err(digest_error)? {
+                        w.write_all(&bytes).await?;
+                        if let Some(t) = tee.as_mut() {
+                            t.write_all(&bytes).await?;
+                        }
+                    }
+                    w.flush().await?;
+                    if let Some(mut t) = tee {
+                        t.flush().await?;
+                    }
+                    Ok(())
                 },
             )
             .await;
@@ -240,8 +308,23 @@ impl Registry {
                 return Err(wrong_size(got, want));
             }
         }
-        store.commit_blob(&tmp, digest)?;
+        store.commit_blob_trusted(&tmp, digest)?;
         Ok(())
+    }
+}
+
+/// A blob stream's error as the client's own: a digest mismatch (which the stream
+/// reports inside an I/O error) is not a network hiccup to retry.
+fn digest_error(e: std::io::Error) -> oci_client::errors::OciDistributionError {
+    use oci_client::errors::{DigestError, OciDistributionError};
+    if !e.get_ref().is_some_and(|i| i.is::<DigestError>()) {
+        return OciDistributionError::IoError(e);
+    }
+    let kind = e.kind();
+    match e.into_inner().map(|i| i.downcast::<DigestError>()) {
+        Some(Ok(d)) => OciDistributionError::DigestError(*d),
+        Some(Err(other)) => OciDistributionError::IoError(std::io::Error::new(kind, other)),
+        None => OciDistributionError::IoError(kind.into()),
     }
 }
 

@@ -12,6 +12,16 @@ use std::collections::{HashMap, HashSet};
 pub trait BlobSource: Send + Sync {
     /// Puts the blob `digest` (`size` bytes) into `store`, its digest checked.
     fn fetch(&self, digest: &str, size: u64, store: &Store) -> Result<()>;
+    /// Whether [`BlobSource::fetch_teed`] streams.
+    fn streams(&self) -> bool {
+        false
+    }
+    /// [`BlobSource::fetch`] in one try, also writing the bytes to `tee` as they
+    /// arrive (see [`CacheStore::fetch_blob_teed`]).
+    fn fetch_teed(&self, digest: &str, size: u64, store: &Store, tee: std::fs::File) -> Result<()> {
+        drop(tee);
+        self.fetch(digest, size, store)
+    }
 }
 
 /// Moves the finished download `tmp` into `store` as `digest` once its content hashes
@@ -106,6 +116,19 @@ impl CacheStore for Imported {
             return Ok(false);
         }
         self.source.fetch(&layer.digest, layer.size, &self.store)?;
+        Ok(true)
+    }
+
+    fn streams(&self, layer: &Layer) -> bool {
+        self.source.streams() && self.blobs.contains(&layer.digest)
+    }
+
+    fn fetch_blob_teed(&self, layer: &Layer, tee: std::fs::File) -> Result<bool> {
+        if !self.streams(layer) {
+            return Ok(false);
+        }
+        self.source
+            .fetch_teed(&layer.digest, layer.size, &self.store, tee)?;
         Ok(true)
     }
 

@@ -91,6 +91,16 @@ pub trait CacheStore: Send + Sync {
     fn fetch_blob(&self, _layer: &Layer) -> Result<bool> {
         Ok(false)
     }
+    /// Whether [`CacheStore::fetch_blob_teed`] can stream `layer`'s blob.
+    fn streams(&self, _layer: &Layer) -> bool {
+        false
+    }
+    /// [`CacheStore::fetch_blob`] in one try that also writes the blob's bytes to
+    /// `tee` as they arrive (a pipe into the layer's unpack); says whether this cache
+    /// holds the blob. A failure is the caller's to retry with `fetch_blob`.
+    fn fetch_blob_teed(&self, _layer: &Layer, _tee: std::fs::File) -> Result<bool> {
+        Ok(false)
+    }
     /// The contents of the cache mount named `name` ([`mount_dir_name`]), as a layer
     /// whose blob [`CacheStore::fetch_blob`] brings in, if this cache carries it.
     fn mount(&self, _name: &str) -> Option<Layer> {
@@ -161,6 +171,17 @@ impl CacheStore for Caches {
             }
         }
         Ok(false)
+    }
+
+    fn streams(&self, layer: &Layer) -> bool {
+        self.imports.iter().any(|c| c.streams(layer))
+    }
+
+    fn fetch_blob_teed(&self, layer: &Layer, tee: std::fs::File) -> Result<bool> {
+        match self.imports.iter().find(|c| c.streams(layer)) {
+            Some(c) => c.fetch_blob_teed(layer, tee),
+            None => Ok(false),
+        }
     }
 
     fn mount(&self, name: &str) -> Option<Layer> {

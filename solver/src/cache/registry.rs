@@ -36,6 +36,17 @@ impl BlobSource for RepositoryBlobs {
         )?;
         Ok(())
     }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn fetch_teed(&self, digest: &str, size: u64, store: &Store, tee: std::fs::File) -> Result<()> {
+        let pinned = format!("{}@{digest}", self.repository);
+        self.runtime
+            .block_on(self.registry.fetch_teed(&pinned, digest, size, store, tee))?;
+        Ok(())
+    }
 }
 
 fn cache_err(reference: &str, why: impl std::fmt::Display) -> Error {
