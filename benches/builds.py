@@ -15,6 +15,11 @@ buildah (Debian 12: 1.28) runs as unprivileged CI runs it: BUILDAH_ISOLATION=chr
 --root, the local registry marked insecure in its registries.conf, `--layers` so that it
 caches steps as docker does, and its other defaults (one job at a time).
 
+The registry-cache cases (cache-fresh-runner, cache-one-change) compare with BuildKit
+instead: as root, this script starts ../shared/buildkit's buildkitd (rootful, as in CI)
+for the run, hands the test user its socket, and empties its cache with `buildctl prune
+--all` before each round, as a fresh CI runner starts.
+
 Each case runs both builders alternately, --rounds times, and reports the median wall
 time, the peak RSS (the largest process of each run's tree, from GNU time) and the
 kiln/buildah ratio, next to the case's target from issue 7. The table and the machine
