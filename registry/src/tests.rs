@@ -463,6 +463,46 @@ async fn a_refused_mount_of_a_blob_the_store_lacks_fetches_it_from_the_source() 
 }
 
 #[tokio::test]
+async fn a_teed_fetch_streams_the_blob_and_stores_it_only_when_it_matches() {
+    use std::io::Read as _;
+    let fake = Fake::start().await;
+    let (_, layer) = fake.add_image("lib/app", "v1", b"streamed bytes");
+    let (_, bad) = fake.add_image("lib/bad", "v1", b"bytes to corrupt");
+    fake.state().corrupt.insert(bad.clone());
+    let d = tempfile::tempdir().expect("tmp");
+    let store = Store::open(d.path().join("store")).expect("store");
+    let (reg, said) = client(d.path());
+    let teed = |pinned: String, digest: String, size: u64| {
+        let (mut r, w) = std::io::pipe().expect("pipe");
+        let reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).expect("read");
+            v
+        });
+        let w = std::fs::File::from(std::os::fd::OwnedFd::from(w));
+        let reg = &reg;
+        let store = &store;
+        async move {
+            let res = reg.fetch_teed(&pinned, &digest, size, store, w).await;
+            (res, reader.join().expect("reader"))
+        }
+    };
+    let (res, got) = teed(format!("{}/lib/app@{layer}", fake.addr), layer.clone(), 14).await;
+    res.expect("fetches");
+    assert_eq!(got, b"streamed bytes", "the tee got every byte");
+    assert!(store.has_blob(&layer));
+    // A blob that does not match its digest: an error at once (no retry, since the
+    // tee cannot take back what it got), and nothing in the store.
+    let (res, _) = teed(format!("{}/lib/bad@{bad}", fake.addr), bad.clone(), 16).await;
+    let e = res.expect_err("corrupt");
+    assert!(e.to_string().contains("does not match its digest"), "{e}");
+    assert_eq!(fake.count("GET /v2/lib/bad/blobs/"), 1);
+    assert!(lock(&said).is_empty(), "{:?}", lock(&said));
+    assert!(!store.has_blob(&bad));
+    assert_eq!(store.tmp_entries().expect("tmp").len(), 0, "no leftovers");
+}
+
+#[tokio::test]
 async fn denied_and_missing_are_named() {
     let fake = Fake::start().await;
     fake.add_image("lib/app", "v1", b"x");
