@@ -178,7 +178,10 @@ impl Registry {
         let n = endpoints.len();
         for (i, ep) in endpoints.into_iter().enumerate() {
             let er = endpoint_reference(&r, &ep)?;
-            match self.fetch_blob_at(&er, &ep, digest, size, store, None).await {
+            match self
+                .fetch_blob_at(&er, &ep, digest, size, store, None)
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(e) if i + 1 < n => {
                     (self.notify)(&format!("{}: {e}; trying the next source", ep.repository));
@@ -215,10 +218,13 @@ impl Registry {
                 endpoints.insert(0, e);
             }
         }
-        let ep = endpoints.into_iter().next().ok_or_else(|| Error::NotFound {
-            reference: canonical,
-            what: format!("blob {digest}"),
-        })?;
+        let ep = endpoints
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NotFound {
+                reference: canonical,
+                what: format!("blob {digest}"),
+            })?;
         let er = endpoint_reference(&r, &ep)?;
         let tee = Some(tokio::io::BufWriter::with_capacity(
             1 << 20,
