@@ -26,6 +26,8 @@ mod outputs;
 mod platforms;
 #[path = "e2e/registry.rs"]
 mod registry;
+#[path = "e2e/run.rs"]
+mod run;
 #[path = "e2e/spool.rs"]
 mod spool;
 #[path = "e2e/store.rs"]

@@ -19,6 +19,7 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstatat, Mode, SFlag};
 use nix::unistd::{unlinkat, ForkResult, UnlinkatFlags};
 use serde::{Deserialize, Serialize};
+use std::io::{Read as _, Write as _};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -249,7 +250,7 @@ pub fn run(
     merged: &Path,
     scratch: &Path,
     spec: &RunAction,
-) -> Result<(i32, Vec<String>)> {
+) -> Result<RunEnd> {
     let mut created = Stubs::open(merged)?;
     // /proc, /dev and /sys stay in the layer when the base lacks them, as the mount
     // points runc makes do in BuildKit's.
@@ -376,21 +377,30 @@ pub fn run(
         sys::own_net_ns()?;
         sys::loopback_up()?;
     }
+    // Why the command did not start (a USER that does not exist, a program not in
+    // PATH...) comes back through a close-on-exec pipe: the exec closes it unread, so a
+    // RUN that started gets no descriptor of it, and one that did not start says why
+    // instead of exiting 127 like a command that is not found.
+    let (why_r, why_w) = std::io::pipe().map_err(crate::io_ctx("pipe".to_string()))?;
     // The new pid namespace is entered by an intermediate child, not the helper: a
     // process that unshared CLONE_NEWPID can no longer start threads, and the helper
     // writes the layer afterwards with several.
     let code = match sys::fork()? {
         ForkResult::Child => {
+            drop(why_r);
+            let mut why_w = why_w;
             let r = sys::die_with_parent()
                 .and_then(|_| sys::sandbox_namespaces())
                 .and_then(|_| match sys::fork()? {
                     ForkResult::Child => {
-                        let err =
-                            match sandbox_init(merged, &spec, proc_ok, dev_ok, &etc, &prepared) {
-                                Ok(never) => match never {},
-                                Err(e) => e,
-                            };
-                        eprintln!("kiln: {err}");
+                        let keep = std::os::fd::AsRawFd::as_raw_fd(&why_w);
+                        let err = match sandbox_init(
+                            merged, &spec, proc_ok, dev_ok, &etc, &prepared, keep,
+                        ) {
+                            Ok(never) => match never {},
+                            Err(e) => e,
+                        };
+                        let _ = write!(why_w, "{err}");
                         std::process::exit(127);
                     }
                     ForkResult::Parent { child } => sys::wait_exit(child),
@@ -398,16 +408,35 @@ pub fn run(
             std::process::exit(match r {
                 Ok(code) => code,
                 Err(e) => {
-                    eprintln!("kiln: {e}");
+                    let _ = write!(why_w, "{e}");
                     127
                 }
             });
         }
-        ForkResult::Parent { child } => sys::wait_exit(child)?,
+        ForkResult::Parent { child } => {
+            drop(why_w);
+            sys::wait_exit(child)?
+        }
     };
+    let mut why = String::new();
+    let _ = (&why_r).take(64 * 1024).read_to_string(&mut why);
     let holders = created.holders();
     created.remove();
-    Ok((code, holders))
+    Ok(RunEnd {
+        code,
+        not_started: (!why.is_empty()).then_some(why),
+        holders,
+    })
+}
+
+/// How a RUN ended.
+pub struct RunEnd {
+    /// The command's exit code (128+signal when killed; 127 when it did not start).
+    pub code: i32,
+    /// Why the command did not start, when it did not.
+    pub not_started: Option<String>,
+    /// Directories made only to hold mount stubs (see [`prune_holders`]).
+    pub holders: Vec<String>,
 }
 
 /// Drops from `upper` (the step's changes, nothing mounted) each directory in
@@ -492,9 +521,10 @@ fn sandbox_init(
     dev_ok: bool,
     etc: &[(&str, PathBuf)],
     mounts: &[Prepared],
+    why_fd: i32,
 ) -> Result<Never> {
     // First of all: nothing the caller left open may reach the RUN.
-    sys::close_inherited_fds()?;
+    sys::close_inherited_fds(why_fd)?;
     sys::own_mount_ns()?;
     let _ = sys::set_hostname("kiln");
     let rootfd = nix::fcntl::open(

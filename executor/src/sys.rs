@@ -178,22 +178,33 @@ pub(crate) fn fd_path(fd: &impl AsRawFd) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-/// Closes every descriptor above 2. Whatever kiln's caller left open (a CI runner's
-/// pipes, a shell's `exec 7<dir`) would otherwise reach the RUN, and a directory among
-/// them is a way out of the rootfs (`WORKDIR /proc/self/fd/7`, runc's CVE-2024-21626).
-pub(crate) fn close_inherited_fds() -> Result<()> {
-    // SAFETY: close_range takes three integers and touches no memory of ours; it runs in
-    // the sandbox child, which holds no descriptor it uses after this point (every file
-    // it opens later is opened afterwards).
-    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    if r == 0 {
+/// Closes every descriptor above 2 but `keep` (close-on-exec: the sandbox's own pipe
+/// for why a command did not start, which the exec closes). Whatever kiln's caller
+/// left open (a CI runner's pipes, a shell's `exec 7<dir`) would otherwise reach the
+/// RUN, and a directory among them is a way out of the rootfs
+/// (`WORKDIR /proc/self/fd/7`, runc's CVE-2024-21626).
+pub(crate) fn close_inherited_fds(keep: i32) -> Result<()> {
+    let keep = u32::try_from(keep).ok().filter(|&k| k > 2);
+    let ranges = match keep {
+        Some(k) => vec![(3, k - 1), (k + 1, u32::MAX)],
+        None => vec![(3, u32::MAX)],
+    };
+    let mut all = true;
+    for (first, last) in ranges.into_iter().filter(|(f, l)| f <= l) {
+        // SAFETY: close_range takes three integers and touches no memory of ours; it
+        // runs in the sandbox child, which holds no descriptor it uses after this point
+        // but `keep` (every file it opens later is opened afterwards).
+        let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+        all &= r == 0;
+    }
+    if all {
         return Ok(());
     }
     // Kernels before 5.9: close them one by one.
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .map_err(crate::io_ctx("listing /proc/self/fd"))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd > 2)
+        .filter(|&fd| fd > 2 && Some(fd as u32) != keep)
         .collect();
     for fd in fds {
         let _ = nix::unistd::close(fd);

@@ -309,9 +309,9 @@ fn step(
     let mut holders = Vec::new();
     let outcome = match action {
         Action::Run(spec) => {
-            sandbox::run(store, kind, &merged, &dir.join("mounts"), spec).map(|(code, h)| {
-                holders = h;
-                (code, None)
+            sandbox::run(store, kind, &merged, &dir.join("mounts"), spec).map(|end| {
+                holders = end.holders;
+                (end.code, end.not_started)
             })
         }
         Action::Copy(c) => match fileop::copy(store, kind, &merged, &dir.join("src"), c) {
