@@ -22,6 +22,8 @@ mod hostile;
 mod llb;
 #[path = "e2e/outputs.rs"]
 mod outputs;
+#[path = "e2e/owners.rs"]
+mod owners;
 #[path = "e2e/platforms.rs"]
 mod platforms;
 #[path = "e2e/registry.rs"]

@@ -391,19 +391,57 @@ pub fn run(
             let mut why_w = why_w;
             let r = sys::die_with_parent()
                 .and_then(|_| sys::sandbox_namespaces())
-                .and_then(|_| match sys::fork()? {
-                    ForkResult::Child => {
-                        let keep = std::os::fd::AsRawFd::as_raw_fd(&why_w);
-                        let err = match sandbox_init(
-                            merged, &spec, proc_ok, dev_ok, &etc, &prepared, keep,
-                        ) {
-                            Ok(never) => match never {},
-                            Err(e) => e,
-                        };
-                        let _ = write!(why_w, "{err}");
-                        std::process::exit(127);
+                .and_then(|_| {
+                    // Single-id mode: the RUN's chown calls come to this process
+                    // (crate::owners) through a listener the RUN sends over `pair`.
+                    let pair = kiln_snapshotter::owner::emulating()
+                        .then(|| {
+                            use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+                            socketpair(
+                                AddressFamily::Unix,
+                                SockType::Stream,
+                                None,
+                                SockFlag::SOCK_CLOEXEC,
+                            )
+                            .ok()
+                        })
+                        .flatten();
+                    let (supervisor_end, run_end) = match pair {
+                        Some((a, b)) => (Some(a), Some(b)),
+                        None => (None, None),
+                    };
+                    match sys::fork()? {
+                        ForkResult::Child => {
+                            drop(supervisor_end);
+                            use std::os::fd::AsRawFd;
+                            let mut keep = vec![why_w.as_raw_fd()];
+                            keep.extend(run_end.as_ref().map(|s| s.as_raw_fd()));
+                            let err = match sandbox_init(
+                                merged,
+                                &spec,
+                                (proc_ok, dev_ok),
+                                &etc,
+                                &prepared,
+                                &keep,
+                                run_end.as_ref(),
+                            ) {
+                                Ok(never) => match never {},
+                                Err(e) => e,
+                            };
+                            let _ = write!(why_w, "{err}");
+                            std::process::exit(127);
+                        }
+                        ForkResult::Parent { child } => {
+                            drop(run_end);
+                            if let Some(s) = supervisor_end
+                                .as_ref()
+                                .and_then(|end| crate::owners::Supervisor::receive(end, child))
+                            {
+                                s.serve(child);
+                            }
+                            sys::wait_exit(child)
+                        }
                     }
-                    ForkResult::Parent { child } => sys::wait_exit(child),
                 });
             std::process::exit(match r {
                 Ok(code) => code,
@@ -517,14 +555,14 @@ struct Prepared {
 fn sandbox_init(
     root: &Path,
     spec: &RunAction,
-    proc_ok: bool,
-    dev_ok: bool,
+    (proc_ok, dev_ok): (bool, bool),
     etc: &[(&str, PathBuf)],
     mounts: &[Prepared],
-    why_fd: i32,
+    keep: &[i32],
+    owners: Option<&OwnedFd>,
 ) -> Result<Never> {
     // First of all: nothing the caller left open may reach the RUN.
-    sys::close_inherited_fds(why_fd)?;
+    sys::close_inherited_fds(keep)?;
     sys::own_mount_ns()?;
     let _ = sys::set_hostname("kiln");
     let rootfd = nix::fcntl::open(
@@ -665,6 +703,14 @@ fn sandbox_init(
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH);
     let prog = lookup(argv0, path_var).ok_or_else(|| Error::NotInPath(argv0.clone()))?;
+    // Last, so that none of kiln's own calls above go to the supervisor. Where the
+    // filter cannot be installed (a listener already on the chain: kiln inside a
+    // container that uses one) chown fails as it would without it.
+    if let Some(sock) = owners {
+        if let Ok(listener) = sys::install_chown_listener() {
+            let _ = crate::owners::send_listener(sock, &listener);
+        }
+    }
     Err(sys::exec(&prog, &spec.argv, &env))
 }
 

@@ -178,17 +178,27 @@ pub(crate) fn fd_path(fd: &impl AsRawFd) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-/// Closes every descriptor above 2 but `keep` (close-on-exec: the sandbox's own pipe
-/// for why a command did not start, which the exec closes). Whatever kiln's caller
+/// Closes every descriptor above 2 but those in `keep` (close-on-exec ones of the
+/// sandbox's own: the pipe for why a command did not start, the socket that hands the
+/// chown listener over; the exec closes them). Whatever kiln's caller
 /// left open (a CI runner's pipes, a shell's `exec 7<dir`) would otherwise reach the
 /// RUN, and a directory among them is a way out of the rootfs
 /// (`WORKDIR /proc/self/fd/7`, runc's CVE-2024-21626).
-pub(crate) fn close_inherited_fds(keep: i32) -> Result<()> {
-    let keep = u32::try_from(keep).ok().filter(|&k| k > 2);
-    let ranges = match keep {
-        Some(k) => vec![(3, k - 1), (k + 1, u32::MAX)],
-        None => vec![(3, u32::MAX)],
-    };
+pub(crate) fn close_inherited_fds(keep: &[i32]) -> Result<()> {
+    let mut kept: Vec<u32> = keep
+        .iter()
+        .filter_map(|&k| u32::try_from(k).ok())
+        .filter(|&k| k > 2)
+        .collect();
+    kept.sort_unstable();
+    kept.dedup();
+    let mut ranges = Vec::new();
+    let mut first = 3u32;
+    for k in &kept {
+        ranges.push((first, k - 1));
+        first = k + 1;
+    }
+    ranges.push((first, u32::MAX));
     let mut all = true;
     for (first, last) in ranges.into_iter().filter(|(f, l)| f <= l) {
         // SAFETY: close_range takes three integers and touches no memory of ours; it
@@ -204,7 +214,7 @@ pub(crate) fn close_inherited_fds(keep: i32) -> Result<()> {
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .map_err(crate::io_ctx("listing /proc/self/fd"))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd > 2 && Some(fd as u32) != keep)
+        .filter(|&fd| fd > 2 && !kept.contains(&(fd as u32)))
         .collect();
     for fd in fds {
         let _ = nix::unistd::close(fd);
@@ -342,4 +352,203 @@ pub(crate) fn wait_exit(child: Pid) -> Result<i32> {
             Err(e) => return Err(fail("waiting for the RUN process")(e)),
         }
     }
+}
+
+/// The host's native syscall ABI, as seccomp names it (`AUDIT_ARCH_*`).
+#[cfg(target_arch = "x86_64")]
+const NATIVE_ARCH: u32 = 0xC000_003E;
+#[cfg(target_arch = "aarch64")]
+const NATIVE_ARCH: u32 = 0xC000_00B7;
+
+/// The chown family of the native ABI (the calls [`install_chown_listener`] hands to
+/// a supervisor). aarch64 has no chown/lchown, only their `*at` form.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const CHOWN_CALLS: [i64; 4] = [
+    libc::SYS_chown,
+    libc::SYS_fchown,
+    libc::SYS_lchown,
+    libc::SYS_fchownat,
+];
+#[cfg(target_arch = "aarch64")]
+pub(crate) const CHOWN_CALLS: [i64; 2] = [libc::SYS_fchown, libc::SYS_fchownat];
+
+/// The stat family of the native ABI, which the supervisor answers for files whose
+/// owner it recorded (and lets run as usual for the rest).
+#[cfg(target_arch = "x86_64")]
+pub(crate) const STAT_CALLS: [i64; 5] = [
+    libc::SYS_stat,
+    libc::SYS_fstat,
+    libc::SYS_lstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+];
+#[cfg(target_arch = "aarch64")]
+pub(crate) const STAT_CALLS: [i64; 3] = [libc::SYS_fstat, libc::SYS_newfstatat, libc::SYS_statx];
+
+/// statx(2) of the file `fd` is open on (an `O_PATH` descriptor will do).
+pub(crate) fn statx_fd(fd: &impl AsRawFd, flags: i32, mask: u32) -> nix::Result<libc::statx> {
+    // SAFETY: statx is plain integers, for which all zeroes is a value.
+    let mut out: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx reads the empty C string and writes one statx into `out`.
+    let r = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags | libc::AT_EMPTY_PATH,
+            mask,
+            &mut out,
+        )
+    };
+    if r < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(out)
+}
+
+/// The bytes of a plain-integer C struct, to copy into a caller's memory.
+pub(crate) fn struct_bytes<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: T is one of libc's stat structs: integers only, no padding the kernel
+    // leaves undefined (they are filled by the kernel or zeroed first), read within
+    // its size.
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+        .to_vec()
+}
+
+/// Installs a seccomp filter on this process (and what it execs) that passes every
+/// call of [`CHOWN_CALLS`] and [`STAT_CALLS`] to a supervisor, and returns the
+/// supervisor's end (the listener, close-on-exec). Other calls, and every call of
+/// another ABI (i386, x32), run as usual.
+pub(crate) fn install_chown_listener() -> Result<OwnedFd> {
+    use libc::{sock_filter, sock_fprog};
+    let stmt = |code: u32, k: u32| sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jt: u8, jf: u8| sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let calls: Vec<i64> = CHOWN_CALLS
+        .iter()
+        .chain(STAT_CALLS.iter())
+        .copied()
+        .collect();
+    let n = calls.len() as u8;
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    // seccomp_data: nr at 0, arch at 4.
+    let mut prog = vec![stmt(load, 4), jeq(NATIVE_ARCH, 0, n + 1), stmt(load, 0)];
+    for (i, nr) in calls.iter().enumerate() {
+        // Equal: to the notify return, past the remaining tests and the allow.
+        prog.push(jeq(*nr as u32, n - i as u8, 0));
+    }
+    prog.push(stmt(ret, libc::SECCOMP_RET_ALLOW));
+    prog.push(stmt(ret, libc::SECCOMP_RET_USER_NOTIF));
+    let fprog = sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: seccomp(2) reads `fprog` and the `prog.len()` instructions it points at,
+    // both alive for the call; the return value is a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const sock_fprog,
+        )
+    };
+    if fd < 0 {
+        return Err(fail("installing the chown filter")(
+            nix::errno::Errno::last(),
+        ));
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// The next notification of `listener` (blocks until there is one).
+pub(crate) fn notif_recv(listener: &OwnedFd) -> nix::Result<libc::seccomp_notif> {
+    // SAFETY: seccomp_notif is plain integers, for which all zeroes is a value; the
+    // kernel wants it zeroed.
+    let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+    // SAFETY: the ioctl writes one seccomp_notif into `n`, which is that size.
+    let r = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_RECV,
+            &mut n as *mut libc::seccomp_notif,
+        )
+    };
+    if r < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(n)
+}
+
+/// Whether notification `id` is still pending (its caller alive, in that call).
+pub(crate) fn notif_id_valid(listener: &OwnedFd, id: u64) -> bool {
+    // SAFETY: the ioctl reads one u64 from `id`.
+    let r = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
+            &id as *const u64,
+        )
+    };
+    r == 0
+}
+
+/// Answers notification `id`: `Ok(v)` returns `v` from the call, `Err(errno)` fails it,
+/// and `None` lets the kernel run the call itself.
+pub(crate) fn notif_send(
+    listener: &OwnedFd,
+    id: u64,
+    answer: Option<std::result::Result<i64, nix::errno::Errno>>,
+) -> nix::Result<()> {
+    let (val, error, flags) = match answer {
+        Some(Ok(v)) => (v, 0, 0),
+        Some(Err(e)) => (0, -(e as i32), 0),
+        None => (0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
+    };
+    let mut resp = libc::seccomp_notif_resp {
+        id,
+        val,
+        error,
+        flags,
+    };
+    // SAFETY: the ioctl reads one seccomp_notif_resp from `resp`.
+    let r = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SEND,
+            &mut resp as *mut libc::seccomp_notif_resp,
+        )
+    };
+    if r < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
+}
+
+/// A descriptor that becomes readable when `pid` (a child) exits.
+pub(crate) fn pidfd_open(pid: Pid) -> nix::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// Owns a descriptor that arrived in an `SCM_RIGHTS` message.
+pub(crate) fn received_fd(fd: std::os::fd::RawFd) -> OwnedFd {
+    // SAFETY: the kernel installed this descriptor in our table when the message was
+    // received; the message owns nothing after it is read, so this is its only owner.
+    unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
 }

@@ -1,0 +1,145 @@
+//! Owners without a subordinate id range: a RUN's chown calls are recorded (in the
+//! `user.rootlesscontainers` xattr), read back by stat in that step and later ones, and
+//! land in the layer, which is the one a build with a range makes.
+
+use super::Case;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+
+const OWNERS: &str = r#"FROM REGISTRY/library/debian:bookworm-slim
+RUN mkdir -p /srv/app/sub /data && echo x > /srv/app/sub/f && echo y > /data/f \
+ && chown -R 1234:1234 /srv/app && chown 1000 /data/f && chown :2000 /data/f \
+ && install -o 33 -g 44 -m 0644 /etc/os-release /srv/conf \
+ && cp -a /srv/app /srv/copy \
+ && cp /bin/true /srv/tool && chmod 4755 /srv/tool && chown 5:5 /srv/tool \
+ && stat -c '%u:%g %a %n' /srv/app /srv/app/sub/f /data/f /srv/conf /srv/copy/sub/f /srv/tool > /srv/seen
+RUN stat -c '%u:%g %n' /data/f /srv/copy > /srv/seen-later && chown 0:0 /srv/copy
+"#;
+
+/// path -> "uid:gid mode [content]" of every entry of the image's layers but the
+/// first (the base), from the OCI archive `archive`, read with the tar crate.
+fn entries(archive: &std::path::Path) -> BTreeMap<String, String> {
+    let read = |name: &str| -> Vec<u8> {
+        let mut ar = tar::Archive::new(fs::File::open(archive).expect("archive"));
+        for e in ar.entries().expect("entries") {
+            let mut e = e.expect("entry");
+            if e.path().expect("path").to_string_lossy() == name {
+                let mut v = Vec::new();
+                e.read_to_end(&mut v).expect("read");
+                return v;
+            }
+        }
+        panic!("{name} is not in {}", archive.display())
+    };
+    let json = |b: Vec<u8>| -> serde_json::Value { serde_json::from_slice(&b).expect("json") };
+    let blob = |d: &serde_json::Value| {
+        read(&format!(
+            "blobs/sha256/{}",
+            &d.as_str().expect("digest")[7..]
+        ))
+    };
+    let index = json(read("index.json"));
+    let manifest = json(blob(&index["manifests"][0]["digest"]));
+    let mut out = BTreeMap::new();
+    for l in manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .skip(1)
+    {
+        let gz = blob(&l["digest"]);
+        let mut t = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
+        for e in t.entries().expect("layer") {
+            let mut e = e.expect("entry");
+            let h = e.header().clone();
+            let path = e
+                .path()
+                .expect("path")
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_string();
+            let mut content = String::new();
+            if h.entry_type().is_file() && path.contains("seen") {
+                e.read_to_string(&mut content).expect("content");
+            }
+            out.insert(
+                path,
+                format!(
+                    "{}:{} {:o} {content}",
+                    h.uid().expect("uid"),
+                    h.gid().expect("gid"),
+                    h.mode().expect("mode") & 0o7777
+                ),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn chown_without_a_subordinate_range_lands_in_the_layer_and_reads_back() {
+    let mut built = Vec::new();
+    for single in [true, false] {
+        let case = Case::new(OWNERS);
+        let archive = case.path("out.tar");
+        let env: &[(&str, &str)] = if single {
+            &[("KILN_IDMAP", "single")]
+        } else {
+            &[]
+        };
+        let run = super::store::build(
+            &case,
+            &["-o", &format!("type=oci,dest={}", archive.display())],
+            env,
+        )
+        .expect_ok();
+        let mode = if single {
+            "single id"
+        } else {
+            "subordinate ids"
+        };
+        assert!(
+            run.stderr.contains(&format!("identity mapping: {mode}")),
+            "{}",
+            run.stderr
+        );
+        built.push((mode, entries(&archive)));
+    }
+    let (_, single) = &built[0];
+    for (path, want) in [
+        ("srv/app", "1234:1234 755 "),
+        ("srv/app/sub/f", "1234:1234 644 "),
+        ("data/f", "1000:2000 644 "),
+        ("srv/conf", "33:44 644 "),
+        ("srv/copy/sub/f", "1234:1234 644 "),
+        // chown clears the set-user-ID bit, as Linux does.
+        ("srv/tool", "5:5 755 "),
+        ("srv/copy", "0:0 755 "),
+    ] {
+        assert_eq!(
+            single.get(path).map(String::as_str),
+            Some(want),
+            "{path}: {single:#?}"
+        );
+    }
+    // stat saw the recorded owners, in the step and in the next one.
+    let seen = &single["srv/seen"];
+    for line in [
+        "1234:1234 755 /srv/app",
+        "1000:2000 644 /data/f",
+        "33:44 644 /srv/conf",
+        "1234:1234 644 /srv/copy/sub/f",
+        "5:5 755 /srv/tool",
+    ] {
+        assert!(seen.contains(line), "{line:?} in {seen}");
+    }
+    let later = &single["srv/seen-later"];
+    assert!(
+        later.contains("1000:2000 /data/f") && later.contains("1234:1234 /srv/copy"),
+        "{later}"
+    );
+    // The same layers as a build with a subordinate range makes.
+    assert_eq!(built[0].1, built[1].1);
+}
