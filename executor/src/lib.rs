@@ -20,6 +20,7 @@ pub mod fake;
 pub mod fileop;
 mod helper;
 pub mod housekeeping;
+mod ids;
 mod owners;
 pub mod paths;
 pub mod probe;

@@ -1,4 +1,6 @@
-//! Owner changes in a single-id namespace: `chown` and its kin, answered by recording.
+//! Owner changes in a single-id namespace: `chown` and its kin, answered by recording;
+//! `stat` and its kin, answered with what was recorded; and the identity calls, which
+//! [`crate::ids`] emulates.
 //!
 //! Without a subordinate id range only root exists in kiln's user namespace, so the
 //! kernel refuses `chown 1000 f` (EINVAL: the id is not mapped) and with it dpkg,
@@ -46,6 +48,7 @@ use std::os::unix::fs::FileExt;
 pub(crate) struct Supervisor {
     listener: OwnedFd,
     proc: OwnedFd,
+    ids: crate::ids::Ids,
 }
 
 /// Sends the listener to the supervisor over `sock` (an `AF_UNIX` socket pair's end).
@@ -115,11 +118,15 @@ impl Supervisor {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS).ok()?;
         nix::unistd::fchdir(&root).ok()?;
         nix::unistd::chroot(".").ok()?;
-        Some(Supervisor { listener, proc })
+        Some(Supervisor {
+            listener,
+            proc,
+            ids: Default::default(),
+        })
     }
 
     /// Answers the filter's notifications until `child` exits.
-    pub(crate) fn serve(&self, child: Pid) {
+    pub(crate) fn serve(&mut self, child: Pid) {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         let Ok(exited) = sys::pidfd_open(child) else {
             return;
@@ -156,13 +163,83 @@ impl Supervisor {
     }
 
     /// The answer to one call: its result, or `None` to let it run as is.
-    fn answer(&self, n: &libc::seccomp_notif) -> Option<Result<i64, Errno>> {
+    fn answer(&mut self, n: &libc::seccomp_notif) -> Option<Result<i64, Errno>> {
         let nr = i64::from(n.data.nr);
-        if sys::STAT_CALLS.contains(&nr) {
+        if sys::ID_CALLS.contains(&nr) {
+            self.answer_id(n)
+        } else if sys::STAT_CALLS.contains(&nr) {
             self.answer_stat(n)
         } else {
             self.answer_chown(n)
         }
+    }
+
+    /// An identity call, answered from the caller's emulated credentials.
+    fn answer_id(&mut self, n: &libc::seccomp_notif) -> Option<Result<i64, Errno>> {
+        use crate::ids::Call;
+        let (pid, a, nr) = (n.pid, n.data.args, i64::from(n.data.nr));
+        let id = |v: u64| v as u32;
+        let me = status(&self.proc, pid)?;
+        let proc = &self.proc;
+        let creds = self.ids.of(&me, &|p| status(proc, p));
+        let call = match nr {
+            x if x == libc::SYS_getgroups => {
+                let (size, list) = (a[0] as i32, a[1]);
+                let n_groups = creds.groups.len();
+                if size == 0 {
+                    return Some(Ok(n_groups as i64));
+                }
+                if size < 0 || (size as usize) < n_groups {
+                    return Some(Err(Errno::EINVAL));
+                }
+                let bytes: Vec<u8> = creds.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
+                let done = write_mem(proc, &self.listener, n, list, &bytes);
+                return Some(done.map(|()| n_groups as i64));
+            }
+            x if x == libc::SYS_getresuid || x == libc::SYS_getresgid => {
+                let ids = if x == libc::SYS_getresuid {
+                    creds.uid
+                } else {
+                    creds.gid
+                };
+                for (slot, addr) in a[..3].iter().enumerate() {
+                    let done = write_mem(proc, &self.listener, n, *addr, &ids[slot].to_ne_bytes());
+                    if let Err(e) = done {
+                        return Some(Err(e));
+                    }
+                }
+                return Some(Ok(0));
+            }
+            x if x == libc::SYS_setgroups => {
+                let size = a[0] as i32;
+                if !(0..=65536).contains(&size) {
+                    return Some(Err(Errno::EINVAL));
+                }
+                let bytes = match read_mem(proc, pid, a[1], size as usize * 4) {
+                    Ok(b) => b,
+                    Err(e) => return Some(Err(e)),
+                };
+                let groups = bytes
+                    .chunks_exact(4)
+                    .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                Call::SetGroups(groups)
+            }
+            x if x == libc::SYS_setuid => Call::SetUid(id(a[0])),
+            x if x == libc::SYS_setgid => Call::SetGid(id(a[0])),
+            x if x == libc::SYS_setreuid => Call::SetReUid(id(a[0]), id(a[1])),
+            x if x == libc::SYS_setregid => Call::SetReGid(id(a[0]), id(a[1])),
+            x if x == libc::SYS_setresuid => Call::SetResUid(id(a[0]), id(a[1]), id(a[2])),
+            x if x == libc::SYS_setresgid => Call::SetResGid(id(a[0]), id(a[1]), id(a[2])),
+            x if x == libc::SYS_setfsuid => Call::SetFsUid(id(a[0])),
+            x if x == libc::SYS_setfsgid => Call::SetFsGid(id(a[0])),
+            x if x == libc::SYS_getuid => Call::GetUid,
+            x if x == libc::SYS_geteuid => Call::GetEUid,
+            x if x == libc::SYS_getgid => Call::GetGid,
+            x if x == libc::SYS_getegid => Call::GetEGid,
+            _ => return None,
+        };
+        Some(crate::ids::apply(creds, call))
     }
 
     /// A stat call: for a file whose owner was recorded, the caller gets the file's
@@ -367,6 +444,89 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// What the kernel says of process (thread) `pid`: its thread group, parent, start
+/// time and supplementary groups.
+fn status(proc: &OwnedFd, pid: u32) -> Option<crate::ids::Status> {
+    let read = |what: &str| -> Option<String> {
+        let fd = openat(
+            proc,
+            format!("{pid}/{what}").as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        std::io::read_to_string(std::fs::File::from(fd)).ok()
+    };
+    let text = read("status")?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let tgid = field("Tgid:")?.parse().ok()?;
+    let ppid = field("PPid:")?.parse().ok()?;
+    let groups = field("Groups:")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    // stat's 22nd field, after the command name in parentheses (which may hold
+    // spaces and parentheses itself).
+    let stat = read("stat")?;
+    let started = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    Some(crate::ids::Status {
+        tgid,
+        ppid,
+        started,
+        groups,
+    })
+}
+
+/// `len` bytes at `addr` of process `pid`.
+fn read_mem(proc: &OwnedFd, pid: u32, addr: u64, len: usize) -> Result<Vec<u8>, Errno> {
+    let fd = openat(
+        proc,
+        format!("{pid}/mem").as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut buf = vec![0u8; len];
+    std::fs::File::from(fd)
+        .read_exact_at(&mut buf, addr)
+        .map_err(|_| Errno::EFAULT)?;
+    Ok(buf)
+}
+
+/// Writes `bytes` at `addr` of the caller of notification `n`, while its call is
+/// pending.
+fn write_mem(
+    proc: &OwnedFd,
+    listener: &OwnedFd,
+    n: &libc::seccomp_notif,
+    addr: u64,
+    bytes: &[u8],
+) -> Result<(), Errno> {
+    let fd = openat(
+        proc,
+        format!("{}/mem", n.pid).as_str(),
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // The memory is the caller's only while the call is pending.
+    if !sys::notif_id_valid(listener, n.id) {
+        return Err(Errno::ESRCH);
+    }
+    std::fs::File::from(fd)
+        .write_all_at(bytes, addr)
+        .map_err(|_| Errno::EFAULT)
 }
 
 /// A descriptor number the caller does not have is its EBADF, not our ENOENT.

@@ -433,7 +433,7 @@ pub fn run(
                         }
                         ForkResult::Parent { child } => {
                             drop(run_end);
-                            if let Some(s) = supervisor_end
+                            if let Some(mut s) = supervisor_end
                                 .as_ref()
                                 .and_then(|end| crate::owners::Supervisor::receive(end, child))
                             {

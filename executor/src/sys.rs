@@ -385,6 +385,26 @@ pub(crate) const STAT_CALLS: [i64; 5] = [
 #[cfg(target_arch = "aarch64")]
 pub(crate) const STAT_CALLS: [i64; 3] = [libc::SYS_fstat, libc::SYS_newfstatat, libc::SYS_statx];
 
+/// The identity calls, which the supervisor emulates (see `crate::ids`).
+pub(crate) const ID_CALLS: [i64; 16] = [
+    libc::SYS_setuid,
+    libc::SYS_setgid,
+    libc::SYS_setreuid,
+    libc::SYS_setregid,
+    libc::SYS_setresuid,
+    libc::SYS_setresgid,
+    libc::SYS_getresuid,
+    libc::SYS_getresgid,
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
+    libc::SYS_setgroups,
+    libc::SYS_getgroups,
+    libc::SYS_setfsuid,
+    libc::SYS_setfsgid,
+];
+
 /// statx(2) of the file `fd` is open on (an `O_PATH` descriptor will do).
 pub(crate) fn statx_fd(fd: &impl AsRawFd, flags: i32, mask: u32) -> nix::Result<libc::statx> {
     // SAFETY: statx is plain integers, for which all zeroes is a value.
@@ -415,7 +435,7 @@ pub(crate) fn struct_bytes<T: Copy>(v: &T) -> Vec<u8> {
 }
 
 /// Installs a seccomp filter on this process (and what it execs) that passes every
-/// call of [`CHOWN_CALLS`] and [`STAT_CALLS`] to a supervisor, and returns the
+/// call of [`CHOWN_CALLS`], [`STAT_CALLS`] and [`ID_CALLS`] to a supervisor, and returns the
 /// supervisor's end (the listener, close-on-exec). Other calls, and every call of
 /// another ABI (i386, x32), run as usual.
 pub(crate) fn install_chown_listener() -> Result<OwnedFd> {
@@ -435,6 +455,7 @@ pub(crate) fn install_chown_listener() -> Result<OwnedFd> {
     let calls: Vec<i64> = CHOWN_CALLS
         .iter()
         .chain(STAT_CALLS.iter())
+        .chain(ID_CALLS.iter())
         .copied()
         .collect();
     let n = calls.len() as u8;

@@ -143,3 +143,29 @@ fn chown_without_a_subordinate_range_lands_in_the_layer_and_reads_back() {
     // The same layers as a build with a subordinate range makes.
     assert_eq!(built[0].1, built[1].1);
 }
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn switching_user_works_without_a_subordinate_range() {
+    // busybox's su: setgroups, setgid, setuid, then the shell; the ids it switched to
+    // are what the shell sees, and its parent keeps root's.
+    let case = Case::new(
+        "FROM REGISTRY/library/busybox:latest\n\
+         RUN su -s /bin/sh nobody -c 'id -u; id -g; id -G' > /ids && id -u >> /ids\n",
+    );
+    let archive = case.path("out.tar");
+    super::store::build(
+        &case,
+        &[
+            "-o",
+            &format!("type=oci,dest={}", archive.display()),
+            "-t",
+            "ids:1",
+        ],
+        &[("KILN_IDMAP", "single")],
+    )
+    .expect_ok();
+    let rootfs = super::umoci_unpack(&case, &archive, "1");
+    let ids = fs::read_to_string(rootfs.join("ids")).expect("ids");
+    assert_eq!(ids, "65534\n65534\n65534\n0\n");
+}
