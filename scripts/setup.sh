@@ -13,6 +13,9 @@
 #   - seeds base images with independent tools (umoci, skopeo, python3), never kiln:
 #       127.0.0.1:5000/library/busybox:latest        linux/amd64 + linux/arm64 index
 #       127.0.0.1:5000/library/debian:bookworm-slim   Debian's dash, coreutils, grep, sed
+#       127.0.0.1:5000/library/debian-apt:bookworm    mmdebstrap's minbase (apt, dpkg, passwd)
+#   - makes a flat apt repository in $STATE/apt-repo (apt-utils' apt-ftparchive) that
+#     the tests serve on 127.0.0.1,
 set -euo pipefail
 
 STATE=${KILN_CI_STATE:-/var/tmp/kiln-ci}
@@ -30,7 +33,7 @@ fi
 install_packages() {
   export DEBIAN_FRONTEND=noninteractive
   local need=0
-  for p in docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler keyutils python3-venv; do
+  for p in docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler keyutils python3-venv mmdebstrap apt-utils; do
     dpkg -s "$p" >/dev/null 2>&1 || need=1
   done
   if ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -41,7 +44,7 @@ install_packages() {
     log "installing packages"
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends \
-      docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler keyutils python3-venv ca-certificates >/dev/null
+      docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler keyutils python3-venv mmdebstrap apt-utils ca-certificates >/dev/null
     mkdir -p "$STATE" && touch "$STATE/.apt-updated"
   fi
 }
@@ -180,6 +183,57 @@ seed_debian() {
   rm -rf "$work"
 }
 
+# A Debian base with apt, dpkg and passwd (mmdebstrap's minbase, from Debian's own
+# packages): files of system users and groups in it (shadow, _apt's directories).
+seed_debian_apt() {
+  have_image library/debian-apt:bookworm && return
+  log "seeding $REGISTRY/library/debian-apt:bookworm (mmdebstrap minbase)"
+  local work
+  work=$(mktemp -d)
+  chmod 755 "$work"
+  mmdebstrap --quiet --variant=minbase --include=passwd bookworm "$work/root"
+  umoci_image "$work/oci" bookworm "$work/root" amd64 bash
+  skopeo copy -q --dest-tls-verify=false "oci:$work/oci:bookworm" "docker://$REGISTRY/library/debian-apt:bookworm"
+  rm -rf "$work"
+}
+
+# A flat apt repository (the tests serve it on 127.0.0.1) with one package whose
+# files belong to www-data and whose postinst makes a system user and gives it a
+# directory: what a package install needs of owners and identities.
+make_apt_repo() {
+  local repo="$STATE/apt-repo"
+  [ -f "$repo/Release" ] && return
+  log "making the test apt repository in $repo"
+  local work pkg
+  work=$(mktemp -d)
+  pkg="$work/kiln-test-owned"
+  mkdir -p "$pkg/DEBIAN" "$pkg/var/www/kiln-test" "$pkg/usr/share/kiln-test"
+  echo served >"$pkg/var/www/kiln-test/index.html"
+  echo data >"$pkg/usr/share/kiln-test/data"
+  chown -R 33:33 "$pkg/var/www/kiln-test"
+  cat >"$pkg/DEBIAN/control" <<CONTROL
+Package: kiln-test-owned
+Version: 1.0
+Architecture: all
+Maintainer: kiln tests <tests@kiln.invalid>
+Depends: adduser, passwd
+Description: files of www-data, and a system user made at install
+CONTROL
+  cat >"$pkg/DEBIAN/postinst" <<'POSTINST'
+#!/bin/sh
+set -e
+getent passwd kilnsvc >/dev/null || adduser --system --group --quiet --no-create-home kilnsvc
+install -d -o kilnsvc -g kilnsvc -m 0750 /var/lib/kiln-test
+POSTINST
+  chmod 0755 "$pkg/DEBIAN/postinst"
+  rm -rf "$repo"
+  mkdir -p "$repo"
+  dpkg-deb --build "$pkg" "$repo/kiln-test-owned_1.0_all.deb" >/dev/null
+  (cd "$repo" && apt-ftparchive packages . >Packages && apt-ftparchive release . >Release)
+  chmod -R a+rX "$repo"
+  rm -rf "$work"
+}
+
 # moto's S3 server, for the s3 cache test (the test starts it on 127.0.0.1), in a
 # virtualenv of Debian's python3 that the test user can run.
 install_moto() {
@@ -197,5 +251,7 @@ create_user
 start_registry
 seed_busybox
 seed_debian
+seed_debian_apt
+make_apt_repo
 install_moto
 log "ready: registry $REGISTRY, test user $TEST_USER"

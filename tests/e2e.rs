@@ -80,6 +80,63 @@ impl RegistryLog {
     }
 }
 
+/// The apt repository scripts/setup.sh makes (`KILN_E2E_APT_REPO`), served over HTTP on
+/// 127.0.0.1 for as long as this lives.
+struct AptRepo {
+    server: std::process::Child,
+    port: u16,
+}
+
+impl AptRepo {
+    fn start() -> AptRepo {
+        let dir = std::env::var("KILN_E2E_APT_REPO")
+            .expect("KILN_E2E_APT_REPO: the test apt repository (scripts/test.sh)");
+        // A port the kernel says is free; python binds it right after.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let server = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                &dir,
+            ])
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        // Dropped (and so killed) if it never answers.
+        let repo = AptRepo { server, port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return repo;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the apt repository server did not start on 127.0.0.1:{port}")
+    }
+
+    /// A RUN line that points apt at this repository only.
+    fn sources(&self) -> String {
+        format!(
+            "echo 'deb [trusted=yes] http://127.0.0.1:{}/ ./' > /etc/apt/sources.list && rm -f /etc/apt/sources.list.d/*",
+            self.port
+        )
+    }
+}
+
+impl Drop for AptRepo {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
 /// A scratch directory with a context and a kiln store of its own.
 struct Case {
     dir: tempfile::TempDir,

@@ -121,3 +121,43 @@ fn as_root_kiln_maps_65536_ids_and_steps_keep_the_owners_they_set() {
         run.stderr
     );
 }
+
+#[test]
+#[ignore = "end-to-end, as root: scripts/test.sh runs it as root"]
+fn as_root_apt_get_install_and_useradd_keep_their_owners() {
+    assert_eq!(nix_uid(), 0, "this module checks kiln run as root");
+    let repo = super::AptRepo::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let ctx = dir.path().join("ctx");
+    fs::create_dir(&ctx).expect("ctx");
+    let dockerfile = super::owners::apt_dockerfile(&repo).replace("REGISTRY", &registry());
+    fs::write(ctx.join("Dockerfile"), dockerfile).expect("Dockerfile");
+    let out = dir.path().join("o.tar");
+    let run = Run::from(
+        Command::new(kiln_bin())
+            .arg("build")
+            .arg("--root")
+            .arg(dir.path().join("store"))
+            .args(["--progress", "plain", "-o"])
+            .arg(format!("type=oci,dest={}", out.display()))
+            .arg(&ctx)
+            .output()
+            .expect("run kiln"),
+    )
+    .expect_ok();
+    for bad in ["setgroups", "W: chown", "E: "] {
+        assert!(!run.stderr.contains(bad), "{bad:?} in\n{}", run.stderr);
+    }
+    let o = owners(&out);
+    assert_eq!(
+        o.get("var/www/kiln-test/index.html"),
+        Some(&(33, 33)),
+        "{o:?}"
+    );
+    assert_eq!(o.get("home/app/.bashrc"), Some(&(1234, 1234)), "{o:?}");
+    assert_eq!(o.get("etc/shadow"), Some(&(0, 42)), "{o:?}");
+    let svc = o
+        .get("var/lib/kiln-test")
+        .expect("the postinst's directory");
+    assert!(svc.0 != 0 && svc.1 != 0, "a system user's: {svc:?}");
+}

@@ -169,3 +169,83 @@ fn switching_user_works_without_a_subordinate_range() {
     let ids = fs::read_to_string(rootfs.join("ids")).expect("ids");
     assert_eq!(ids, "65534\n65534\n65534\n0\n");
 }
+
+/// The package install the issue names: apt-get update and install from a local
+/// repository (apt drops to `_apt`; dpkg sets owners from the package; its postinst
+/// makes a system user and gives it a directory), then useradd and chown -R.
+pub(super) fn apt_dockerfile(repo: &super::AptRepo) -> String {
+    format!(
+        "FROM REGISTRY/library/debian-apt:bookworm\n\
+         RUN {} && apt-get update && apt-get install -y --no-install-recommends kiln-test-owned \\\n\
+          && stat -c '%U:%G %n' /var/www/kiln-test/index.html /var/lib/kiln-test /var/lib/apt/lists/partial > /seen\n\
+         RUN useradd -m -u 1234 app && chown -R app:app /home/app && stat -c '%U:%G %n' /home/app/.bashrc >> /seen\n",
+        repo.sources()
+    )
+}
+
+/// The owners of what the install and useradd touched, and what stat said.
+pub(super) const APT_EXPECTED: [(&str, &str); 5] = [
+    ("var/www/kiln-test/index.html", "33:33 644 "),
+    ("home/app", "1234:1234 755 "),
+    ("home/app/.bashrc", "1234:1234 644 "),
+    ("etc/shadow", "0:42 640 "),
+    ("seen", ""),
+];
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn apt_get_install_and_useradd_work_without_a_subordinate_range() {
+    let repo = super::AptRepo::start();
+    let mut built = Vec::new();
+    for single in [true, false] {
+        let case = Case::new(&apt_dockerfile(&repo));
+        let archive = case.path("out.tar");
+        let env: &[(&str, &str)] = if single {
+            &[("KILN_IDMAP", "single")]
+        } else {
+            &[]
+        };
+        let run = super::store::build(
+            &case,
+            &[
+                "-o",
+                &format!("type=oci,dest={}", archive.display()),
+                "-t",
+                "apt:1",
+            ],
+            env,
+        )
+        .expect_ok();
+        for bad in ["setgroups", "W: chown", "Can not write log", "E: "] {
+            assert!(!run.stderr.contains(bad), "{bad:?} in\n{}", run.stderr);
+        }
+        let rootfs = super::umoci_unpack(&case, &archive, "1");
+        let seen = fs::read_to_string(rootfs.join("seen")).expect("seen");
+        assert_eq!(
+            seen,
+            "www-data:www-data /var/www/kiln-test/index.html\n\
+             kilnsvc:kilnsvc /var/lib/kiln-test\n\
+             _apt:root /var/lib/apt/lists/partial\n\
+             app:app /home/app/.bashrc\n",
+            "single id: {single}"
+        );
+        built.push(entries(&archive));
+    }
+    let svc = |e: &BTreeMap<String, String>| e.get("var/lib/kiln-test").cloned();
+    for (path, want) in APT_EXPECTED.iter().filter(|(_, w)| !w.is_empty()) {
+        assert_eq!(
+            built[0].get(*path).map(String::as_str),
+            Some(*want),
+            "{path}"
+        );
+    }
+    // The same owners with and without a range, the system user's included.
+    for path in APT_EXPECTED
+        .iter()
+        .map(|(p, _)| *p)
+        .chain(["var/lib/kiln-test", "var/www/kiln-test"])
+    {
+        assert_eq!(built[0].get(path), built[1].get(path), "{path}");
+    }
+    assert!(svc(&built[0]).is_some_and(|o| o.ends_with(" 750 ") && !o.starts_with("0:")));
+}
