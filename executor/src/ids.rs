@@ -15,8 +15,9 @@
 //!
 //! A process is known by its thread group, since glibc applies a change to every
 //! thread. A process seen for the first time inherits the credentials of its parent
-//! (they survive fork and exec) or, failing that, starts as root. Its start time
-//! tells a reused pid from the process that had it.
+//! (they survive fork and exec) or, failing that, has those the RUN started with:
+//! root's, or its `USER`'s. Its start time tells a reused pid from the process that
+//! had it.
 
 use nix::errno::Errno;
 use std::collections::HashMap;
@@ -58,6 +59,9 @@ pub(crate) struct Status {
 #[derive(Default)]
 pub(crate) struct Ids {
     known: HashMap<u32, (u64, Creds)>,
+    /// What a process with no known ancestor starts with (the RUN's USER); root when
+    /// `None`.
+    first: Option<Creds>,
 }
 
 /// An identity call, decoded.
@@ -78,6 +82,18 @@ pub(crate) enum Call {
 }
 
 impl Ids {
+    /// Ids whose processes start as `uid:gid` with `groups` (a RUN's non-root USER).
+    pub(crate) fn starting_as(uid: u32, gid: u32, groups: Vec<u32>) -> Ids {
+        Ids {
+            known: HashMap::new(),
+            first: Some(Creds {
+                uid: [uid; 4],
+                gid: [gid; 4],
+                groups,
+            }),
+        }
+    }
+
     /// The credentials of the process `status` describes; `parent` gives a parent's
     /// status when it must be looked up.
     pub(crate) fn of(
@@ -104,13 +120,18 @@ impl Ids {
                 }
                 p = ps.ppid;
             }
-            let creds = inherited.unwrap_or_else(|| Creds::root(status.groups.clone()));
+            // Every process of the RUN descends from its first one: with no known
+            // ancestor, a process has what the first one started with.
+            let creds = inherited
+                .or_else(|| self.first.clone())
+                .unwrap_or_else(|| Creds::root(status.groups.clone()));
             self.known.insert(status.tgid, (status.started, creds));
         }
-        let slot = self
-            .known
-            .entry(status.tgid)
-            .or_insert_with(|| (status.started, Creds::root(status.groups.clone())));
+        let first = self.first.clone();
+        let slot = self.known.entry(status.tgid).or_insert_with(|| {
+            let creds = first.unwrap_or_else(|| Creds::root(status.groups.clone()));
+            (status.started, creds)
+        });
         &mut slot.1
     }
 }

@@ -51,11 +51,19 @@ pub(crate) struct Supervisor {
     ids: crate::ids::Ids,
 }
 
-/// Sends the listener to the supervisor over `sock` (an `AF_UNIX` socket pair's end).
-pub(crate) fn send_listener(sock: &OwnedFd, listener: &OwnedFd) -> nix::Result<()> {
+/// Sends the listener to the supervisor over `sock` (an `AF_UNIX` socket pair's end),
+/// with the ids the RUN's processes start as: `uid`, `gid` and `groups`.
+pub(crate) fn send_listener(
+    sock: &OwnedFd,
+    listener: &OwnedFd,
+    (uid, gid, groups): (u32, u32, &[u32]),
+) -> nix::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let fds = [listener.as_raw_fd()];
-    let iov = [std::io::IoSlice::new(b"L")];
+    let mut words = vec![uid, gid];
+    words.extend_from_slice(groups);
+    let payload: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let iov = [std::io::IoSlice::new(&payload)];
     sendmsg::<()>(
         sock.as_raw_fd(),
         &iov,
@@ -68,9 +76,9 @@ pub(crate) fn send_listener(sock: &OwnedFd, listener: &OwnedFd) -> nix::Result<(
 
 /// Receives the listener the RUN's first process sends over `sock`; `None` when it
 /// sends none (it failed first, or could not install the filter).
-fn receive_listener(sock: &OwnedFd) -> Option<OwnedFd> {
+fn receive_listener(sock: &OwnedFd) -> Option<(OwnedFd, Vec<u32>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut buf = [0u8; 1];
+    let mut buf = vec![0u8; 4 * (2 + 65536)];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
     let msg = loop {
@@ -84,11 +92,17 @@ fn receive_listener(sock: &OwnedFd) -> Option<OwnedFd> {
             r => break r.ok()?,
         }
     };
+    let len = msg.bytes;
     let fd = msg.cmsgs().ok()?.find_map(|c| match c {
         ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
         _ => None,
     })?;
-    Some(sys::received_fd(fd))
+    let fd = sys::received_fd(fd);
+    let words = buf[..len]
+        .chunks_exact(4)
+        .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Some((fd, words))
 }
 
 impl Supervisor {
@@ -96,7 +110,11 @@ impl Supervisor {
     /// `child`'s mount namespace and root (this process does nothing else after
     /// supervising). `None`: no filter, nothing to supervise.
     pub(crate) fn receive(sock: &OwnedFd, child: Pid) -> Option<Supervisor> {
-        let listener = receive_listener(sock)?;
+        let (listener, words) = receive_listener(sock)?;
+        let ids = match words.as_slice() {
+            [0, 0, ..] | [] | [_] => crate::ids::Ids::default(),
+            [uid, gid, groups @ ..] => crate::ids::Ids::starting_as(*uid, *gid, groups.to_vec()),
+        };
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let proc = openat(AT_FDCWD, "/proc", flags, Mode::empty()).ok()?;
         let at = |what: &str| {
@@ -121,7 +139,7 @@ impl Supervisor {
         Some(Supervisor {
             listener,
             proc,
-            ids: Default::default(),
+            ids,
         })
     }
 
@@ -324,7 +342,7 @@ impl Supervisor {
     }
 
     /// A chown call: the owner recorded, and success.
-    fn answer_chown(&self, n: &libc::seccomp_notif) -> Option<Result<i64, Errno>> {
+    fn answer_chown(&mut self, n: &libc::seccomp_notif) -> Option<Result<i64, Errno>> {
         let pid = n.pid;
         let a = n.data.args;
         let nr = i64::from(n.data.nr);
@@ -368,6 +386,18 @@ impl Supervisor {
         // What was read is the caller's only while the call is still pending.
         if !sys::notif_id_valid(&self.listener, n.id) {
             return Some(Err(Errno::ESRCH));
+        }
+        // As the kernel has it: only a privileged caller gives files away; any other
+        // may set its own uid and one of its groups.
+        let me = status(&self.proc, pid)?;
+        let proc = &self.proc;
+        let creds = self.ids.of(&me, &|p| status(proc, p));
+        if creds.uid[1] != 0 {
+            let own_uid = uid == u32::MAX || uid == creds.uid[1];
+            let own_gid = gid == u32::MAX || gid == creds.gid[1] || creds.groups.contains(&gid);
+            if !own_uid || !own_gid {
+                return Some(Err(Errno::EPERM));
+            }
         }
         Some(
             self.resolve(pid, &target, path.as_deref())

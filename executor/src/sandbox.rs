@@ -680,14 +680,18 @@ fn sandbox_init(
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", user.home));
     }
-    if kiln_snapshotter::owner::emulating() && (user.uid, user.gid) != (0, 0) {
-        return Err(Error::NeedsSubids {
-            user: spec.user.clone(),
-            uid: user.uid,
-            gid: user.gid,
-        });
+    // In a single-id namespace a USER other than root exists only as the supervisor's
+    // emulation (crate::ids): the process stays root of the namespace and is told it
+    // is the USER; the files it makes get the USER's owner in the layer.
+    let emulated_user = kiln_snapshotter::owner::emulating() && (user.uid, user.gid) != (0, 0);
+    let needs_subids = || Error::NeedsSubids {
+        user: spec.user.clone(),
+        uid: user.uid,
+        gid: user.gid,
+    };
+    if !emulated_user {
+        sys::become_user(user.uid, user.gid, &user.groups)?;
     }
-    sys::become_user(user.uid, user.gid, &user.groups)?;
     // Changing credentials cleared the parent-death signal: without it, a killed
     // helper would leave this step running.
     sys::die_with_parent()?;
@@ -706,10 +710,21 @@ fn sandbox_init(
     // Last, so that none of kiln's own calls above go to the supervisor. Where the
     // filter cannot be installed (a listener already on the chain: kiln inside a
     // container that uses one) chown fails as it would without it.
-    if let Some(sock) = owners {
-        if let Ok(listener) = sys::install_chown_listener() {
-            let _ = crate::owners::send_listener(sock, &listener);
+    match owners.map(|sock| (sock, sys::install_chown_listener())) {
+        Some((sock, Ok(listener))) => {
+            let ids = if emulated_user {
+                (user.uid, user.gid, user.groups.as_slice())
+            } else {
+                (0, 0, &[][..])
+            };
+            // The filter is on: without its supervisor the RUN would wait forever at
+            // its first chown, so a failed hand-over fails the step.
+            crate::owners::send_listener(sock, &listener, ids).map_err(crate::sys_err(
+                "handing the chown listener to the supervisor",
+            ))?;
         }
+        _ if emulated_user => return Err(needs_subids()),
+        _ => {}
     }
     Err(sys::exec(&prog, &spec.argv, &env))
 }

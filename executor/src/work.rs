@@ -203,6 +203,63 @@ pub(crate) fn write_layer_file(
     r
 }
 
+/// The owner of a RUN's `USER` when it is not root, from the rootfs `root` (resolved
+/// inside it, before the RUN).
+fn user_owner(root: &Path, spec: &str) -> Option<(u32, u32)> {
+    let read = |rel: &str| {
+        crate::paths::resolve_in_root(root, rel, true)
+            .ok()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    };
+    let user = crate::user::resolve_user_in(spec, &read("etc/passwd"), &read("etc/group")).ok()?;
+    Some((user.uid, user.gid)).filter(|o| *o != (0, 0))
+}
+
+/// Gives `uid:gid` (as recorded owners) to every file and directory of `upper` that
+/// the step made: not in the layers below, and with no owner recorded by a chown.
+/// What it changed of the files below keeps their owners.
+fn give_new_entries(
+    store: &Store,
+    lowers: &[String],
+    upper: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<()> {
+    use kiln_snapshotter::owner;
+    let below: Vec<std::path::PathBuf> = store
+        .visible(lowers)
+        .iter()
+        .map(|id| store.snapshot_path(id))
+        .collect();
+    let mut todo = vec![(std::path::PathBuf::new(), 0usize)];
+    while let Some((rel, depth)) = todo.pop() {
+        if depth > kiln_snapshotter::MAX_TREE_DEPTH {
+            return Err(kiln_snapshotter::too_deep(&rel).into());
+        }
+        for e in fs::read_dir(upper.join(&rel))? {
+            let e = e?;
+            let rel = rel.join(e.file_name());
+            let at = upper.join(&rel);
+            let m = fs::symlink_metadata(&at)?;
+            if !(m.is_file() || m.is_dir()) {
+                continue;
+            }
+            let made_here = !below
+                .iter()
+                .any(|b| fs::symlink_metadata(b.join(&rel)).is_ok());
+            let recorded = xattr::get(&at, owner::XATTR).ok().flatten().is_some();
+            if made_here && !recorded {
+                owner::chown(&at, uid, gid)?;
+            }
+            if m.is_dir() {
+                todo.push((rel, depth + 1));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Removes a temporary tree of the helper's (what a RUN left there can be of any depth).
 fn remove_tree(p: &Path) {
     let _ = kiln_snapshotter::tree::remove_all(p);
@@ -307,8 +364,14 @@ fn step(
     };
     let mut links = None;
     let mut holders = Vec::new();
+    // A non-root USER in a single-id namespace is emulated: what its RUN makes is
+    // root's on disk, and the USER's in the layer.
+    let mut new_files_owner = None;
     let outcome = match action {
         Action::Run(spec) => {
+            if kiln_snapshotter::owner::emulating() {
+                new_files_owner = user_owner(&merged, &spec.user);
+            }
             sandbox::run(store, kind, &merged, &dir.join("mounts"), spec).map(|end| {
                 holders = end.holders;
                 (end.code, end.not_started)
@@ -353,6 +416,9 @@ fn step(
     }
     if let Some(since) = since {
         native::diff(store, lowers, &merged, &upper, since)?;
+    }
+    if let Some((uid, gid)) = new_files_owner {
+        give_new_entries(store, lowers, &upper, uid, gid)?;
     }
     sandbox::prune_holders(store, lowers, &upper, &holders);
     let digests = write_layer_file(&upper, layer_out, layer_offset, compression)?;

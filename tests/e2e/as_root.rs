@@ -156,6 +156,7 @@ fn as_root_apt_get_install_and_useradd_keep_their_owners() {
     );
     assert_eq!(o.get("home/app/.bashrc"), Some(&(1234, 1234)), "{o:?}");
     assert_eq!(o.get("etc/shadow"), Some(&(0, 42)), "{o:?}");
+    assert_eq!(o.get("home/app/x"), Some(&(1234, 1234)), "{o:?}");
     let svc = o
         .get("var/lib/kiln-test")
         .expect("the postinst's directory");

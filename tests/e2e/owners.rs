@@ -178,17 +178,25 @@ pub(super) fn apt_dockerfile(repo: &super::AptRepo) -> String {
         "FROM REGISTRY/library/debian-apt:bookworm\n\
          RUN {} && apt-get update && apt-get install -y --no-install-recommends kiln-test-owned \\\n\
           && stat -c '%U:%G %n' /var/www/kiln-test/index.html /var/lib/kiln-test /var/lib/apt/lists/partial > /seen\n\
-         RUN useradd -m -u 1234 app && chown -R app:app /home/app && stat -c '%U:%G %n' /home/app/.bashrc >> /seen\n",
+         RUN useradd -m -u 1234 app && chown -R app:app /home/app && stat -c '%U:%G %n' /home/app/.bashrc >> /seen\n\
+         USER app\n\
+         RUN touch /home/app/x && mkdir /home/app/made && id -u > /home/app/made/id \\\n\
+          && ! chown root /home/app/x 2>/dev/null\n\
+         RUN stat -c '%U:%G %n' /home/app/x >> /home/app/made/id\n",
         repo.sources()
     )
 }
 
 /// The owners of what the install and useradd touched, and what stat said.
-pub(super) const APT_EXPECTED: [(&str, &str); 5] = [
+pub(super) const APT_EXPECTED: [(&str, &str); 8] = [
     ("var/www/kiln-test/index.html", "33:33 644 "),
     ("home/app", "1234:1234 755 "),
     ("home/app/.bashrc", "1234:1234 644 "),
     ("etc/shadow", "0:42 640 "),
+    // Made by the USER's RUN.
+    ("home/app/x", "1234:1234 644 "),
+    ("home/app/made", "1234:1234 755 "),
+    ("home/app/made/id", "1234:1234 644 "),
     ("seen", ""),
 ];
 
@@ -229,6 +237,8 @@ fn apt_get_install_and_useradd_work_without_a_subordinate_range() {
              app:app /home/app/.bashrc\n",
             "single id: {single}"
         );
+        let id = fs::read_to_string(rootfs.join("home/app/made/id")).expect("id");
+        assert_eq!(id, "1234\napp:app /home/app/x\n", "single id: {single}");
         built.push(entries(&archive));
     }
     let svc = |e: &BTreeMap<String, String>| e.get("var/lib/kiln-test").cloned();
