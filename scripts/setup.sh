@@ -14,8 +14,9 @@
 #       127.0.0.1:5000/library/busybox:latest        linux/amd64 + linux/arm64 index
 #       127.0.0.1:5000/library/debian:bookworm-slim   Debian's dash, coreutils, grep, sed
 #       127.0.0.1:5000/library/debian-apt:bookworm    mmdebstrap's minbase (apt, dpkg, passwd)
-#   - makes a flat apt repository in $STATE/apt-repo (apt-utils' apt-ftparchive) that
-#     the tests serve on 127.0.0.1,
+#       127.0.0.1:5000/library/debian-python:bookworm the same with python3 and venv
+#   - makes a flat apt repository in $STATE/apt-repo (apt-utils' apt-ftparchive) and a
+#     directory of wheels (Flask's) in $STATE/wheels, which the tests serve on 127.0.0.1,
 set -euo pipefail
 
 STATE=${KILN_CI_STATE:-/var/tmp/kiln-ci}
@@ -234,6 +235,33 @@ POSTINST
   rm -rf "$work"
 }
 
+# A python base like python:3.11-slim, from Debian's packages (python3, venv).
+seed_debian_python() {
+  have_image library/debian-python:bookworm && return
+  log "seeding $REGISTRY/library/debian-python:bookworm (mmdebstrap minbase + python3)"
+  local work
+  work=$(mktemp -d)
+  chmod 755 "$work"
+  mmdebstrap --quiet --variant=minbase --include=passwd,python3,python3-venv bookworm "$work/root"
+  umoci_image "$work/oci" bookworm "$work/root" amd64 python3
+  skopeo copy -q --dest-tls-verify=false "oci:$work/oci:bookworm" "docker://$REGISTRY/library/debian-python:bookworm"
+  rm -rf "$work"
+}
+
+# Flask and its dependencies as wheels, for a package index the tests serve on
+# 127.0.0.1 (pip's --find-links reads the directory listing).
+make_wheels() {
+  local dir="$STATE/wheels"
+  [ -f "$dir/.complete" ] && return
+  log "downloading the test wheels into $dir"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  "$STATE/moto/bin/pip" download -q --disable-pip-version-check --only-binary=:all: \
+    --python-version 3.11 --platform manylinux2014_x86_64 -d "$dir" flask
+  touch "$dir/.complete"
+  chmod -R a+rX "$dir"
+}
+
 # moto's S3 server, for the s3 cache test (the test starts it on 127.0.0.1), in a
 # virtualenv of Debian's python3 that the test user can run.
 install_moto() {
@@ -252,6 +280,8 @@ start_registry
 seed_busybox
 seed_debian
 seed_debian_apt
+seed_debian_python
 make_apt_repo
 install_moto
+make_wheels
 log "ready: registry $REGISTRY, test user $TEST_USER"

@@ -50,7 +50,7 @@ for snapshotter in auto native; do
   echo "[test] end-to-end tests with KILN_SNAPSHOTTER=$snapshotter"
   runuser -u "$TEST_USER" -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME="$(getent passwd "$TEST_USER" | cut -d: -f6)" TMPDIR="$scratch" \
-    KILN_BIN="$bin/kiln" KILN_E2E_REGISTRY=127.0.0.1:5000 KILN_E2E_SMALL_FS="$small" KILN_E2E_MOTO="$STATE/moto/bin/moto_server" KILN_E2E_REGISTRY_LOG="$STATE/registry/log" KILN_E2E_APT_REPO="$STATE/apt-repo" RUST_BACKTRACE=1 \
+    KILN_BIN="$bin/kiln" KILN_E2E_REGISTRY=127.0.0.1:5000 KILN_E2E_SMALL_FS="$small" KILN_E2E_MOTO="$STATE/moto/bin/moto_server" KILN_E2E_REGISTRY_LOG="$STATE/registry/log" KILN_E2E_APT_REPO="$STATE/apt-repo" KILN_E2E_WHEELS="$STATE/wheels" RUST_BACKTRACE=1 \
     KILN_SNAPSHOTTER=$snapshotter "$bin/e2e" --include-ignored --test-threads=2 --skip as_root::
 done
 # kiln run as root, as in a CI container: once, with the snapshotter kiln picks.

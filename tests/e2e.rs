@@ -80,8 +80,9 @@ impl RegistryLog {
     }
 }
 
-/// The apt repository scripts/setup.sh makes (`KILN_E2E_APT_REPO`), served over HTTP on
-/// 127.0.0.1 for as long as this lives.
+/// A directory scripts/setup.sh makes, served over HTTP on 127.0.0.1 for as long as
+/// this lives: the apt repository (`KILN_E2E_APT_REPO`, [`AptRepo::start`]) or the
+/// wheels (`KILN_E2E_WHEELS`, [`AptRepo::wheels`]).
 struct AptRepo {
     server: std::process::Child,
     port: u16,
@@ -89,8 +90,21 @@ struct AptRepo {
 
 impl AptRepo {
     fn start() -> AptRepo {
-        let dir = std::env::var("KILN_E2E_APT_REPO")
-            .expect("KILN_E2E_APT_REPO: the test apt repository (scripts/test.sh)");
+        AptRepo::serve("KILN_E2E_APT_REPO")
+    }
+
+    fn wheels() -> AptRepo {
+        AptRepo::serve("KILN_E2E_WHEELS")
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    fn serve(var: &str) -> AptRepo {
+        let dir = std::env::var(var).unwrap_or_else(|_| {
+            panic!("{var}: a directory of scripts/setup.sh's (scripts/test.sh)")
+        });
         // A port the kernel says is free; python binds it right after.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

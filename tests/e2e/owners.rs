@@ -259,3 +259,56 @@ fn apt_get_install_and_useradd_work_without_a_subordinate_range() {
     }
     assert!(svc(&built[0]).is_some_and(|o| o.ends_with(" 750 ") && !o.starts_with("0:")));
 }
+
+/// The seed tutorial's kind of app: a python base, a package from apt, a user, Flask
+/// from a package index into a venv, the app, and its CMD run as the user.
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn a_flask_app_builds_without_a_subordinate_range() {
+    let (repo, wheels) = (super::AptRepo::start(), super::AptRepo::wheels());
+    let case = Case::new(&format!(
+        "FROM REGISTRY/library/debian-python:bookworm\n\
+         RUN {} && apt-get update && apt-get install -y --no-install-recommends kiln-test-owned\n\
+         RUN useradd -m -u 1234 app\n\
+         WORKDIR /app\n\
+         RUN python3 -m venv /app/venv \\\n\
+          && /app/venv/bin/pip install -q --no-index --find-links {} flask\n\
+         COPY app.py /app/\n\
+         RUN chown -R app:app /app\n\
+         USER app\n\
+         CMD [\"/app/venv/bin/python\", \"/app/app.py\"]\n\
+         RUN /app/venv/bin/python /app/app.py > /app/answer\n",
+        repo.sources(),
+        wheels.url()
+    ));
+    case.file(
+        "app.py",
+        "import os\nfrom flask import Flask\napp = Flask(__name__)\n\
+         @app.get('/')\ndef hello():\n    return f'hello from uid {os.getuid()}'\n\
+         if __name__ == '__main__':\n    print(app.test_client().get('/').get_data(as_text=True))\n",
+    );
+    let archive = case.path("out.tar");
+    super::store::build(
+        &case,
+        &[
+            "-o",
+            &format!("type=oci,dest={}", archive.display()),
+            "-t",
+            "flask:1",
+        ],
+        &[("KILN_IDMAP", "single")],
+    )
+    .expect_ok();
+    let e = entries(&archive);
+    assert_eq!(
+        e.get("app/answer").map(|s| s.split(' ').next()),
+        Some(Some("1234:1234")),
+        "{e:#?}"
+    );
+    assert!(e
+        .keys()
+        .any(|k| k.starts_with("app/venv/lib/python3.11/site-packages/flask/")));
+    let rootfs = super::umoci_unpack(&case, &archive, "1");
+    let answer = fs::read_to_string(rootfs.join("app/answer")).expect("answer");
+    assert_eq!(answer, "hello from uid 1234\n");
+}
