@@ -312,3 +312,49 @@ fn a_flask_app_builds_without_a_subordinate_range() {
     let answer = fs::read_to_string(rootfs.join("app/answer")).expect("answer");
     assert_eq!(answer, "hello from uid 1234\n");
 }
+
+/// The supervisor acts for the RUN with the RUN's view: a path that names a file of
+/// the host (the user's own, which the supervisor's process could otherwise change)
+/// resolves inside the rootfs, as it does for the RUN.
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn a_run_cannot_make_the_supervisor_touch_host_files() {
+    let case = Case::new("");
+    let canary = case.path("canary");
+    fs::write(&canary, "host file\n").expect("canary");
+    let host = canary.display().to_string();
+    case.file(
+        "Dockerfile",
+        &format!(
+            "FROM {}/library/debian-python:bookworm\n\
+             RUN ln -s {host} /link && cd /tmp && python3 <<'PY'\n\
+             import os\n\
+             for p in ['{host}', '../../../..{host}', '/link', '/proc/1/root{host}']:\n\
+             \x20   try:\n\
+             \x20       os.chown(p, 1000, 1000)\n\
+             \x20       print('changed', p)\n\
+             \x20   except OSError as e:\n\
+             \x20       print(p, e)\n\
+             PY\n",
+            super::registry()
+        ),
+    );
+    let run = super::store::build(&case, &[], &[("KILN_IDMAP", "single")]).expect_ok();
+    // Each one is a path the rootfs does not have.
+    assert_eq!(
+        run.stderr.matches("No such file or directory").count(),
+        4,
+        "{}",
+        run.stderr
+    );
+    let xattr = std::process::Command::new("getfattr")
+        .args(["-h", "-d", "-m", "-"])
+        .arg(&canary)
+        .output()
+        .expect("getfattr");
+    let listed = String::from_utf8_lossy(&xattr.stdout);
+    assert!(
+        !listed.contains("rootlesscontainers"),
+        "the host file was changed: {listed}"
+    );
+}
