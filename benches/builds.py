@@ -53,6 +53,7 @@ CASES = [
     "push-unchanged",
     "cold-build",
     "cache-fresh-runner",
+    "single-id",
 ]
 MIB = 1 << 20
 
@@ -606,6 +607,59 @@ class Bench:
                 target = "<= 0.3x BuildKit; < 1 s; no layer downloaded"
                 ok = kw < 1.0 and fetched == 0 and self.rss_ok(got) and versus is not False
             self.row(case, {"kiln": got["kiln"]}, target, ok, ref)
+
+    def single_id(self):
+        """What emulating owners and identities costs without a subordinate range:
+        kiln in single-id mode (KILN_IDMAP=single) against kiln with the range, on a RUN
+        making 100,000 chown calls and on an apt-get install from a local repository
+        (scripts/setup.sh's, served here on 127.0.0.1). The RUN step's own time."""
+        import re
+        import socket
+
+        state = os.environ.get("KILN_CI_STATE", "/var/tmp/kiln-ci")
+        n = max(1, int(50 * self.args.scale))
+        chown = self.ctx("single-id-chown", f"FROM {DEBIAN}\nRUN mkdir /d && cd /d && seq 1 2000 | xargs touch"
+                         f" && for i in $(seq {n}); do chown -R 1000:1000 /d; done\n")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen(["python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory",
+                                   os.path.join(state, "apt-repo"), str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
+            apt = self.ctx("single-id-apt", f"FROM {REGISTRY}/library/debian-apt:bookworm\n"
+                           f"RUN echo 'deb [trusted=yes] http://127.0.0.1:{port}/ ./' > /etc/apt/sources.list"
+                           " && rm -f /etc/apt/sources.list.d/* && apt-get update"
+                           " && apt-get install -y --no-install-recommends kiln-test-owned\n")
+            root = os.path.join(self.work, "single-id-store")
+
+            def step_time(ctx, single):
+                self.kiln.wipe(root)
+                env = dict(self.kiln.env)
+                if single:
+                    env["KILN_IDMAP"] = "single"
+                # The base image comes first, unmeasured; then the RUN alone.
+                r = run([self.kiln.exe, "build", "--root", root, "--progress", "plain", ctx], env=env)
+                times = re.findall(r"^#\d+ DONE ([0-9.]+)s$", r.out, re.M)
+                return Run(float(times[-1]) if times else r.wall, r.rss_kib, r.cpu, r.out)
+
+            for case, ctx, what in (("single-id-chown", chown, f"{n * 2000} chowns"),
+                                    ("single-id-apt", apt, "apt-get update + install")):
+                got = {"single": [], "range": []}
+                for i in range(self.args.rounds):
+                    for mode in ("single", "range") if i % 2 == 0 else ("range", "single"):
+                        r = step_time(ctx, mode == "single")
+                        got[mode].append(r)
+                        print(f"    {mode:8} round {i + 1}: {r.wall:7.2f} s", flush=True)
+                single, ranged = wall(got, "single"), wall(got, "range")
+                self.row(case, {"kiln": got["single"]}, "(noted: the cost of single-id mode)", None,
+                         f"{what}: the RUN took {single:.2f} s in single-id mode, {ranged:.2f} s with a"
+                         f" subordinate range ({single / ranged:.1f}x)")
+            self.kiln.wipe(root)
+        finally:
+            server.kill()
+            server.wait()
 
     def cold_build(self):
         app = os.path.join(self.work, "ctx", "cold")
