@@ -33,6 +33,7 @@ const _: () = assert!(kiln_solver::SPOOL_OFFSET == kiln_exporter::archive::BASE_
 #[derive(Parser)]
 #[command(
     name = "kiln",
+    bin_name = "kiln",
     version,
     about = "Rootless, daemonless container image builder"
 )]
@@ -69,6 +70,8 @@ enum Cmd {
     Login(login::LoginArgs),
     /// Log out from a registry.
     Logout(login::LogoutArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion { shell: clap_complete::Shell },
 }
 
 #[derive(clap::Args)]
@@ -114,6 +117,18 @@ struct BuildArgs {
     /// Set type of progress output (auto, tty, plain, quiet).
     #[arg(long, default_value = "auto")]
     progress: Mode,
+    /// Suppress the build output and print the image ID on success.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Provenance attestation (kiln makes none yet: only `false` is accepted).
+    #[arg(long, value_name = "VALUE")]
+    provenance: Option<String>,
+    /// SBOM attestation (kiln makes none yet: only `false` is accepted).
+    #[arg(long, value_name = "VALUE")]
+    sbom: Option<String>,
+    /// Attestation parameters (`type=provenance|sbom,disabled=true` only, for now).
+    #[arg(long = "attest", value_name = "PARAMS")]
+    attest: Vec<String>,
     /// Set target platforms for build (comma-separated, e.g. linux/amd64,linux/arm64);
     /// foreign RUN steps run under QEMU user emulation.
     #[arg(long)]
@@ -160,7 +175,40 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Build(b) => build(root()?, cli.snapshotter, *b),
         Cmd::Du(a) => store_cmds::du(root()?, a),
         Cmd::Prune(a) => store_cmds::prune(root()?, a),
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
+            Ok(())
+        }
     }
+}
+
+/// `--provenance`, `--sbom` and `--attest`: CI scripts pass them to turn attestations
+/// off, which kiln accepts; asking for one is refused, since kiln makes none yet.
+fn check_attestations(b: &BuildArgs) -> Result<()> {
+    let off = |v: &str| matches!(v, "false" | "0" | "disabled=true");
+    for (flag, v) in [("--provenance", &b.provenance), ("--sbom", &b.sbom)] {
+        if let Some(v) = v.as_deref().filter(|v| !off(v)) {
+            bail!("{flag}={v}: kiln does not make attestations yet (pass {flag}=false, or leave it out)");
+        }
+    }
+    for a in &b.attest {
+        let kv = kiln_frontend::csv::pairs(a, "--attest").map_err(anyhow::Error::msg)?;
+        let get = |k: &str| {
+            kv.iter()
+                .rev()
+                .find(|(x, _)| x == k)
+                .map(|(_, v)| v.as_str())
+        };
+        match (get("type"), get("disabled")) {
+            (Some("provenance" | "sbom"), Some("true")) => {}
+            (Some(t @ ("provenance" | "sbom")), _) => bail!(
+                "--attest {a:?}: kiln does not make {t} attestations yet (add disabled=true, or leave it out)"
+            ),
+            _ => bail!("--attest {a:?}: expected type=provenance or type=sbom"),
+        }
+    }
+    Ok(())
 }
 
 fn parse_build_args(raw: &[String]) -> Vec<(String, String)> {
@@ -225,6 +273,7 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
             _ => bail!("--label {l:?}: expected KEY=VALUE"),
         }
     }
+    check_attestations(&b)?;
     let mut build_args = parse_build_args(&b.build_args);
     let epoch = kiln_solver::inputs::source_date_epoch(&mut build_args)?;
     for t in &b.tags {
@@ -233,7 +282,7 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
     let inputs = kiln_solver::inputs::load(&b.context, b.file.as_deref())?;
 
     let store = Store::open(&root).with_context(|| format!("opening store {}", root.display()))?;
-    let progress = Progress::new(b.progress);
+    let progress = Progress::new(if b.quiet { Mode::Quiet } else { b.progress });
     let idmap = IdMap::detect();
     progress.note(&idmap.describe());
     let mut helper = Helper::new(store.clone(), idmap);
@@ -459,6 +508,12 @@ fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()>
             "image {} (config {})",
             img.manifest_digest, img.config_digest
         ));
+    }
+    if b.quiet {
+        // As buildx: the image ID, the one --iidfile writes.
+        if let Some(id) = outputs::image_id(&done) {
+            println!("{id}");
+        }
     }
     Ok(())
 }

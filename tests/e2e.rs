@@ -14,6 +14,8 @@ use std::process::{Command, Output};
 mod as_root;
 #[path = "e2e/cache.rs"]
 mod cache;
+#[path = "e2e/cli.rs"]
+mod cli;
 #[path = "e2e/copy.rs"]
 mod copy;
 #[path = "e2e/hostile.rs"]

@@ -7,14 +7,19 @@ use std::path::Path;
 /// `--iidfile`: the image ID (the config digest, as buildx writes it when the
 /// exporter reports one).
 pub fn write_iidfile(path: &Path, done: &Exported) -> Result<()> {
-    if let Some(m) = &done.index {
-        // Several platforms have no one config: buildx writes the index's digest.
-        return write_atomic(path, m.digest.as_bytes());
-    }
-    let Some(img) = &done.image else {
+    let Some(id) = image_id(done) else {
         bail!("--iidfile: no output made an image (give -o type=oci|docker|registry)");
     };
-    write_atomic(path, img.config_digest.as_bytes())
+    write_atomic(path, id.as_bytes())
+}
+
+/// The image ID buildx reports (`--iidfile`, `-q`): the config's digest, or the index's
+/// when several platforms have no one config.
+pub fn image_id(done: &Exported) -> Option<&str> {
+    if let Some(m) = &done.index {
+        return Some(&m.digest);
+    }
+    done.image.as_ref().map(|img| img.config_digest.as_str())
 }
 
 /// `--metadata-file`: the exporter response as buildx writes it.

@@ -10,7 +10,7 @@ mod metadata;
 pub mod options;
 mod push;
 
-pub use metadata::{write_iidfile, write_metadata};
+pub use metadata::{image_id, write_iidfile, write_metadata};
 pub use options::parse;
 
 use crate::archive;
