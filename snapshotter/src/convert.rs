@@ -15,7 +15,7 @@
 
 use crate::digest::{self, HashWriter, WriteBehind};
 use crate::records::{Kind, Layer, Record};
-use crate::{Error, Result, Store};
+use crate::{Context, Error, Result, Store};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 
@@ -183,13 +183,6 @@ pub fn export_layer(store: &Store, layer: &Layer, opts: &LayerOptions) -> Result
     Ok(converted)
 }
 
-fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        context: path.display().to_string(),
-        source,
-    }
-}
-
 /// Streams `layer`'s blob into a new blob; returns (diff_id, digest, size).
 fn convert(
     store: &Store,
@@ -198,10 +191,10 @@ fn convert(
     opts: &LayerOptions,
 ) -> Result<(String, String, u64)> {
     let src = store.blob_path(&layer.digest)?;
-    let input = File::open(&src).map_err(io(&src))?;
+    let input = File::open(&src).ctx(|| src.display().to_string())?;
     let tar = crate::unpack::decompress(input)?;
     let tmp = store.tmp_path("convert");
-    let out = File::create(&tmp).map_err(io(&tmp))?;
+    let out = File::create(&tmp).ctx(|| tmp.display().to_string())?;
     let result = (|| {
         let hashed = HashWriter::new(BufWriter::with_capacity(1 << 20, WriteBehind::new(out)));
         let (hashed, diff_id) = match compression {
@@ -210,26 +203,27 @@ fn convert(
                 let level = opts.level.unwrap_or(6).clamp(0, 9) as u32;
                 let gz = crate::pargz::Writer::new(hashed, level, 2);
                 let (gz, id) = write_tar(tar, HashWriter::new(gz), opts, &tmp)?;
-                (gz.finish().map_err(io(&tmp))?, id)
+                (gz.finish().ctx(|| tmp.display().to_string())?, id)
             }
             Compression::Zstd => {
                 let level = opts.level.unwrap_or(3).clamp(1, 22);
-                let mut z = zstd::stream::write::Encoder::new(hashed, level).map_err(io(&tmp))?;
+                let mut z = zstd::stream::write::Encoder::new(hashed, level)
+                    .ctx(|| tmp.display().to_string())?;
                 // Two workers: zstd's multithreaded output does not depend on the
                 // number of workers, only on using them at all, so digests stay the
                 // same on every machine.
-                z.multithread(2).map_err(io(&tmp))?;
+                z.multithread(2).ctx(|| tmp.display().to_string())?;
                 let (z, id) = write_tar(tar, HashWriter::new(z), opts, &tmp)?;
-                (z.finish().map_err(io(&tmp))?, id)
+                (z.finish().ctx(|| tmp.display().to_string())?, id)
             }
         };
         let (buf, digest, size) = hashed.finish();
         let f = buf
             .into_inner()
             .map_err(|e| e.into_error())
-            .map_err(io(&tmp))?
+            .ctx(|| tmp.display().to_string())?
             .into_inner();
-        f.sync_all().map_err(io(&tmp))?;
+        f.sync_all().ctx(|| tmp.display().to_string())?;
         if opts.clamp_mtime.is_none() && diff_id != layer.diff_id {
             return Err(Error::DigestMismatch {
                 what: format!("the content of layer {}", layer.digest),
@@ -257,10 +251,10 @@ fn write_tar<W: Write>(
     let w = match opts.clamp_mtime {
         None => {
             let mut w = w;
-            std::io::copy(&mut r, &mut w).map_err(io(tmp))?;
+            std::io::copy(&mut r, &mut w).ctx(|| tmp.display().to_string())?;
             w
         }
-        Some(epoch) => clamp_times(r, w, epoch).map_err(io(tmp))?,
+        Some(epoch) => clamp_times(r, w, epoch).ctx(|| tmp.display().to_string())?,
     };
     let (inner, diff_id, _) = w.finish();
     Ok((inner, diff_id))
