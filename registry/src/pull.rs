@@ -167,13 +167,7 @@ impl Registry {
         }
         let r = parse_reference(pinned)?;
         let canonical = format!("{}/{}", r.registry(), r.repository());
-        let mut endpoints = self.conf.pull_endpoints(&canonical, true)?;
-        if let Some(first) = lock(&self.served_by).get(&canonical) {
-            if let Some(i) = endpoints.iter().position(|e| e == first) {
-                let e = endpoints.remove(i);
-                endpoints.insert(0, e);
-            }
-        }
+        let endpoints = self.blob_endpoints(&canonical)?;
         let mut last = None;
         let n = endpoints.len();
         for (i, ep) in endpoints.into_iter().enumerate() {
@@ -196,6 +190,19 @@ impl Registry {
         }))
     }
 
+    /// Where the blobs of repository `canonical` come from, in order: the mirror that
+    /// served its manifest first.
+    fn blob_endpoints(&self, canonical: &str) -> Result<Vec<conf::Endpoint>> {
+        let mut endpoints = self.conf.pull_endpoints(canonical, true)?;
+        if let Some(first) = lock(&self.served_by).get(canonical) {
+            if let Some(i) = endpoints.iter().position(|e| e == first) {
+                let e = endpoints.remove(i);
+                endpoints.insert(0, e);
+            }
+        }
+        Ok(endpoints)
+    }
+
     /// [`Registry::fetch_sized`] that also writes the bytes to `tee` as they arrive
     /// (a pipe into an unpack), in one try from the first source: a retry cannot
     /// take back what `tee` got, so a failure is the caller's to retry the ordinary
@@ -211,13 +218,7 @@ impl Registry {
     ) -> Result<()> {
         let r = parse_reference(pinned)?;
         let canonical = format!("{}/{}", r.registry(), r.repository());
-        let mut endpoints = self.conf.pull_endpoints(&canonical, true)?;
-        if let Some(first) = lock(&self.served_by).get(&canonical) {
-            if let Some(i) = endpoints.iter().position(|e| e == first) {
-                let e = endpoints.remove(i);
-                endpoints.insert(0, e);
-            }
-        }
+        let endpoints = self.blob_endpoints(&canonical)?;
         let ep = endpoints
             .into_iter()
             .next()
