@@ -133,6 +133,30 @@ impl Helper {
     fn root(&self) -> PathBuf {
         self.store.root().to_path_buf()
     }
+
+    /// Unpacks the blob file `blob`, or with `None` the `size`-byte blob on `stdin`,
+    /// into snapshot `id`.
+    fn unpack_from(
+        &self,
+        blob: Option<&Path>,
+        size: Option<u64>,
+        stdin: Stdio,
+        id: &str,
+        diff_id: Option<&str>,
+        log: Log<'_>,
+    ) -> Result<Vec<String>> {
+        let req = Request::Unpack {
+            store: self.root(),
+            blob: blob.map(Path::to_path_buf),
+            size,
+            id: id.to_string(),
+            diff_id: diff_id.map(str::to_string),
+        };
+        match self.run_with(&req, stdin, log)? {
+            Response::Unpacked { skipped_devices } => Ok(skipped_devices),
+            _ => Err(Error::Unexpected("unpack")),
+        }
+    }
 }
 
 impl Executor for Helper {
@@ -155,17 +179,7 @@ impl Executor for Helper {
         diff_id: Option<&str>,
         log: Log<'_>,
     ) -> Result<Vec<String>> {
-        let req = Request::Unpack {
-            store: self.root(),
-            blob: Some(blob.to_path_buf()),
-            size: None,
-            id: id.to_string(),
-            diff_id: diff_id.map(str::to_string),
-        };
-        match self.run(&req, log)? {
-            Response::Unpacked { skipped_devices } => Ok(skipped_devices),
-            _ => Err(Error::Unexpected("unpack")),
-        }
+        self.unpack_from(Some(blob), None, Stdio::null(), id, diff_id, log)
     }
 
     fn unpack_stream(
@@ -176,17 +190,7 @@ impl Executor for Helper {
         diff_id: Option<&str>,
         log: Log<'_>,
     ) -> Result<Vec<String>> {
-        let req = Request::Unpack {
-            store: self.root(),
-            blob: None,
-            size: Some(size),
-            id: id.to_string(),
-            diff_id: diff_id.map(str::to_string),
-        };
-        match self.run_with(&req, Stdio::from(input), log)? {
-            Response::Unpacked { skipped_devices } => Ok(skipped_devices),
-            _ => Err(Error::Unexpected("unpack")),
-        }
+        self.unpack_from(None, Some(size), Stdio::from(input), id, diff_id, log)
     }
 
     fn unpack_tree(&self, blob: &Path, dir: &Path, diff_id: &str) -> Result<()> {
