@@ -324,20 +324,11 @@ impl Supervisor {
                 sys::struct_bytes(&st)
             }
         };
-        let mem = openat(
-            &self.proc,
-            format!("{pid}/mem").as_str(),
-            OFlag::O_RDWR | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?;
-        // The memory is the caller's only while the call is pending.
-        if !sys::notif_id_valid(&self.listener, n.id) {
-            return Some(Err(Errno::ESRCH));
-        }
-        match std::fs::File::from(mem).write_all_at(&bytes, buf) {
+        match write_mem(&self.proc, &self.listener, n, buf, &bytes) {
             Ok(()) => Some(Ok(0)),
-            Err(_) => Some(Err(Errno::EFAULT)),
+            Err(e @ (Errno::ESRCH | Errno::EFAULT)) => Some(Err(e)),
+            // The caller's memory cannot be opened: the call runs as is.
+            Err(_) => None,
         }
     }
 
