@@ -392,8 +392,9 @@ pub fn run(
             let r = sys::die_with_parent()
                 .and_then(|_| sys::sandbox_namespaces())
                 .and_then(|_| {
-                    // Single-id mode: the RUN's chown calls come to this process
-                    // (crate::owners) through a listener the RUN sends over `pair`.
+                    // Single-id mode: the RUN's chown, stat and identity calls come
+                    // to this process (crate::owners) through a listener the RUN
+                    // sends over `pair`.
                     let pair = kiln_snapshotter::owner::emulating()
                         .then(|| {
                             use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
@@ -710,7 +711,7 @@ fn sandbox_init(
     // Last, so that none of kiln's own calls above go to the supervisor. Where the
     // filter cannot be installed (a listener already on the chain: kiln inside a
     // container that uses one) chown fails as it would without it.
-    match owners.map(|sock| (sock, sys::install_chown_listener())) {
+    match owners.map(|sock| (sock, sys::install_supervised_filter())) {
         Some((sock, Ok(listener))) => {
             let ids = if emulated_user {
                 (user.uid, user.gid, user.groups.as_slice())
@@ -720,7 +721,7 @@ fn sandbox_init(
             // The filter is on: without its supervisor the RUN would wait forever at
             // its first chown, so a failed hand-over fails the step.
             crate::owners::send_listener(sock, &listener, ids).map_err(crate::sys_err(
-                "handing the chown listener to the supervisor",
+                "handing the seccomp listener to the supervisor",
             ))?;
         }
         _ if emulated_user => return Err(needs_subids()),

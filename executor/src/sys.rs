@@ -180,7 +180,7 @@ pub(crate) fn fd_path(fd: &impl AsRawFd) -> std::path::PathBuf {
 
 /// Closes every descriptor above 2 but those in `keep` (close-on-exec ones of the
 /// sandbox's own: the pipe for why a command did not start, the socket that hands the
-/// chown listener over; the exec closes them). Whatever kiln's caller
+/// seccomp listener over; the exec closes them). Whatever kiln's caller
 /// left open (a CI runner's pipes, a shell's `exec 7<dir`) would otherwise reach the
 /// RUN, and a directory among them is a way out of the rootfs
 /// (`WORKDIR /proc/self/fd/7`, runc's CVE-2024-21626).
@@ -360,7 +360,7 @@ const NATIVE_ARCH: u32 = 0xC000_003E;
 #[cfg(target_arch = "aarch64")]
 const NATIVE_ARCH: u32 = 0xC000_00B7;
 
-/// The chown family of the native ABI (the calls [`install_chown_listener`] hands to
+/// The chown family of the native ABI (the calls [`install_supervised_filter`] hands to
 /// a supervisor). aarch64 has no chown/lchown, only their `*at` form.
 #[cfg(target_arch = "x86_64")]
 pub(crate) const CHOWN_CALLS: [i64; 4] = [
@@ -438,7 +438,7 @@ pub(crate) fn struct_bytes<T: Copy>(v: &T) -> Vec<u8> {
 /// call of [`CHOWN_CALLS`], [`STAT_CALLS`] and [`ID_CALLS`] to a supervisor, and returns the
 /// supervisor's end (the listener, close-on-exec). Other calls, and every call of
 /// another ABI (i386, x32), run as usual.
-pub(crate) fn install_chown_listener() -> Result<OwnedFd> {
+pub(crate) fn install_supervised_filter() -> Result<OwnedFd> {
     use libc::{sock_filter, sock_fprog};
     let stmt = |code: u32, k: u32| sock_filter {
         code: code as u16,
@@ -484,7 +484,7 @@ pub(crate) fn install_chown_listener() -> Result<OwnedFd> {
         )
     };
     if fd < 0 {
-        return Err(fail("installing the chown filter")(
+        return Err(fail("installing the supervisor's seccomp filter")(
             nix::errno::Errno::last(),
         ));
     }
