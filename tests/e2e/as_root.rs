@@ -5,83 +5,27 @@
 use super::{kiln_bin, nix_uid, registry, Run};
 use std::collections::HashMap;
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// path -> (uid, gid) of every entry of the image's layers after the first, from the
 /// OCI archive `archive`.
-fn owners(archive: &std::path::Path) -> HashMap<String, (u64, u64)> {
-    let blob = |digest: &str| -> Vec<u8> {
-        let mut ar = tar::Archive::new(fs::File::open(archive).expect("archive"));
-        let want = format!("blobs/sha256/{}", &digest["sha256:".len()..]);
-        for e in ar.entries().expect("entries") {
-            let mut e = e.expect("entry");
-            if e.path().expect("path").to_string_lossy() == want {
-                let mut v = Vec::new();
-                std::io::Read::read_to_end(&mut e, &mut v).expect("read");
-                return v;
-            }
-        }
-        panic!("{want} is not in the archive")
-    };
-    let json = |b: Vec<u8>| -> serde_json::Value { serde_json::from_slice(&b).expect("json") };
-    let index = {
-        let mut ar = tar::Archive::new(fs::File::open(archive).expect("archive"));
-        let mut v = Vec::new();
-        for e in ar.entries().expect("entries") {
-            let mut e = e.expect("entry");
-            if e.path().expect("path").to_string_lossy() == "index.json" {
-                std::io::Read::read_to_end(&mut e, &mut v).expect("read");
-            }
-        }
-        json(v)
-    };
-    let manifest = json(blob(
-        index["manifests"][0]["digest"].as_str().expect("digest"),
-    ));
-    let mut out = HashMap::new();
-    for l in manifest["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .skip(1)
-    {
-        let gz = blob(l["digest"].as_str().expect("digest"));
-        let mut t = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
-        for e in t.entries().expect("layer") {
-            let e = e.expect("entry");
-            let h = e.header();
-            out.insert(
-                e.path()
-                    .expect("path")
-                    .to_string_lossy()
-                    .trim_end_matches('/')
-                    .to_string(),
-                (h.uid().expect("uid"), h.gid().expect("gid")),
-            );
-        }
-    }
-    out
+fn owners(archive: &Path) -> HashMap<String, (u64, u64)> {
+    super::owners::layer_entries(archive, |_| false)
+        .into_iter()
+        .map(|(p, e)| (p, (e.uid, e.gid)))
+        .collect()
 }
 
-#[test]
-#[ignore = "end-to-end, as root: scripts/test.sh runs it as root"]
-fn as_root_kiln_maps_65536_ids_and_steps_keep_the_owners_they_set() {
-    assert_eq!(nix_uid(), 0, "this module checks kiln run as root");
+/// Builds the Dockerfile `dockerfile` (`REGISTRY` standing for the test registry) with
+/// kiln, as root, into an OCI archive: the scratch directory, the archive, the build.
+fn build_as_root(dockerfile: &str) -> (tempfile::TempDir, PathBuf, Run) {
     let dir = tempfile::tempdir().expect("tmp");
     let ctx = dir.path().join("ctx");
     fs::create_dir(&ctx).expect("ctx");
     fs::write(
         ctx.join("Dockerfile"),
-        format!(
-            "FROM {}/library/busybox:latest\n\
-             RUN cat /proc/self/uid_map /proc/self/gid_map \
-             && touch /x && chown 1000:2000 /x \
-             && mkdir -p -m 0750 /home/app && chown 1234:1234 /home/app \
-             && echo 'app:x:1234:1234::/home/app:/bin/sh' >> /etc/passwd\n\
-             USER app\n\
-             RUN id -u && touch /home/app/made-by-app\n",
-            registry()
-        ),
+        dockerfile.replace("REGISTRY", &registry()),
     )
     .expect("Dockerfile");
     let out = dir.path().join("o.tar");
@@ -97,6 +41,22 @@ fn as_root_kiln_maps_65536_ids_and_steps_keep_the_owners_they_set() {
             .expect("run kiln"),
     )
     .expect_ok();
+    (dir, out, run)
+}
+
+#[test]
+#[ignore = "end-to-end, as root: scripts/test.sh runs it as root"]
+fn as_root_kiln_maps_65536_ids_and_steps_keep_the_owners_they_set() {
+    assert_eq!(nix_uid(), 0, "this module checks kiln run as root");
+    let (_dir, out, run) = build_as_root(
+        "FROM REGISTRY/library/busybox:latest\n\
+         RUN cat /proc/self/uid_map /proc/self/gid_map \
+         && touch /x && chown 1000:2000 /x \
+         && mkdir -p -m 0750 /home/app && chown 1234:1234 /home/app \
+         && echo 'app:x:1234:1234::/home/app:/bin/sh' >> /etc/passwd\n\
+         USER app\n\
+         RUN id -u && touch /home/app/made-by-app\n",
+    );
     assert!(
         run.stderr
             .contains("identity mapping: root (0-65535 -> 0-65535"),
@@ -127,24 +87,7 @@ fn as_root_kiln_maps_65536_ids_and_steps_keep_the_owners_they_set() {
 fn as_root_apt_get_install_and_useradd_keep_their_owners() {
     assert_eq!(nix_uid(), 0, "this module checks kiln run as root");
     let repo = super::AptRepo::start();
-    let dir = tempfile::tempdir().expect("tmp");
-    let ctx = dir.path().join("ctx");
-    fs::create_dir(&ctx).expect("ctx");
-    let dockerfile = super::owners::apt_dockerfile(&repo).replace("REGISTRY", &registry());
-    fs::write(ctx.join("Dockerfile"), dockerfile).expect("Dockerfile");
-    let out = dir.path().join("o.tar");
-    let run = Run::from(
-        Command::new(kiln_bin())
-            .arg("build")
-            .arg("--root")
-            .arg(dir.path().join("store"))
-            .args(["--progress", "plain", "-o"])
-            .arg(format!("type=oci,dest={}", out.display()))
-            .arg(&ctx)
-            .output()
-            .expect("run kiln"),
-    )
-    .expect_ok();
+    let (_dir, out, run) = build_as_root(&super::owners::apt_dockerfile(&repo));
     for bad in ["setgroups", "W: chown", "E: "] {
         assert!(!run.stderr.contains(bad), "{bad:?} in\n{}", run.stderr);
     }

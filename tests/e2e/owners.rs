@@ -17,9 +17,22 @@ RUN mkdir -p /srv/app/sub /data && echo x > /srv/app/sub/f && echo y > /data/f \
 RUN stat -c '%u:%g %n' /data/f /srv/copy > /srv/seen-later && chown 0:0 /srv/copy
 "#;
 
-/// path -> "uid:gid mode [content]" of every entry of the image's layers but the
-/// first (the base), from the OCI archive `archive`, read with the tar crate.
-fn entries(archive: &std::path::Path) -> BTreeMap<String, String> {
+/// One entry of a layer, as its tar header has it.
+pub(super) struct Entry {
+    pub uid: u64,
+    pub gid: u64,
+    pub mode: u32,
+    /// The file's content, for the paths asked for.
+    pub content: String,
+}
+
+/// Every entry of the image's layers but the first (the base), by path, from the OCI
+/// archive `archive`, read with the tar crate; with the content of the regular files
+/// whose path `content_of` accepts.
+pub(super) fn layer_entries(
+    archive: &std::path::Path,
+    content_of: impl Fn(&str) -> bool,
+) -> BTreeMap<String, Entry> {
     let read = |name: &str| -> Vec<u8> {
         let mut ar = tar::Archive::new(fs::File::open(archive).expect("archive"));
         for e in ar.entries().expect("entries") {
@@ -60,21 +73,46 @@ fn entries(archive: &std::path::Path) -> BTreeMap<String, String> {
                 .trim_end_matches('/')
                 .to_string();
             let mut content = String::new();
-            if h.entry_type().is_file() && path.contains("seen") {
+            if h.entry_type().is_file() && content_of(&path) {
                 e.read_to_string(&mut content).expect("content");
             }
-            out.insert(
-                path,
-                format!(
-                    "{}:{} {:o} {content}",
-                    h.uid().expect("uid"),
-                    h.gid().expect("gid"),
-                    h.mode().expect("mode") & 0o7777
-                ),
-            );
+            let entry = Entry {
+                uid: h.uid().expect("uid"),
+                gid: h.gid().expect("gid"),
+                mode: h.mode().expect("mode") & 0o7777,
+                content,
+            };
+            out.insert(path, entry);
         }
     }
     out
+}
+
+/// path -> "uid:gid mode [content]" of [`layer_entries`], with the content of the
+/// `seen` files.
+fn entries(archive: &std::path::Path) -> BTreeMap<String, String> {
+    layer_entries(archive, |p| p.contains("seen"))
+        .into_iter()
+        .map(|(p, e)| (p, format!("{}:{} {:o} {}", e.uid, e.gid, e.mode, e.content)))
+        .collect()
+}
+
+/// Builds `case` into an OCI archive (image `TAG:1`), with `env`: the archive's path,
+/// and the build.
+fn build_oci(case: &Case, tag: &str, env: &[(&str, &str)]) -> (std::path::PathBuf, super::Run) {
+    let archive = case.path("out.tar");
+    let run = super::store::build(
+        case,
+        &[
+            "-o",
+            &format!("type=oci,dest={}", archive.display()),
+            "-t",
+            &format!("{tag}:1"),
+        ],
+        env,
+    )
+    .expect_ok();
+    (archive, run)
 }
 
 #[test]
@@ -83,18 +121,12 @@ fn chown_without_a_subordinate_range_lands_in_the_layer_and_reads_back() {
     let mut built = Vec::new();
     for single in [true, false] {
         let case = Case::new(OWNERS);
-        let archive = case.path("out.tar");
         let env: &[(&str, &str)] = if single {
             &[("KILN_IDMAP", "single")]
         } else {
             &[]
         };
-        let run = super::store::build(
-            &case,
-            &["-o", &format!("type=oci,dest={}", archive.display())],
-            env,
-        )
-        .expect_ok();
+        let (archive, run) = build_oci(&case, "owners", env);
         let mode = if single {
             "single id"
         } else {
@@ -153,18 +185,7 @@ fn switching_user_works_without_a_subordinate_range() {
         "FROM REGISTRY/library/busybox:latest\n\
          RUN su -s /bin/sh nobody -c 'id -u; id -g; id -G' > /ids && id -u >> /ids\n",
     );
-    let archive = case.path("out.tar");
-    super::store::build(
-        &case,
-        &[
-            "-o",
-            &format!("type=oci,dest={}", archive.display()),
-            "-t",
-            "ids:1",
-        ],
-        &[("KILN_IDMAP", "single")],
-    )
-    .expect_ok();
+    let (archive, _) = build_oci(&case, "ids", &[("KILN_IDMAP", "single")]);
     let rootfs = super::umoci_unpack(&case, &archive, "1");
     let ids = fs::read_to_string(rootfs.join("ids")).expect("ids");
     assert_eq!(ids, "65534\n65534\n65534\n0\n");
@@ -207,23 +228,12 @@ fn apt_get_install_and_useradd_work_without_a_subordinate_range() {
     let mut built = Vec::new();
     for single in [true, false] {
         let case = Case::new(&apt_dockerfile(&repo));
-        let archive = case.path("out.tar");
         let env: &[(&str, &str)] = if single {
             &[("KILN_IDMAP", "single")]
         } else {
             &[]
         };
-        let run = super::store::build(
-            &case,
-            &[
-                "-o",
-                &format!("type=oci,dest={}", archive.display()),
-                "-t",
-                "apt:1",
-            ],
-            env,
-        )
-        .expect_ok();
+        let (archive, run) = build_oci(&case, "apt", env);
         for bad in ["setgroups", "W: chown", "Can not write log", "E: "] {
             assert!(!run.stderr.contains(bad), "{bad:?} in\n{}", run.stderr);
         }
@@ -287,18 +297,7 @@ fn a_flask_app_builds_without_a_subordinate_range() {
          @app.get('/')\ndef hello():\n    return f'hello from uid {os.getuid()}'\n\
          if __name__ == '__main__':\n    print(app.test_client().get('/').get_data(as_text=True))\n",
     );
-    let archive = case.path("out.tar");
-    super::store::build(
-        &case,
-        &[
-            "-o",
-            &format!("type=oci,dest={}", archive.display()),
-            "-t",
-            "flask:1",
-        ],
-        &[("KILN_IDMAP", "single")],
-    )
-    .expect_ok();
+    let (archive, _) = build_oci(&case, "flask", &[("KILN_IDMAP", "single")]);
     let e = entries(&archive);
     assert_eq!(
         e.get("app/answer").map(|s| s.split(' ').next()),
