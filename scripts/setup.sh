@@ -184,17 +184,18 @@ seed_debian() {
   rm -rf "$work"
 }
 
-# A Debian base with apt, dpkg and passwd (mmdebstrap's minbase, from Debian's own
-# packages): files of system users and groups in it (shadow, _apt's directories).
-seed_debian_apt() {
-  have_image library/debian-apt:bookworm && return
-  log "seeding $REGISTRY/library/debian-apt:bookworm (mmdebstrap minbase)"
-  local work
+# Debian bases from Debian's own packages, with mmdebstrap's minbase (apt, dpkg,
+# passwd): files of system users and groups in them (shadow, _apt's directories).
+#   seed_mmdebstrap NAME PACKAGES CMD   (NAME under library/, tag bookworm)
+seed_mmdebstrap() {
+  local name=$1 packages=$2 cmd=$3 work
+  have_image "library/$name:bookworm" && return
+  log "seeding $REGISTRY/library/$name:bookworm (mmdebstrap minbase + $packages)"
   work=$(mktemp -d)
   chmod 755 "$work"
-  mmdebstrap --quiet --variant=minbase --include=passwd bookworm "$work/root"
-  umoci_image "$work/oci" bookworm "$work/root" amd64 bash
-  skopeo copy -q --dest-tls-verify=false "oci:$work/oci:bookworm" "docker://$REGISTRY/library/debian-apt:bookworm"
+  mmdebstrap --quiet --variant=minbase --include="$packages" bookworm "$work/root"
+  umoci_image "$work/oci" bookworm "$work/root" amd64 "$cmd"
+  skopeo copy -q --dest-tls-verify=false "oci:$work/oci:bookworm" "docker://$REGISTRY/library/$name:bookworm"
   rm -rf "$work"
 }
 
@@ -235,19 +236,6 @@ POSTINST
   rm -rf "$work"
 }
 
-# A python base like python:3.11-slim, from Debian's packages (python3, venv).
-seed_debian_python() {
-  have_image library/debian-python:bookworm && return
-  log "seeding $REGISTRY/library/debian-python:bookworm (mmdebstrap minbase + python3)"
-  local work
-  work=$(mktemp -d)
-  chmod 755 "$work"
-  mmdebstrap --quiet --variant=minbase --include=passwd,python3,python3-venv bookworm "$work/root"
-  umoci_image "$work/oci" bookworm "$work/root" amd64 python3
-  skopeo copy -q --dest-tls-verify=false "oci:$work/oci:bookworm" "docker://$REGISTRY/library/debian-python:bookworm"
-  rm -rf "$work"
-}
-
 # Flask and its dependencies as wheels, for a package index the tests serve on
 # 127.0.0.1 (pip's --find-links reads the directory listing).
 make_wheels() {
@@ -279,8 +267,9 @@ create_user
 start_registry
 seed_busybox
 seed_debian
-seed_debian_apt
-seed_debian_python
+seed_mmdebstrap debian-apt passwd bash
+# like python:3.11-slim
+seed_mmdebstrap debian-python passwd,python3,python3-venv python3
 make_apt_repo
 install_moto
 make_wheels
