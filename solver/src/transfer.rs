@@ -202,20 +202,19 @@ pub fn export(
     let layers: Vec<Layer> = records
         .iter()
         .flat_map(|(_, r)| r.layers.iter().cloned())
-        .filter(|l| match &to.backend {
-            _ if to
-                .layers
+        .filter(|l| {
+            // A layer converted for the cache is read whatever the backend.
+            to.layers
                 .as_ref()
-                .is_some_and(|o| convert::reads_blob(l, o)) =>
-            {
-                true
-            }
-            Backend::Registry { reference } => {
-                !kiln_registry::can_mount(l.source.as_deref(), reference)
-            }
-            Backend::Local { .. } | Backend::S3(_) => true,
-            // In the image: its exporters needed the blobs already.
-            Backend::Inline => false,
+                .is_some_and(|o| convert::reads_blob(l, o))
+                || match &to.backend {
+                    Backend::Registry { reference } => {
+                        !kiln_registry::can_mount(l.source.as_deref(), reference)
+                    }
+                    Backend::Local { .. } | Backend::S3(_) => true,
+                    // In the image: its exporters needed the blobs already.
+                    Backend::Inline => false,
+                }
         })
         .collect();
     bring_in(s, &layers, Need::Blobs, &|l: &str| s.progress.note(l))?;
