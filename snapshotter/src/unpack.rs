@@ -88,6 +88,9 @@ impl<R: Read> Read for Bounded<R> {
 /// takes about as long as the slower of the two halves, not their sum.
 struct ReadAhead {
     chunks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    /// Read chunks go back to the thread, so that it fills them again rather than
+    /// allocating and zeroing a new one per MiB.
+    spent: std::sync::mpsc::Sender<Vec<u8>>,
     current: Vec<u8>,
     at: usize,
 }
@@ -107,10 +110,12 @@ impl ReadAhead {
         std::thread::ScopedJoinHandle<'scope, Result<(String, u64)>>,
     ) {
         let (tx, rx) = std::sync::mpsc::sync_channel(DEPTH);
+        let (spent, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
         let worker = scope.spawn(move || -> Result<(String, u64)> {
             let mut tar = digest::HashReader::new(decompress(r)?);
             loop {
-                let mut buf = vec![0u8; CHUNK];
+                let mut buf = recycled.try_recv().unwrap_or_default();
+                buf.resize(CHUNK, 0);
                 let mut filled = 0;
                 let res = loop {
                     match tar.read(&mut buf[filled..]) {
@@ -149,6 +154,7 @@ impl ReadAhead {
         (
             ReadAhead {
                 chunks: rx,
+                spent,
                 current: Vec::new(),
                 at: 0,
             },
@@ -162,7 +168,9 @@ impl Read for ReadAhead {
         while self.at == self.current.len() {
             match self.chunks.recv() {
                 Ok(chunk) => {
-                    self.current = chunk?;
+                    let done = std::mem::replace(&mut self.current, chunk?);
+                    // The thread may have ended: then the chunk is simply dropped.
+                    let _ = self.spent.send(done);
                     self.at = 0;
                     if self.current.is_empty() {
                         return Ok(0);
