@@ -5,26 +5,15 @@
 //! writes or pushes the image. Its first act is to check for the hidden namespace-helper
 //! subcommand, before any thread exists.
 
+mod build;
 mod info;
 mod login;
 mod store_cmds;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use kiln_executor::{Executor, Helper, Snapshotter};
-use kiln_exporter::outputs::{self, PlatformImage, Session};
-use kiln_frontend::{BuildOptions, Platform};
-use kiln_progress::{Mode, Progress};
-use kiln_registry::Registry;
-use kiln_snapshotter::idmap::IdMap;
 use kiln_snapshotter::Store;
-use kiln_solver::cache::description::INLINE_FIELD;
-use kiln_solver::cache::options::{self, Backend};
-use kiln_solver::cache::{Caches, FileHashes, LocalCache};
-use kiln_solver::{transfer, Need};
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 // The room a step leaves before the layer it writes into an archive is what the
 // archive writer fills.
@@ -50,7 +39,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum SnapshotterArg {
+pub(crate) enum SnapshotterArg {
     Auto,
     Overlay,
     Native,
@@ -59,7 +48,7 @@ enum SnapshotterArg {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build an image from a Dockerfile (flags as in `docker buildx build`).
-    Build(Box<BuildArgs>),
+    Build(Box<build::BuildArgs>),
     /// Show the store's disk usage (as `docker buildx du`).
     Du(store_cmds::DuArgs),
     /// Remove build cache (as `docker buildx prune`).
@@ -72,81 +61,6 @@ enum Cmd {
     Logout(login::LogoutArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
-}
-
-#[derive(clap::Args)]
-struct BuildArgs {
-    /// Name of the Dockerfile (default: CONTEXT/Dockerfile).
-    #[arg(short = 'f', long = "file")]
-    file: Option<PathBuf>,
-    /// Name and optionally a tag (format: name:tag).
-    #[arg(short = 't', long = "tag")]
-    tags: Vec<String>,
-    /// Set build-time variables (KEY=VALUE, or KEY to take it from the environment).
-    #[arg(long = "build-arg")]
-    build_args: Vec<String>,
-    /// Set the target build stage to build.
-    #[arg(long)]
-    target: Option<String>,
-    /// Output destination (format: `type=local|tar|oci|docker|registry,dest=PATH`,
-    /// with options as in buildx: name, tar, compression, compression-level,
-    /// force-compression, oci-mediatypes, rewrite-timestamp, annotation.*).
-    #[arg(short = 'o', long = "output")]
-    outputs: Vec<String>,
-    /// Write the image ID (its config digest) to the file.
-    #[arg(long)]
-    iidfile: Option<PathBuf>,
-    /// Write build result metadata (digests, names) to the file, as JSON.
-    #[arg(long = "metadata-file")]
-    metadata_file: Option<PathBuf>,
-    /// Set metadata for an image (KEY=VALUE).
-    #[arg(long = "label")]
-    labels: Vec<String>,
-    /// Shorthand for --output=type=registry.
-    #[arg(long)]
-    push: bool,
-    /// Do not use cache when building the image.
-    #[arg(long = "no-cache")]
-    no_cache: bool,
-    /// Cache export destination (e.g. `type=local,dest=DIR[,mode=min|max]`).
-    #[arg(long = "cache-to")]
-    cache_to: Vec<String>,
-    /// External cache source (e.g. `type=local,src=DIR`).
-    #[arg(long = "cache-from")]
-    cache_from: Vec<String>,
-    /// Set type of progress output (auto, tty, plain, quiet).
-    #[arg(long, default_value = "auto")]
-    progress: Mode,
-    /// Suppress the build output and print the image ID on success.
-    #[arg(short = 'q', long)]
-    quiet: bool,
-    /// Provenance attestation (kiln makes none yet: only `false` is accepted).
-    #[arg(long, value_name = "VALUE")]
-    provenance: Option<String>,
-    /// SBOM attestation (kiln makes none yet: only `false` is accepted).
-    #[arg(long, value_name = "VALUE")]
-    sbom: Option<String>,
-    /// Attestation parameters (`type=provenance|sbom,disabled=true` only, for now).
-    #[arg(long = "attest", value_name = "PARAMS")]
-    attest: Vec<String>,
-    /// Set target platforms for build (comma-separated, e.g. linux/amd64,linux/arm64);
-    /// foreign RUN steps run under QEMU user emulation.
-    #[arg(long)]
-    platform: Option<String>,
-    /// Secret to expose to RUN --mount=type=secret (id=ID,src=FILE or id=ID,env=VAR).
-    #[arg(long = "secret")]
-    secrets: Vec<String>,
-    /// Print the compiled build graph instead of building: `graph` (JSON) or
-    /// `graph-dot` (Graphviz).
-    #[arg(long = "print", value_parser = ["graph", "graph-dot"])]
-    print: Option<String>,
-    /// Instead of building, write the build as BuildKit LLB (a marshalled
-    /// pb.Definition) to stdout, for `buildctl build --local context=CONTEXT`; with
-    /// --metadata-file, the image config goes there as `containerimage.config`.
-    #[arg(long = "emit-llb", conflicts_with_all = ["print", "outputs", "push"])]
-    emit_llb: bool,
-    /// Build context directory.
-    context: PathBuf,
 }
 
 fn main() {
@@ -172,7 +86,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Info => info::info(cli.root.clone()),
         Cmd::Login(a) => login::login(a),
         Cmd::Logout(a) => login::logout(a),
-        Cmd::Build(b) => build(root()?, cli.snapshotter, *b),
+        Cmd::Build(b) => build::build(root()?, cli.snapshotter, *b),
         Cmd::Du(a) => store_cmds::du(root()?, a),
         Cmd::Prune(a) => store_cmds::prune(root()?, a),
         Cmd::Completion { shell } => {
@@ -181,339 +95,4 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// `--provenance`, `--sbom` and `--attest`: CI scripts pass them to turn attestations
-/// off, which kiln accepts; asking for one is refused, since kiln makes none yet.
-fn check_attestations(b: &BuildArgs) -> Result<()> {
-    let off = |v: &str| matches!(v, "false" | "0" | "disabled=true");
-    for (flag, v) in [("--provenance", &b.provenance), ("--sbom", &b.sbom)] {
-        if let Some(v) = v.as_deref().filter(|v| !off(v)) {
-            bail!("{flag}={v}: kiln does not make attestations yet (pass {flag}=false, or leave it out)");
-        }
-    }
-    for a in &b.attest {
-        let kv = kiln_frontend::csv::pairs(a, "--attest").map_err(anyhow::Error::msg)?;
-        let get = |k: &str| {
-            kv.iter()
-                .rev()
-                .find(|(x, _)| x == k)
-                .map(|(_, v)| v.as_str())
-        };
-        match (get("type"), get("disabled")) {
-            (Some("provenance" | "sbom"), Some("true")) => {}
-            (Some(t @ ("provenance" | "sbom")), _) => bail!(
-                "--attest {a:?}: kiln does not make {t} attestations yet (add disabled=true, or leave it out)"
-            ),
-            _ => bail!("--attest {a:?}: expected type=provenance or type=sbom"),
-        }
-    }
-    Ok(())
-}
-
-fn parse_build_args(raw: &[String]) -> Vec<(String, String)> {
-    raw.iter()
-        .filter_map(|a| match a.split_once('=') {
-            Some((k, v)) => Some((k.to_string(), v.to_string())),
-            // `--build-arg NAME` takes the value from the environment, if set.
-            None => std::env::var(a).ok().map(|v| (a.clone(), v)),
-        })
-        .collect()
-}
-
-/// `--emit-llb`: the compiled build as LLB on stdout, the image config (BuildKit's
-/// `containerimage.config` exporter metadata) in the metadata file.
-fn emit_llb(
-    graphs: &[kiln_frontend::BuildGraph],
-    excludes: Vec<String>,
-    metadata_file: Option<&std::path::Path>,
-) -> Result<()> {
-    use std::io::{IsTerminal, Write};
-    let [graph] = graphs else {
-        bail!(
-            "--emit-llb writes one definition, for one platform: run it once per platform (e.g. --platform linux/arm64)"
-        );
-    };
-    let bytes = kiln_llb::marshal(graph, &kiln_llb::Options { excludes })?;
-    let mut out = std::io::stdout().lock();
-    if out.is_terminal() {
-        bail!(
-            "--emit-llb writes binary protobuf: redirect it to a file or pipe it to buildctl build"
-        );
-    }
-    if let Some(p) = metadata_file {
-        let md = kiln_llb::exporter_metadata(graph, &bytes);
-        std::fs::write(p, serde_json::to_vec_pretty(&md)?)
-            .with_context(|| format!("writing {}", p.display()))?;
-    }
-    out.write_all(&bytes)
-        .and_then(|()| out.flush())
-        .context("writing the definition to stdout")?;
-    Ok(())
-}
-
-fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()> {
-    let secrets = kiln_solver::secrets::parse(&b.secrets)?;
-    let platforms = Platform::parse_list(b.platform.as_deref()).map_err(anyhow::Error::msg)?;
-    let outputs = outputs::plan(&b.outputs, b.push, &b.tags)?;
-    let cache_to = b
-        .cache_to
-        .iter()
-        .map(|c| options::cache_to(c))
-        .collect::<Result<Vec<_>, _>>()?;
-    let cache_from = b
-        .cache_from
-        .iter()
-        .map(|c| options::cache_from(c))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut labels = Vec::new();
-    for l in &b.labels {
-        match l.split_once('=') {
-            Some((k, v)) if !k.is_empty() => labels.push((k.to_string(), v.to_string())),
-            _ => bail!("--label {l:?}: expected KEY=VALUE"),
-        }
-    }
-    check_attestations(&b)?;
-    let mut build_args = parse_build_args(&b.build_args);
-    let epoch = kiln_solver::inputs::source_date_epoch(&mut build_args)?;
-    for t in &b.tags {
-        kiln_registry::parse_reference(t).with_context(|| format!("invalid tag {t:?}"))?;
-    }
-    let inputs = kiln_solver::inputs::load(&b.context, b.file.as_deref())?;
-
-    let store = Store::open(&root).with_context(|| format!("opening store {}", root.display()))?;
-    let progress = Progress::new(if b.quiet { Mode::Quiet } else { b.progress });
-    let idmap = IdMap::detect();
-    progress.note(&idmap.describe());
-    let mut helper = Helper::new(store.clone(), idmap);
-    // Shared with other builds; a build that finds itself alone first clears what
-    // killed builds left in tmp/.
-    let _lock = store.lock_shared(
-        || progress.note("waiting for a kiln prune on this store to finish"),
-        |_| {
-            let n = kiln_executor::housekeeping::clear_tmp(&helper)?;
-            if n > 0 {
-                progress.note(&format!("removed {n} leftovers of interrupted builds"));
-            }
-            Ok::<(), kiln_executor::Error>(())
-        },
-    )?;
-    store.forget_synced_marks();
-    let asked = match snapshotter {
-        SnapshotterArg::Auto => None,
-        SnapshotterArg::Overlay => Some(Snapshotter::Overlay),
-        SnapshotterArg::Native => Some(Snapshotter::Native),
-    };
-    helper.snapshotter =
-        kiln_executor::probe::choose_snapshotter(asked, &helper, &|m| progress.note(m))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let registry = {
-        let p = progress.clone();
-        Arc::new(Registry::from_env()?.with_notify(move |m| p.note(m)))
-    };
-
-    let file_name = inputs
-        .file
-        .file_name()
-        .map(|f| f.to_string_lossy().to_string())
-        .unwrap_or_else(|| "Dockerfile".into());
-    progress
-        .vertex(&format!(
-            "[internal] load build definition from {file_name}"
-        ))
-        .done();
-    let resolver =
-        kiln_solver::resolver::Resolver::new(&registry, &store, runtime.handle(), &progress);
-    let multi = platforms.len() > 1;
-    let mut graphs = Vec::new();
-    for platform in &platforms {
-        let opts = BuildOptions {
-            file_name: file_name.clone(),
-            build_args: build_args.clone(),
-            target: b.target.clone(),
-            platform: platform.clone(),
-            show_platform: multi,
-        };
-        let mut graph = kiln_frontend::compile(&inputs.text, &opts, &resolver)?;
-        for (k, v) in &labels {
-            graph.config.config.labels.insert(k.clone(), v.clone());
-        }
-        graphs.push(graph);
-    }
-    let mut warned = std::collections::HashSet::new();
-    for w in graphs.iter().flat_map(|g| &g.warnings) {
-        if warned.insert(w.clone()) {
-            progress.note(w);
-        }
-    }
-    match b.print.as_deref() {
-        Some("graph") if multi => {
-            let all: Vec<serde_json::Value> = graphs.iter().map(|g| g.to_json()).collect();
-            println!("{}", serde_json::to_string_pretty(&all)?);
-            return Ok(());
-        }
-        Some("graph") => {
-            println!("{}", serde_json::to_string_pretty(&graphs[0].to_json())?);
-            return Ok(());
-        }
-        Some(_) => {
-            for g in &graphs {
-                print!("{}", g.to_dot());
-            }
-            return Ok(());
-        }
-        None => {}
-    }
-    if b.emit_llb {
-        return emit_llb(&graphs, inputs.excludes, b.metadata_file.as_deref());
-    }
-    let emulators = kiln_executor::emulate::plan(&graphs, &helper, &|m| progress.note(m))?;
-
-    // One graph for every platform, so what they share is built once.
-    let merged = kiln_frontend::merge(&graphs);
-    let whole = kiln_frontend::BuildGraph {
-        dag: merged.dag,
-        target: merged.maps[0][&graphs[0].target],
-        config: graphs[0].config.clone(),
-        history: Vec::new(),
-        warnings: Vec::new(),
-    };
-    // Whatever happens, the spool file is gone at the end: renamed into the archive, or
-    // removed by the guard. A cache export of its own copies every blob from the store:
-    // no spool then (an inline cache is in the image, and needs none).
-    let spool = if cache_to.iter().all(|c| c.backend == Backend::Inline) {
-        outputs::Spool::for_outputs(&outputs, graphs.len())
-    } else {
-        outputs::Spool::none()
-    };
-    let executor: Arc<dyn Executor> = Arc::new(helper);
-    let owners = executor.preserves_owners();
-    let imports = transfer::import(
-        &cache_from,
-        &store,
-        &registry,
-        runtime.handle(),
-        owners,
-        &|m| progress.note(m),
-    );
-    let solver = kiln_solver::Solver {
-        executor: executor.clone(),
-        cache: Arc::new(Caches {
-            local: LocalCache::new(store.clone(), owners),
-            imports,
-        }),
-        registry: registry.clone(),
-        runtime: runtime.handle().clone(),
-        file_hashes: FileHashes::load(&store, &inputs.context),
-        context: inputs.context,
-        excludes: inputs.excludes,
-        ignore: inputs.ignore,
-        no_cache: b.no_cache,
-        secrets,
-        emulators,
-        compression: outputs::layer_compression(&outputs),
-        progress: progress.clone(),
-        spool: spool.path().map(|path| kiln_solver::Spool {
-            node: whole.target,
-            path: path.to_path_buf(),
-            layer: Default::default(),
-        }),
-    };
-    let all = kiln_solver::solve(&solver, &whole)?;
-    let spooled = solver.spool.as_ref().and_then(|sp| {
-        let layer = sp.layer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        layer.map(|l| (l, sp.path.clone()))
-    });
-    let mut images = Vec::new();
-    for ((graph, map), platform) in graphs.iter().zip(&merged.maps).zip(&platforms) {
-        let results: HashMap<_, _> = map
-            .iter()
-            .filter_map(|(old, new)| all.get(new).map(|d| (*old, d.record.clone())))
-            .collect();
-        let mut built = kiln_exporter::assemble(graph, &results)?;
-        if cache_to.iter().any(|c| c.backend == Backend::Inline) {
-            let desc = transfer::inline(&whole, &all, map[&graph.target]);
-            built.extra_config.insert(INLINE_FIELD.into(), desc);
-        }
-        let lowers = results
-            .get(&graph.target)
-            .map(|r| r.lowers())
-            .unwrap_or_default();
-        images.push(PlatformImage {
-            platform: platform.clone(),
-            built,
-            lowers,
-        });
-    }
-    // Layers of results an imported cache served come into the store as far as the
-    // outputs need them.
-    let (layers, snapshots) = outputs::needs(&outputs, &b.tags, &images);
-    let need = if snapshots {
-        Need::Snapshots
-    } else {
-        Need::Fetched
-    };
-    kiln_solver::bring_in(&solver, &layers, need, &|l| progress.note(l))?;
-    if outputs.is_empty() {
-        progress.note("WARNING: No output specified. The build result only remains in kiln's cache; use -o type=oci,dest=FILE or --push");
-    }
-    let session = Session {
-        store: &store,
-        executor: executor.as_ref(),
-        registry: &registry,
-        runtime: runtime.handle(),
-        progress: &progress,
-        images: &images,
-        tags: &b.tags,
-        epoch,
-        spooled,
-    };
-    let done = outputs::export_all(&session, &outputs)?;
-    let targets: Vec<_> = graphs
-        .iter()
-        .zip(&merged.maps)
-        .map(|(g, m)| m[&g.target])
-        .collect();
-    for to in &cache_to {
-        let records = transfer::select(&whole, &all, &targets, to.mode);
-        match transfer::export(&solver, to, &records, &transfer::cache_mounts(&whole)) {
-            Ok((n, l)) => progress.note(&format!("exported cache: {n} results, {l} blobs")),
-            Err(e) if to.ignore_error => progress.note(&format!("WARNING: exporting cache: {e}")),
-            Err(e) => return Err(anyhow::Error::from(e).context("exporting cache")),
-        }
-    }
-    if let Some(p) = &b.iidfile {
-        outputs::write_iidfile(p, &done)?;
-    }
-    if let Some(p) = &b.metadata_file {
-        outputs::write_metadata(p, &done)?;
-    }
-    if let Some(m) = &done.index {
-        for (p, img) in images.iter().zip(&m.images) {
-            progress.note(&format!(
-                "image {} for {} (config {})",
-                img.manifest_digest, p.platform, img.config_digest
-            ));
-        }
-        progress.note(&format!(
-            "image {} (index of {} platforms)",
-            m.digest,
-            m.images.len()
-        ));
-    } else if let Some(img) = &done.image {
-        progress.note(&format!(
-            "image {} (config {})",
-            img.manifest_digest, img.config_digest
-        ));
-    }
-    if b.quiet {
-        // As buildx: the image ID, the one --iidfile writes.
-        if let Some(id) = outputs::image_id(&done) {
-            println!("{id}");
-        }
-    }
-    Ok(())
 }
