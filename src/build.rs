@@ -51,9 +51,48 @@ pub(crate) struct BuildArgs {
     /// Shorthand for --output=type=registry.
     #[arg(long)]
     push: bool,
+    /// Shorthand for --output=type=docker: load the image into docker (or podman,
+    /// when there is no docker on PATH).
+    #[arg(long)]
+    load: bool,
+    /// Always ask the registry for base images' tags, instead of the digests the store
+    /// pinned them to when it first pulled them.
+    #[arg(long)]
+    pull: bool,
     /// Do not use cache when building the image.
     #[arg(long = "no-cache")]
     no_cache: bool,
+    /// Do not cache the steps of these stages (names or indexes).
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    no_cache_filter: Vec<String>,
+    /// Networking mode for the RUN instructions (default, none, host).
+    #[arg(long, default_value = "default")]
+    network: String,
+    /// Add a custom host-to-IP mapping to RUN's /etc/hosts (format: host:ip).
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    add_host: Vec<String>,
+    /// Size of RUN's /dev/shm (e.g. 128m).
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    shm_size: Option<String>,
+    /// Resource limits of RUN (format: name=soft[:hard], e.g. nofile=1024:2048).
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    ulimit: Vec<String>,
+    /// Allow extra privileged entitlements (network.host; security.insecure and
+    /// device are refused: kiln runs rootless).
+    #[arg(long, value_name = "ENTITLEMENT", value_delimiter = ',')]
+    allow: Vec<String>,
+    /// Add annotations to the image (KEY=VALUE, or TYPE:KEY=VALUE with TYPE index,
+    /// manifest or manifest-descriptor).
+    #[arg(long)]
+    annotation: Vec<String>,
+    /// Parent cgroup of RUN: refused, since kiln runs steps in the cgroup it is
+    /// started in (start kiln in the cgroup you want).
+    #[arg(long = "cgroup-parent", value_name = "CGROUP")]
+    cgroup_parent: Option<String>,
+    /// The builder instance to use: kiln is its own builder, so this is only noted.
+    #[arg(long, env = "BUILDX_BUILDER")]
+    builder: Option<String>,
+
     /// Cache export destination (e.g. `type=local,dest=DIR[,mode=min|max]`).
     #[arg(long = "cache-to")]
     cache_to: Vec<String>,
@@ -123,6 +162,53 @@ fn check_attestations(b: &BuildArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--network`, `--add-host`, `--shm-size`, `--ulimit` and `--allow`: what every RUN
+/// of the build gets. Limits are checked against the ones kiln runs under, since a
+/// rootless build can lower them but not raise a hard limit.
+fn run_defaults(b: &BuildArgs) -> Result<kiln_frontend::runflags::RunDefaults> {
+    use kiln_frontend::runflags as rf;
+    let msg = anyhow::Error::msg;
+    if let Some(c) = &b.cgroup_parent {
+        bail!(
+            "--cgroup-parent {c:?}: kiln has no daemon and no cgroup manager; its RUN steps stay in the cgroup kiln starts in, so start it there (e.g. systemd-run --user --scope --slice=... kiln build ...)"
+        );
+    }
+    let mut run = rf::RunDefaults {
+        network: rf::parse_network(&b.network).map_err(msg)?,
+        ..Default::default()
+    };
+    // As buildx: `--network host` asks for the entitlement too.
+    run.allow_network_host = run.network == kiln_frontend::Network::Host;
+    for a in &b.allow {
+        rf::parse_allow(a, &mut run).map_err(msg)?;
+    }
+    for h in &b.add_host {
+        run.extra_hosts.extend(rf::parse_add_host(h).map_err(msg)?);
+    }
+    run.shm_size = b
+        .shm_size
+        .as_deref()
+        .map(rf::parse_size)
+        .transpose()
+        .map_err(msg)?;
+    for u in &b.ulimit {
+        let u = rf::parse_ulimit(u).map_err(msg)?;
+        if let Some(max) = kiln_executor::hard_limit(&u.name) {
+            let asked = |v: i64| u64::try_from(v).unwrap_or(u64::MAX);
+            if asked(u.hard) > max {
+                bail!(
+                    "--ulimit {}={}:{}: the hard limit kiln runs under is {max}, and a rootless build cannot raise it (ask for at most {max}, or raise it before starting kiln)",
+                    u.name,
+                    u.soft,
+                    u.hard
+                );
+            }
+        }
+        run.ulimits.push(u);
+    }
+    Ok(run)
+}
+
 fn parse_build_args(raw: &[String]) -> Vec<(String, String)> {
     raw.iter()
         .filter_map(|a| match a.split_once('=') {
@@ -167,7 +253,9 @@ fn emit_llb(
 pub(crate) fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()> {
     let secrets = kiln_solver::secrets::parse(&b.secrets)?;
     let platforms = Platform::parse_list(b.platform.as_deref()).map_err(anyhow::Error::msg)?;
-    let outputs = outputs::plan(&b.outputs, b.push, &b.tags)?;
+    let mut outputs = outputs::plan(&b.outputs, b.push, b.load, &b.tags)?;
+    outputs::annotate(&mut outputs, &b.annotation)?;
+    let run_defaults = run_defaults(&b)?;
     let cache_to = b
         .cache_to
         .iter()
@@ -195,6 +283,11 @@ pub(crate) fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) ->
 
     let store = Store::open(&root).with_context(|| format!("opening store {}", root.display()))?;
     let progress = Progress::new(if b.quiet { Mode::Quiet } else { b.progress });
+    if let Some(name) = &b.builder {
+        progress.note(&format!(
+            "builder {name:?}: kiln builds in this process, with no builder instances; building here"
+        ));
+    }
     let idmap = IdMap::detect();
     progress.note(&idmap.describe());
     let mut helper = Helper::new(store.clone(), idmap);
@@ -237,8 +330,13 @@ pub(crate) fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) ->
             "[internal] load build definition from {file_name}"
         ))
         .done();
-    let resolver =
-        kiln_solver::resolver::Resolver::new(&registry, &store, runtime.handle(), &progress);
+    let resolver = kiln_solver::resolver::Resolver::new(
+        &registry,
+        &store,
+        runtime.handle(),
+        &progress,
+        b.pull,
+    );
     let multi = platforms.len() > 1;
     let mut graphs = Vec::new();
     for platform in &platforms {
@@ -248,6 +346,8 @@ pub(crate) fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) ->
             target: b.target.clone(),
             platform: platform.clone(),
             show_platform: multi,
+            no_cache_stages: b.no_cache_filter.clone(),
+            run: run_defaults.clone(),
         };
         let mut graph = kiln_frontend::compile(&inputs.text, &opts, &resolver)?;
         for (k, v) in &labels {

@@ -34,6 +34,9 @@ struct Cli {
     /// everywhere), or auto (overlay where a probe mount works, else native).
     #[arg(long, global = true, env = "KILN_SNAPSHOTTER", default_value = "auto")]
     snapshotter: SnapshotterArg,
+    /// Show kiln's debug log on stderr (cache keys, registry requests).
+    #[arg(short = 'D', long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -69,10 +72,29 @@ fn main() {
         std::process::exit(kiln_executor::helper_main(&args[2..]));
     }
     let cli = Cli::parse();
+    log_to_stderr(cli.debug);
     if let Err(e) = run(cli) {
         eprintln!("ERROR: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// kiln's log: warnings always, debug events too with `-D`; plain lines on stderr,
+/// without module paths.
+fn log_to_stderr(debug: bool) {
+    use std::io::IsTerminal;
+    let filter = if debug {
+        "debug,h2=info,hyper=info,hyper_util=info,rustls=info,reqwest=info"
+    } else {
+        "warn"
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .try_init();
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -39,6 +39,7 @@ pub use kiln_snapshotter::diff::{LayerCompression, LayerDigests};
 pub use kiln_snapshotter::native::Snapshotter;
 pub use remake::remake_blob;
 pub use sandbox::{Mount, MountSource, RunAction, SecretFrom};
+pub use sys::hard_limit;
 
 use kiln_snapshotter::Store;
 use serde::{Deserialize, Serialize};
@@ -205,6 +206,8 @@ pub enum Error {
     Workdir { cwd: String, why: &'static str },
     #[error("RUN as USER {user} ({uid}:{gid}) needs a subordinate id range: without one only root exists in kiln's user namespace; add ranges to /etc/subuid and /etc/subgid (usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER) and install uidmap")]
     NeedsSubids { user: String, uid: u32, gid: u32 },
+    #[error("--ulimit {0}")]
+    Ulimit(String),
     #[error("empty command")]
     EmptyCommand,
     #[error("exec: {0:?}: executable file not found in $PATH")]

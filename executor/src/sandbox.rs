@@ -38,6 +38,12 @@ pub struct RunAction {
     pub emulator: Option<crate::emulate::Emulator>,
     /// `--network=none`.
     pub no_network: bool,
+    /// `--add-host` lines for /etc/hosts.
+    #[serde(default)]
+    pub extra_hosts: Vec<kiln_frontend::runflags::HostEntry>,
+    /// `--ulimit`s, set before the command starts.
+    #[serde(default)]
+    pub ulimits: Vec<kiln_frontend::runflags::Ulimit>,
     /// Here-document scripts for `/dev/pipes/`.
     pub files: Vec<InlineFile>,
 }
@@ -224,6 +230,15 @@ impl Stubs {
 /// entries are not the container's business).
 const HOSTS: &str = "127.0.0.1\tlocalhost kiln\n::1\tlocalhost ip6-localhost ip6-loopback\n";
 
+/// [`HOSTS`] with the `--add-host` lines after it, as BuildKit writes them.
+fn hosts_file(extra: &[kiln_frontend::runflags::HostEntry]) -> String {
+    let mut s = HOSTS.to_string();
+    for h in extra {
+        s.push_str(&format!("{}\t{}\n", h.ip, h.host));
+    }
+    s
+}
+
 /// Paths of /proc hidden from RUN (a character device or an empty read-only tmpfs over
 /// them), and paths made read-only: runc's defaults, as Docker and BuildKit use them.
 const MASKED: [&str; 11] = [
@@ -267,7 +282,10 @@ pub fn run(
     let mut etc = Vec::new();
     for (rel, content) in [
         ("etc/resolv.conf", fs::read("/etc/resolv.conf").ok()),
-        ("etc/hosts", Some(HOSTS.as_bytes().to_vec())),
+        (
+            "etc/hosts",
+            Some(hosts_file(&spec.extra_hosts).into_bytes()),
+        ),
     ] {
         let Some(content) = content else { continue };
         if !created.ensure(rel, false) {
@@ -690,6 +708,9 @@ fn sandbox_init(
         uid: user.uid,
         gid: user.gid,
     };
+    for u in &spec.ulimits {
+        sys::set_rlimit(&u.name, u.soft, u.hard)?;
+    }
     if !emulated_user {
         sys::become_user(user.uid, user.gid, &user.groups)?;
     }

@@ -308,6 +308,56 @@ pub(crate) fn become_user(uid: u32, gid: u32, groups: &[u32]) -> Result<()> {
     nix::unistd::setresuid(u, u, u).map_err(fail(format!("setuid {uid}")))
 }
 
+fn resource_of(name: &str) -> Option<nix::sys::resource::Resource> {
+    use nix::sys::resource::Resource;
+    Some(match name {
+        "cpu" => Resource::RLIMIT_CPU,
+        "fsize" => Resource::RLIMIT_FSIZE,
+        "data" => Resource::RLIMIT_DATA,
+        "stack" => Resource::RLIMIT_STACK,
+        "core" => Resource::RLIMIT_CORE,
+        "rss" => Resource::RLIMIT_RSS,
+        "nproc" => Resource::RLIMIT_NPROC,
+        "nofile" => Resource::RLIMIT_NOFILE,
+        "memlock" => Resource::RLIMIT_MEMLOCK,
+        "as" => Resource::RLIMIT_AS,
+        "locks" => Resource::RLIMIT_LOCKS,
+        "sigpending" => Resource::RLIMIT_SIGPENDING,
+        "msgqueue" => Resource::RLIMIT_MSGQUEUE,
+        "nice" => Resource::RLIMIT_NICE,
+        "rtprio" => Resource::RLIMIT_RTPRIO,
+        "rttime" => Resource::RLIMIT_RTTIME,
+        _ => return None,
+    })
+}
+
+/// Sets resource limit `name` (one of Docker's `--ulimit` names; -1: unlimited).
+/// Raising a hard limit above the one kiln was started with needs a privilege the
+/// user namespace does not give: the kernel says EPERM.
+pub(crate) fn set_rlimit(name: &str, soft: i64, hard: i64) -> Result<()> {
+    use nix::sys::resource::{setrlimit, RLIM_INFINITY};
+    let Some(resource) = resource_of(name) else {
+        return Err(Error::Ulimit(format!("unknown limit {name:?}")));
+    };
+    let lim = |v: i64| u64::try_from(v).unwrap_or(RLIM_INFINITY);
+    setrlimit(resource, lim(soft), lim(hard)).map_err(|e| {
+        Error::Ulimit(match e {
+            nix::errno::Errno::EPERM => format!(
+                "{name}={soft}:{hard}: above the hard limit kiln runs under, which a rootless build cannot raise"
+            ),
+            e => format!("{name}={soft}:{hard}: {e}"),
+        })
+    })
+}
+
+/// The hard limit of `name` (a `--ulimit` name) this process runs under; `None` for
+/// unknown names and unlimited ones.
+pub fn hard_limit(name: &str) -> Option<u64> {
+    use nix::sys::resource::{getrlimit, RLIM_INFINITY};
+    let (_, hard) = getrlimit(resource_of(name)?).ok()?;
+    (hard != RLIM_INFINITY).then_some(hard)
+}
+
 /// SIGKILL when the parent (the helper) dies.
 pub(crate) fn die_with_parent() -> Result<()> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)

@@ -207,17 +207,7 @@ pub fn write(
     store: &Store,
     base: Option<Base>,
 ) -> Result<()> {
-    let index = index_for(subject, naming)?;
-    let docker = match (format, subject) {
-        (Format::Docker, Subject::One(img)) => Some(docker_manifest(img, naming)?),
-        // As BuildKit's docker exporter: `docker load` takes one image per name.
-        (Format::Docker, Subject::Many(_)) => {
-            return Err(Error::Options(
-                "type=docker holds one platform's image: export several platforms with type=oci or type=registry".into(),
-            ))
-        }
-        (Format::Oci, _) => None,
-    };
+    let (index, docker) = top_files(subject, format, naming)?;
     let l = layout(subject, &index, docker.as_deref(), store)?;
     if !tar {
         return write_dir(&l, Path::new(dest), &index);
@@ -309,6 +299,50 @@ pub fn sibling_tmp(dest: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "out".into());
     dir.join(format!(".{name}.kiln-{}.tmp", std::process::id()))
+}
+
+/// The archive's index.json, and for a Docker archive its manifest.json.
+fn top_files(
+    subject: Subject,
+    format: Format,
+    naming: &Naming,
+) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let index = index_for(subject, naming)?;
+    let docker = match (format, subject) {
+        (Format::Docker, Subject::One(img)) => Some(docker_manifest(img, naming)?),
+        // As BuildKit's docker exporter: `docker load` takes one image per name.
+        (Format::Docker, Subject::Many(_)) => {
+            return Err(Error::Options(
+                "type=docker holds one platform's image: export several platforms with type=oci or type=registry".into(),
+            ))
+        }
+        (Format::Oci, _) => None,
+    };
+    Ok((index, docker))
+}
+
+/// Writes the image as a tar archive into `out` (a pipe to `docker load`, say);
+/// `what` names the destination in errors.
+pub fn write_stream<W: Write>(
+    subject: Subject,
+    format: Format,
+    naming: &Naming,
+    store: &Store,
+    out: W,
+    what: &str,
+) -> Result<W> {
+    let (index, docker) = top_files(subject, format, naming)?;
+    let l = layout(subject, &index, docker.as_deref(), store)?;
+    let mut out = write_tar(
+        std::io::BufWriter::with_capacity(1 << 20, out),
+        &l,
+        Path::new(what),
+    )?;
+    out.flush().map_err(io(Path::new(what)))?;
+    out.into_inner().map_err(|e| Error::Io {
+        path: what.to_string(),
+        source: e.into_error(),
+    })
 }
 
 fn write_tar<W: Write>(out: W, l: &Layout, path: &Path) -> Result<W> {

@@ -67,6 +67,9 @@ struct Compiler<'a> {
     scratch: Option<NodeIndex>,
     used_args: BTreeSet<String>,
     warnings: Vec<String>,
+    /// The stages being compiled, innermost last (a stage's FROM or `--from` compiles
+    /// another in the middle of it).
+    compiling: Vec<usize>,
 }
 
 /// Args every build has without declaring them (BuildKit's automatic platform args).
@@ -239,6 +242,7 @@ pub fn compile_parsed(
         images: HashMap::new(),
         scratch: None,
         used_args: BTreeSet::new(),
+        compiling: Vec::new(),
         warnings: parsed.warnings.iter().cloned().chain(duplicates).collect(),
     };
     c.global_args = automatic_args(&opts.platform, &target_name);
@@ -388,7 +392,19 @@ impl Compiler<'_> {
         lexer::expand_word(w, vars, self.escape).map_err(|e| self.err(at, e))
     }
 
-    fn add(&mut self, step: Step, inputs: &[NodeIndex]) -> NodeIndex {
+    fn add(&mut self, mut step: Step, inputs: &[NodeIndex]) -> NodeIndex {
+        // Sources (images, scratch) belong to no stage.
+        step.no_cache = step.parent.is_some()
+            && self.compiling.last().is_some_and(|&i| {
+                let stage = &self.stages[i];
+                self.opts.no_cache_stages.iter().any(|f| {
+                    stage
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(f))
+                        || *f == i.to_string()
+                })
+            });
         let n = self.dag.add_node(step);
         for &i in inputs {
             self.dag.add_edge(i, n, ());
@@ -413,6 +429,7 @@ impl Compiler<'_> {
                             line: self.line_of(line_at),
                             op: Op::Scratch,
                             parent: None,
+                            no_cache: false,
                         },
                         &[],
                     );
@@ -460,6 +477,7 @@ impl Compiler<'_> {
                         line: self.line_of(line_at),
                         op,
                         parent: None,
+                        no_cache: false,
                     },
                     &[],
                 );
@@ -551,7 +569,10 @@ impl Compiler<'_> {
             ));
         }
         self.in_progress[idx] = true;
-        let r = self.compile_stage(idx)?;
+        self.compiling.push(idx);
+        let r = self.compile_stage(idx);
+        self.compiling.pop();
+        let r = r?;
         self.in_progress[idx] = false;
         self.results[idx] = Some(r.clone());
         Ok(r)
@@ -862,6 +883,7 @@ impl Compiler<'_> {
                             user: st.config.config.user.clone(),
                         },
                         parent: Some(st.node),
+                        no_cache: false,
                     };
                     st.node = self.add(step, &[st.node]);
                     self.layer(st, format!("WORKDIR {dir}"));

@@ -14,6 +14,7 @@ pub mod image;
 pub mod lexer;
 pub mod parser;
 pub mod path;
+pub mod runflags;
 
 /// Go's `time.ParseDuration` (in nanoseconds), as Docker's CLI flags take durations.
 pub use compile::gofmt::parse_duration as parse_go_duration;

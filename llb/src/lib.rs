@@ -529,6 +529,9 @@ impl Builder<'_> {
         if spec.argv.is_empty() {
             return Err(self.unsupported(n, "a RUN without a command"));
         }
+        if !spec.ulimits.is_empty() {
+            caps.push("exec.meta.ulimit");
+        }
         let op = pb::Op {
             inputs: inputs.0,
             op: Some(pb::op::Kind::Exec(pb::ExecOp {
@@ -537,6 +540,23 @@ impl Builder<'_> {
                     env: spec.env.clone(),
                     cwd: spec.cwd.clone(),
                     user: spec.user.clone(),
+                    extra_hosts: spec
+                        .extra_hosts
+                        .iter()
+                        .map(|h| pb::HostIp {
+                            host: h.host.clone(),
+                            ip: h.ip.clone(),
+                        })
+                        .collect(),
+                    ulimit: spec
+                        .ulimits
+                        .iter()
+                        .map(|u| pb::Ulimit {
+                            name: u.name.clone(),
+                            soft: u.soft,
+                            hard: u.hard,
+                        })
+                        .collect(),
                     remove_mount_stubs_recursive: true,
                 }),
                 mounts,

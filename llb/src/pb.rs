@@ -76,10 +76,34 @@ pub struct Meta {
     pub cwd: String,
     #[prost(string, tag = "4")]
     pub user: String,
+    #[prost(message, repeated, tag = "6")]
+    pub extra_hosts: Vec<HostIp>,
+    #[prost(message, repeated, tag = "9")]
+    pub ulimit: Vec<Ulimit>,
     /// Remove the mount points the exec created in the rootfs (and their created
     /// parents) afterwards, as BuildKit's Dockerfile frontend asks for every RUN.
     #[prost(bool, tag = "11")]
     pub remove_mount_stubs_recursive: bool,
+}
+
+/// An `/etc/hosts` line of the exec's own (`--add-host`).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HostIp {
+    #[prost(string, tag = "1")]
+    pub host: String,
+    #[prost(string, tag = "2")]
+    pub ip: String,
+}
+
+/// A resource limit of the exec (`--ulimit`).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Ulimit {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(int64, tag = "2")]
+    pub soft: i64,
+    #[prost(int64, tag = "3")]
+    pub hard: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

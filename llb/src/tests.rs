@@ -45,6 +45,8 @@ fn graph(text: &str, platform: &str) -> BuildGraph {
         target: None,
         platform: Platform::parse(platform).expect("platform"),
         show_platform: false,
+        run: Default::default(),
+        no_cache_stages: Vec::new(),
     };
     kiln_frontend::compile(text, &opts, &Pin).expect("compile")
 }

@@ -26,6 +26,7 @@ mod hosts;
 mod limited;
 mod login;
 mod names;
+mod pins;
 mod pull;
 mod push;
 pub mod retry;

@@ -15,6 +15,18 @@ impl Registry {
     /// Resolves `name` to the manifest for `want`, storing manifest and config;
     /// registries.conf mirrors are tried first.
     pub async fn resolve(&self, name: &str, want: &Want, store: &Store) -> Result<Resolved> {
+        let res = self.resolve_remote(name, want, store).await?;
+        crate::pins::write(store, name, want, &res);
+        Ok(res)
+    }
+
+    /// The store's pin of `name` for `want` (see [`crate::pins`]): what the last
+    /// [`Registry::resolve`] of it gave, while the store keeps its manifest and config.
+    pub fn pinned(&self, name: &str, want: &Want, store: &Store) -> Option<Resolved> {
+        crate::pins::read(store, name, want)
+    }
+
+    async fn resolve_remote(&self, name: &str, want: &Want, store: &Store) -> Result<Resolved> {
         let r = parse_reference(name)?;
         let canonical = format!("{}/{}", r.registry(), r.repository());
         let endpoints = self.conf.pull_endpoints(&canonical, r.digest().is_some())?;

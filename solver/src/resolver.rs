@@ -1,5 +1,7 @@
-//! The base image resolver the frontend asks while it compiles: through the registry,
-//! once per name and platform, each shown as a step.
+//! The base image resolver the frontend asks while it compiles: once per name and
+//! platform, each shown as a step; from the store's pin of the name when it has one
+//! (as `docker build` uses a local image), through the registry with `--pull` or
+//! when there is none.
 
 use kiln_frontend::{ImageConfig, ImageResolver, Platform, ResolvedImage};
 use kiln_progress::Progress;
@@ -14,6 +16,8 @@ pub struct Resolver<'a> {
     pub store: &'a Store,
     pub runtime: &'a tokio::runtime::Handle,
     pub progress: &'a Progress,
+    /// `--pull`: ask the registry even for names the store has pinned.
+    pub pull: bool,
     seen: Mutex<HashMap<String, ResolvedImage>>,
 }
 
@@ -23,12 +27,14 @@ impl<'a> Resolver<'a> {
         store: &'a Store,
         runtime: &'a tokio::runtime::Handle,
         progress: &'a Progress,
+        pull: bool,
     ) -> Resolver<'a> {
         Resolver {
             registry,
             store,
             runtime,
             progress,
+            pull,
             seen: Mutex::new(HashMap::new()),
         }
     }
@@ -58,21 +64,35 @@ impl ImageResolver for Resolver<'_> {
             architecture: p.architecture.clone(),
             variant: p.variant.clone(),
         };
-        let result = self
-            .runtime
-            .block_on(self.registry.resolve(name, &want, self.store))
-            .map_err(|e| e.to_string())
-            .and_then(|r| {
-                if let Some(m) = &r.mirror {
-                    v.log(&format!("from mirror {m}"));
-                }
-                let config: ImageConfig = serde_json::from_slice(&r.config)
-                    .map_err(|e| format!("bad image config of {}: {e}", r.pinned))?;
-                Ok(ResolvedImage {
-                    pinned: r.pinned,
-                    config,
-                })
-            });
+        let pinned = if self.pull {
+            None
+        } else {
+            self.registry.pinned(name, &want, self.store)
+        };
+        if let Some(r) = &pinned {
+            v.log(&format!(
+                "{} as pinned in the store (--pull asks the registry again)",
+                r.manifest_digest
+            ));
+        }
+        let result = match pinned {
+            Some(r) => Ok(r),
+            None => self
+                .runtime
+                .block_on(self.registry.resolve(name, &want, self.store)),
+        }
+        .map_err(|e| e.to_string())
+        .and_then(|r| {
+            if let Some(m) = &r.mirror {
+                v.log(&format!("from mirror {m}"));
+            }
+            let config: ImageConfig = serde_json::from_slice(&r.config)
+                .map_err(|e| format!("bad image config of {}: {e}", r.pinned))?;
+            Ok(ResolvedImage {
+                pinned: r.pinned,
+                config,
+            })
+        });
         match &result {
             Ok(r) => {
                 v.done();

@@ -1,5 +1,6 @@
 //! `type=oci` and `type=docker`: the image as an OCI layout or a Docker archive, a tar
-//! file (or stdout) or a directory.
+//! file (or stdout) or a directory; `type=docker` without `dest` (and `--load`) loads
+//! it into the local engine, as buildx does.
 
 use super::{Exporter, Kind, Made, Output, Session};
 use crate::archive::{self, Format, Naming};
@@ -26,6 +27,10 @@ impl Exporter for ImageArchive {
             index_annotations: o.index_annotations.clone(),
             descriptor_annotations: o.descriptor_annotations.clone(),
         };
+        if o.loads() {
+            super::load::load(s, subject, &naming)?;
+            return Ok(Some(made));
+        }
         let dest = tar_dest(o, tar)?;
         let what = if format == Format::Oci {
             "oci image format"

@@ -6,12 +6,13 @@
 
 mod fs;
 mod image_archive;
+mod load;
 mod metadata;
 pub mod options;
 mod push;
 
 pub use metadata::{image_id, write_iidfile, write_metadata};
-pub use options::parse;
+pub use options::{annotate, parse};
 
 use crate::archive;
 use crate::layers::Compression;
@@ -41,12 +42,16 @@ pub fn resolve(o: &Output) -> Box<dyn Exporter> {
     }
 }
 
-/// The outputs a build was asked for: each `-o`, and a push for `--push` (unless an
-/// output pushes already); checked against the tags before anything is built.
-pub fn plan(specs: &[String], push: bool, tags: &[String]) -> Result<Vec<Output>> {
+/// The outputs a build was asked for: each `-o`, a push for `--push` (unless an
+/// output pushes already), a load for `--load` (unless an output loads already);
+/// checked against the tags before anything is built.
+pub fn plan(specs: &[String], push: bool, load: bool, tags: &[String]) -> Result<Vec<Output>> {
     let mut outputs = specs.iter().map(|o| parse(o)).collect::<Result<Vec<_>>>()?;
     if push && !outputs.iter().any(|o| o.kind == Kind::Registry) {
         outputs.push(parse("type=registry")?);
+    }
+    if load && !outputs.iter().any(Output::loads) {
+        outputs.push(parse("type=docker")?);
     }
     if outputs
         .iter()
@@ -125,6 +130,13 @@ pub struct Output {
     pub rewrite_timestamp: bool,
     pub index_annotations: BTreeMap<String, String>,
     pub descriptor_annotations: BTreeMap<String, String>,
+}
+
+impl Output {
+    /// Whether it loads the image into the local engine: `type=docker` without `dest`.
+    pub fn loads(&self) -> bool {
+        self.kind == (Kind::Docker { tar: true }) && self.dest.as_deref().is_none_or(str::is_empty)
+    }
 }
 
 /// How steps should compress the layers they make: zstd when the first output that

@@ -153,9 +153,76 @@ pub fn parse(spec: &str) -> Result<Output> {
     Ok(out)
 }
 
+/// `--annotation`s, as buildx takes them: `KEY=VALUE` (the manifest's), or with
+/// types before a colon, `index:`, `manifest:`, `manifest-descriptor:` (several
+/// separated by commas); buildx adds them to every output.
+pub fn annotate(outputs: &mut [Output], annotations: &[String]) -> Result<()> {
+    for a in annotations.iter().filter(|a| !a.is_empty()) {
+        let Some((k, v)) = a.split_once('=') else {
+            bail!("--annotation {a:?}: expected KEY=VALUE (or TYPE:KEY=VALUE)");
+        };
+        let (types, key) = match k.split_once(':') {
+            Some((t, key)) => (t.split(',').collect::<Vec<_>>(), key),
+            None => (vec!["manifest"], k),
+        };
+        if key.is_empty() {
+            bail!("--annotation {a:?}: the annotation has no name");
+        }
+        for t in types {
+            if t.contains('[') {
+                bail!("--annotation {a:?}: per-platform annotations ({t}) are not supported yet");
+            }
+            for o in outputs.iter_mut() {
+                let map = match t {
+                    "manifest" => &mut o.image.manifest_annotations,
+                    "index" => &mut o.index_annotations,
+                    "manifest-descriptor" => &mut o.descriptor_annotations,
+                    "index-descriptor" => bail!(
+                        "--annotation {a:?}: index-descriptor annotations are not supported yet"
+                    ),
+                    other => bail!(
+                        "--annotation {a:?}: unknown annotation type {other:?} (expected index, manifest or manifest-descriptor)"
+                    ),
+                };
+                map.insert(key.to_string(), v.to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn annotations_go_to_every_output_by_type() {
+        let mut outs = vec![
+            parse("type=oci,dest=a.tar").expect("a"),
+            parse("type=registry").expect("b"),
+        ];
+        annotate(
+            &mut outs,
+            &[
+                "org.opencontainers.image.title=T".into(),
+                "index,manifest:org.x=1".into(),
+                "manifest-descriptor:d=v=w".into(),
+            ],
+        )
+        .expect("annotate");
+        for o in &outs {
+            assert_eq!(
+                o.image.manifest_annotations["org.opencontainers.image.title"],
+                "T"
+            );
+            assert_eq!(o.image.manifest_annotations["org.x"], "1");
+            assert_eq!(o.index_annotations["org.x"], "1");
+            assert_eq!(o.descriptor_annotations["d"], "v=w");
+        }
+        assert!(annotate(&mut outs, &["novalue".into()]).is_err());
+        assert!(annotate(&mut outs, &["bogus:k=v".into()]).is_err());
+        assert!(annotate(&mut outs, &["manifest[linux/amd64]:k=v".into()]).is_err());
+    }
 
     #[test]
     fn outputs_parse_like_buildx() {

@@ -205,6 +205,7 @@ impl Compiler<'_> {
                 unpack: is_add && unpack,
             }),
             parent: Some(st.node),
+            no_cache: false,
         };
         st.node = self.add(step, &inputs);
         self.layer(st, format!("{hist} # buildkit"));

@@ -21,6 +21,10 @@ pub struct BuildOptions {
     /// Prefix step names with their stage's platform, as BuildKit does when a build
     /// has several target platforms (`[linux/arm64 build 2/3] RUN ...`).
     pub show_platform: bool,
+    /// `--no-cache-filter`: stages whose steps run even when cached.
+    pub no_cache_stages: Vec<String>,
+    /// The build-wide RUN settings (`--network`, `--add-host`, ...).
+    pub run: crate::runflags::RunDefaults,
 }
 
 /// A base image pinned by digest, with its configuration.
@@ -81,6 +85,13 @@ pub struct RunSpec {
     pub security: Security,
     /// Files mounted read-only under `/dev/pipes/` (a here-document with a `#!` line).
     pub files: Vec<InlineFile>,
+    /// `--add-host` lines for /etc/hosts (left out of the key when there are none, as
+    /// are the ulimits, so that keys stay what they were without the flags).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<crate::runflags::HostEntry>,
+    /// `--ulimit`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<crate::runflags::Ulimit>,
 }
 
 /// One COPY/ADD source.
@@ -151,6 +162,9 @@ pub struct Step {
     /// The filesystem this step starts from (`None` for sources).
     #[serde(serialize_with = "ser_opt_node")]
     pub parent: Option<NodeIndex>,
+    /// Run even when the cache has the result: a step of a `--no-cache-filter` stage.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
 }
 
 /// A history row and, for rows of this build that may add a layer, the vertex whose

@@ -74,6 +74,7 @@ pub fn merge(graphs: &[BuildGraph]) -> Merged {
                         line: step.line,
                         op,
                         parent,
+                        no_cache: step.no_cache,
                     });
                     for &i in &inputs {
                         dag.add_edge(i, m, ());

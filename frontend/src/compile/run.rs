@@ -44,13 +44,40 @@ impl Compiler<'_> {
                     mounts.push(RunMount { spec, from });
                 }
                 "network" => {
-                    network = mounts::parse_network(&raw).map_err(|e| self.err(f.at, e))?
+                    network = mounts::parse_network(&raw).map_err(|e| self.err(f.at, e))?;
+                    if network == Network::Host && !self.opts.run.allow_network_host {
+                        return Err(self.err(
+                            f.at,
+                            "RUN --network=host: network.host is not allowed (pass --allow network.host)",
+                        ));
+                    }
                 }
                 "security" => {
                     security = mounts::parse_security(&raw).map_err(|e| self.err(f.at, e))?
                 }
                 other => return Err(self.err(f.at, format!("RUN --{other} is not supported yet"))),
             }
+        }
+        // `--shm-size`: a tmpfs of that size at /dev/shm, as BuildKit's frontend adds.
+        if let Some(size) = self.opts.run.shm_size {
+            mounts.push(RunMount {
+                spec: MountSpec {
+                    kind: MountKind::Tmpfs,
+                    target: "/dev/shm".into(),
+                    source: String::new(),
+                    from: None,
+                    readonly: false,
+                    id: String::new(),
+                    sharing: Sharing::Shared,
+                    required: false,
+                    mode: None,
+                    uid: None,
+                    gid: None,
+                    size: Some(size),
+                    env: None,
+                },
+                from: None,
+            });
         }
         let mut files = Vec::new();
         let mut display = self.display(ins, &vars);
@@ -127,11 +154,18 @@ impl Compiler<'_> {
                 cwd,
                 user: st.config.config.user.clone(),
                 mounts,
-                network,
+                // `--network=default` (or none given) is the build's `--network`.
+                network: match network {
+                    Network::Default => self.opts.run.network,
+                    n => n,
+                },
                 security,
                 files,
+                extra_hosts: self.opts.run.extra_hosts.clone(),
+                ulimits: self.opts.run.ulimits.clone(),
             }),
             parent: Some(st.node),
+            no_cache: false,
         };
         st.node = self.add(step, &inputs);
         self.layer(st, format!("RUN {} # buildkit", parts.join(" ")));

@@ -46,6 +46,8 @@ fn build(
         target: target.map(str::to_string),
         platform: Platform::host(),
         show_platform: false,
+        run: Default::default(),
+        no_cache_stages: Vec::new(),
     };
     let g = compile(df, &opts, &fake);
     (g, fake.asked.into_inner())
@@ -492,6 +494,8 @@ fn build_with(df: &str, r: &dyn ImageResolver) -> Result<BuildGraph> {
         target: None,
         platform: Platform::host(),
         show_platform: false,
+        run: Default::default(),
+        no_cache_stages: Vec::new(),
     };
     compile(df, &opts, r)
 }
@@ -678,6 +682,8 @@ fn stages_run_on_their_from_platform_and_target_args_follow_the_target() {
         target: None,
         platform: arm64.clone(),
         show_platform: true,
+        run: Default::default(),
+        no_cache_stages: Vec::new(),
     };
     let g = compile(df, &opts, &r).expect("compiles");
     let host = Platform::host();
@@ -737,6 +743,8 @@ fn merged_platform_graphs_share_what_does_not_depend_on_the_target() {
                 target: None,
                 platform: Platform::parse(p).expect("platform"),
                 show_platform: true,
+                run: Default::default(),
+                no_cache_stages: Vec::new(),
             };
             let r = PlatformRecorder(RefCell::new(Vec::new()));
             compile(df, &opts, &r).expect("compiles")

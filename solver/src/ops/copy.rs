@@ -89,7 +89,7 @@ fn prepare(cx: &Cx<'_>, c: &CopySpec) -> Result<(CacheKey, (CopyAction, Option<P
     // The snapshot this COPY made last time, whose unchanged files the new one links;
     // --no-cache copies everything afresh.
     let link_ref = match c.from {
-        CopyFrom::Context if !paths.is_empty() && !s.no_cache => Some(
+        CopyFrom::Context if !paths.is_empty() && !s.no_cache && !cx.step.no_cache => Some(
             s.store()
                 .root()
                 .join("copy-refs")

@@ -107,13 +107,14 @@ pub(crate) fn run_vertex(
     };
     let op = operation(step);
     let key = op.cache_key(&cx)?;
+    tracing::debug!("{}: cache key {}", step.name, key.as_str());
     let cached = match op.reuse() {
         Reuse::Never => {
             let record = op.execute(&cx, &s.progress.hidden())?;
             return Ok(Done { key, record });
         }
         Reuse::Always => true,
-        Reuse::UnlessNoCache => !s.no_cache,
+        Reuse::UnlessNoCache => !s.no_cache && !step.no_cache,
     };
     let v = s.progress.vertex(&step.name);
     if cached {

@@ -185,6 +185,8 @@ fn run_action(cx: &Cx<'_>, spec: &RunSpec) -> Result<(RunAction, String)> {
         mounts,
         emulator: s.emulators.get(&spec.platform.architecture).cloned(),
         no_network: spec.network == Network::None,
+        extra_hosts: spec.extra_hosts.clone(),
+        ulimits: spec.ulimits.clone(),
         files: spec.files.clone(),
     };
     Ok((action, keys.join("|")))

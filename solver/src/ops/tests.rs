@@ -64,6 +64,8 @@ impl Bench {
             target: None,
             platform: Platform::host(),
             show_platform: false,
+            run: Default::default(),
+            no_cache_stages: Vec::new(),
         };
         let graph = kiln_frontend::compile(dockerfile, &opts, &NoImages).expect("compile");
         let solver = Solver {
