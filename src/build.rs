@@ -99,7 +99,7 @@ pub(crate) struct BuildArgs {
     /// External cache source (e.g. `type=local,src=DIR`).
     #[arg(long = "cache-from")]
     cache_from: Vec<String>,
-    /// Set type of progress output (auto, tty, plain, quiet).
+    /// Set type of progress output (auto, tty, plain, quiet, rawjson).
     #[arg(long, default_value = "auto")]
     progress: Mode,
     /// Suppress the build output and print the image ID on success.
@@ -282,7 +282,8 @@ pub(crate) fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) ->
     let inputs = kiln_solver::inputs::load(&b.context, b.file.as_deref())?;
 
     let store = Store::open(&root).with_context(|| format!("opening store {}", root.display()))?;
-    let progress = Progress::new(if b.quiet { Mode::Quiet } else { b.progress });
+    let progress = Progress::open(if b.quiet { Mode::Quiet } else { b.progress })
+        .map_err(anyhow::Error::msg)?;
     if let Some(name) = &b.builder {
         progress.note(&format!(
             "builder {name:?}: kiln builds in this process, with no builder instances; building here"

@@ -24,6 +24,8 @@ const _: () = assert!(kiln_solver::SPOOL_OFFSET == kiln_exporter::archive::BASE_
     name = "kiln",
     bin_name = "kiln",
     version,
+    // As buildx (pflag): a flag given twice takes its last value.
+    args_override_self = true,
     about = "Rootless, daemonless container image builder"
 )]
 struct Cli {
@@ -64,6 +66,14 @@ enum Cmd {
     Logout(login::LogoutArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
+    /// Print kiln's man pages (roff): `kiln man | man -l -`, or `kiln man build`;
+    /// `kiln man --dir DIR` writes kiln.1 and kiln-SUBCOMMAND.1 into DIR.
+    Man {
+        /// The subcommand whose page to print (default: kiln's own).
+        subcommand: Option<String>,
+        #[arg(long, conflicts_with = "subcommand")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -77,6 +87,40 @@ fn main() {
         eprintln!("ERROR: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `kiln man`: pages made by clap_mangen from the same definitions as `--help`.
+fn man(subcommand: Option<&str>, dir: Option<&std::path::Path>) -> Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    if let Some(dir) = dir {
+        fs_err::create_dir_all(dir)?;
+        clap_mangen::generate_to(cmd, dir)
+            .with_context(|| format!("writing man pages into {}", dir.display()))?;
+        return Ok(());
+    }
+    let page = match subcommand {
+        None => cmd,
+        Some(name) => {
+            let names: Vec<String> = cmd
+                .get_subcommands()
+                .map(|c| c.get_name().to_string())
+                .collect();
+            let Some(sub) = cmd.find_subcommand(name).cloned() else {
+                anyhow::bail!(
+                    "no subcommand {name:?} (expected one of {})",
+                    names.join(", ")
+                );
+            };
+            sub.name(format!("kiln-{name}"))
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    clap_mangen::Man::new(page)
+        .render(&mut out)
+        .context("writing the man page")?;
+    Ok(())
 }
 
 /// kiln's log: warnings always, debug events too with `-D`; plain lines on stderr,
@@ -111,6 +155,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Build(b) => build::build(root()?, cli.snapshotter, *b),
         Cmd::Du(a) => store_cmds::du(root()?, a),
         Cmd::Prune(a) => store_cmds::prune(root()?, a),
+        Cmd::Man { subcommand, dir } => man(subcommand.as_deref(), dir.as_deref()),
         Cmd::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());

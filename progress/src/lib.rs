@@ -1,7 +1,10 @@
-//! Build progress: a live view on a terminal, or BuildKit's plain format for logs
-//! (`#N name`, `#N 0.123 output`, `#N DONE 1.2s`, `#N CACHED`).
+//! Build progress, in buildx's three forms: a live view on a terminal ([`tty`]),
+//! BuildKit's plain format for logs (`#N name`, `#N 0.123 output`, `#N DONE 1.2s`,
+//! `#N CACHED`), and BuildKit's SolveStatus JSON lines ([`rawjson`]).
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+mod rawjson;
+mod tty;
+
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +22,8 @@ pub enum Mode {
     Tty,
     Plain,
     Quiet,
+    /// BuildKit's `client.SolveStatus` as JSON, one object per line.
+    RawJson,
 }
 
 impl std::str::FromStr for Mode {
@@ -29,14 +34,16 @@ impl std::str::FromStr for Mode {
             "tty" => Ok(Mode::Tty),
             "plain" => Ok(Mode::Plain),
             "quiet" => Ok(Mode::Quiet),
+            "rawjson" => Ok(Mode::RawJson),
             other => Err(format!(
-                "invalid progress mode {other:?}: expected auto, tty, plain or quiet"
+                "invalid progress mode {other:?}: expected auto, tty, plain, quiet or rawjson"
             )),
         }
     }
 }
 
-/// The build's progress display; cheap to clone.
+/// The build's progress display; cheap to clone. When the last clone goes, a live
+/// view draws its final frame and prints the lines that came while it was live.
 #[derive(Clone)]
 pub struct Progress {
     inner: Arc<Inner>,
@@ -46,39 +53,70 @@ struct Inner {
     mode: Mode,
     next: AtomicUsize,
     start: Instant,
-    multi: Option<MultiProgress>,
-    /// Finished bars, kept so the tty view still shows them when the build ends.
-    finished: Mutex<Vec<ProgressBar>>,
     out: Mutex<()>,
+    view: Option<tty::View>,
+    json: Option<rawjson::Stream>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(v) = &self.view {
+            v.finish();
+        }
+    }
 }
 
 impl Progress {
-    pub fn new(mode: Mode) -> Progress {
+    /// The display for `mode`; `tty` needs stderr to be a terminal, as in buildx.
+    pub fn open(mode: Mode) -> Result<Progress, String> {
+        let terminal = std::io::stderr().is_terminal();
         let mode = match mode {
-            Mode::Auto if std::io::stderr().is_terminal() => Mode::Tty,
+            Mode::Auto if terminal => Mode::Tty,
             Mode::Auto => Mode::Plain,
+            Mode::Tty if !terminal => {
+                return Err(
+                    "--progress tty: stderr is not a terminal (use --progress plain or auto)"
+                        .into(),
+                )
+            }
             m => m,
         };
-        let multi = (mode == Mode::Tty)
-            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Ok(Progress::with_mode(mode))
+    }
+
+    /// A display that needs no terminal: `quiet`, `plain` or `rawjson` (`auto` and
+    /// `tty` fall back to plain without one).
+    pub fn new(mode: Mode) -> Progress {
+        Progress::open(mode).unwrap_or_else(|_| Progress::with_mode(Mode::Plain))
+    }
+
+    fn with_mode(mode: Mode) -> Progress {
         Progress {
             inner: Arc::new(Inner {
                 mode,
                 next: AtomicUsize::new(1),
                 start: Instant::now(),
-                multi,
-                finished: Mutex::new(Vec::new()),
                 out: Mutex::new(()),
+                view: (mode == Mode::Tty).then(tty::View::start),
+                json: (mode == Mode::RawJson).then(rawjson::Stream::stderr),
             }),
         }
     }
 
-    /// A line that belongs to no step.
+    /// A line that belongs to no step. On a live view it comes after the steps
+    /// (above them when no step has started yet).
     pub fn note(&self, msg: &str) {
-        match (&self.inner.mode, &self.inner.multi) {
-            (Mode::Quiet, _) => {}
-            (_, Some(m)) => {
-                let _ = m.println(msg);
+        match self.inner.mode {
+            Mode::Quiet => {}
+            Mode::Tty => {
+                if let Some(v) = &self.inner.view {
+                    v.note(msg);
+                }
+            }
+            Mode::RawJson => {
+                if let Some(j) = &self.inner.json {
+                    j.note(msg);
+                }
             }
             _ => self.line(msg),
         }
@@ -92,25 +130,26 @@ impl Progress {
     /// Starts showing a step.
     pub fn vertex(&self, name: &str) -> Vertex {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        let bar = self.inner.multi.as_ref().map(|m| {
-            let b = m.add(ProgressBar::new_spinner());
-            b.set_style(
-                ProgressStyle::with_template(" {spinner} {prefix} {wide_msg} {elapsed:>4}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            b.set_prefix(name.to_string());
-            b.enable_steady_tick(Duration::from_millis(120));
-            b
-        });
-        if self.inner.mode == Mode::Plain {
-            self.line(&format!("#{id} {name}"));
+        match self.inner.mode {
+            Mode::Plain => self.line(&format!("#{id} {name}")),
+            Mode::Tty => {
+                if let Some(v) = &self.inner.view {
+                    v.add(id, name);
+                }
+            }
+            Mode::RawJson => {
+                if let Some(j) = &self.inner.json {
+                    j.started(id, name);
+                }
+            }
+            _ => {}
         }
         Vertex {
             id,
+            name: name.to_string(),
             shown: true,
             started: Instant::now(),
             progress: self.clone(),
-            bar,
             tail: Mutex::new(VecDeque::new()),
         }
     }
@@ -119,10 +158,10 @@ impl Progress {
     pub fn hidden(&self) -> Vertex {
         Vertex {
             id: 0,
+            name: String::new(),
             shown: false,
             started: Instant::now(),
             progress: self.clone(),
-            bar: None,
             tail: Mutex::new(VecDeque::new()),
         }
     }
@@ -136,11 +175,19 @@ impl Progress {
 /// One step being shown.
 pub struct Vertex {
     id: usize,
+    name: String,
     shown: bool,
     started: Instant,
     progress: Progress,
-    bar: Option<ProgressBar>,
     tail: Mutex<VecDeque<String>>,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum End {
+    Done,
+    Cached,
+    Error(String),
 }
 
 impl Vertex {
@@ -153,16 +200,27 @@ impl Vertex {
             }
             t.push_back(line.to_string());
         }
-        match &self.bar {
-            Some(b) => b.set_message(line.to_string()),
-            None if self.shown && self.progress.inner.mode == Mode::Plain => {
-                self.progress.line(&format!(
-                    "#{} {:.3} {line}",
-                    self.id,
-                    self.started.elapsed().as_secs_f64()
-                ))
+        if !self.shown {
+            return;
+        }
+        let inner = &self.progress.inner;
+        match inner.mode {
+            Mode::Plain => self.progress.line(&format!(
+                "#{} {:.3} {line}",
+                self.id,
+                self.started.elapsed().as_secs_f64()
+            )),
+            Mode::Tty => {
+                if let Some(v) = &inner.view {
+                    v.log(self.id, line);
+                }
             }
-            None => {}
+            Mode::RawJson => {
+                if let Some(j) = &inner.json {
+                    j.log(self.id, line);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -177,37 +235,42 @@ impl Vertex {
     }
 
     pub fn cached(self) {
-        self.finish("CACHED".into());
+        self.finish(End::Cached);
     }
 
     pub fn done(self) {
-        let secs = self.started.elapsed().as_secs_f64();
-        self.finish(format!("DONE {secs:.1}s"));
+        self.finish(End::Done);
     }
 
     pub fn error(self, msg: &str) {
-        self.finish(format!("ERROR: {msg}"));
+        self.finish(End::Error(msg.to_string()));
     }
 
-    fn finish(self, status: String) {
-        match &self.bar {
-            Some(b) => {
-                b.set_style(
-                    ProgressStyle::with_template(" => {prefix} {wide_msg}")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                );
-                b.finish_with_message(status);
-                self.progress
-                    .inner
-                    .finished
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(b.clone());
-            }
-            None if self.shown && self.progress.inner.mode == Mode::Plain => {
+    fn finish(self, end: End) {
+        if !self.shown {
+            return;
+        }
+        let inner = &self.progress.inner;
+        match inner.mode {
+            Mode::Plain => {
+                let status = match &end {
+                    End::Done => format!("DONE {:.1}s", self.started.elapsed().as_secs_f64()),
+                    End::Cached => "CACHED".into(),
+                    End::Error(m) => format!("ERROR: {m}"),
+                };
                 self.progress.line(&format!("#{} {status}", self.id))
             }
-            None => {}
+            Mode::Tty => {
+                if let Some(v) = &inner.view {
+                    v.end(self.id, end);
+                }
+            }
+            Mode::RawJson => {
+                if let Some(j) = &inner.json {
+                    j.ended(self.id, &self.name, end);
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -94,6 +94,37 @@ fn completions_parse_and_the_usage_line_says_kiln() {
     let help = Command::new(&renamed).arg("--help").output().expect("help");
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(text.contains("Usage: kiln [OPTIONS] <COMMAND>"), "{text}");
+    // Man pages from the same definitions: kiln's own, one per subcommand.
+    let page = Command::new(kiln_bin())
+        .args(["man", "build"])
+        .output()
+        .expect("man");
+    assert!(page.status.success());
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(
+        page.contains(".TH kiln-build 1")
+            && page.contains("\\-\\-load")
+            && page.contains(".SH OPTIONS"),
+        "{page}"
+    );
+    let mandir = dir.path().join("man1");
+    let out = Command::new(kiln_bin())
+        .args(["man", "--dir"])
+        .arg(&mandir)
+        .output()
+        .expect("man --dir");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["kiln.1", "kiln-build.1", "kiln-prune.1", "kiln-login.1"] {
+        let text = fs::read_to_string(mandir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            text.starts_with(".ie") && text.contains(".SH NAME"),
+            "{name}: {text}"
+        );
+    }
 }
 
 /// `kiln build` with PATH set to `path` (and nothing else changed).
@@ -453,4 +484,212 @@ fn annotations_no_cache_filter_builder_and_debug() {
         run.stderr
     );
     assert!(!run.stderr.contains("DEBUG"), "{}", run.stderr);
+}
+
+/// A tmux server of the test's own, for driving kiln on a terminal.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(cols: u16, rows: u16, command: &str) -> Tmux {
+        let socket = format!(
+            "kiln-e2e-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        );
+        let t = Tmux { socket };
+        let ok = Command::new("tmux")
+            .args([
+                "-L",
+                &t.socket,
+                "new-session",
+                "-d",
+                "-x",
+                &cols.to_string(),
+                "-y",
+                &rows.to_string(),
+            ])
+            .arg(command)
+            .status()
+            .expect("tmux (apt install tmux)");
+        assert!(ok.success(), "tmux new-session");
+        t
+    }
+
+    /// The pane's text, lines without trailing blanks.
+    fn screen(&self) -> Vec<String> {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p"])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim_end().to_string())
+            .collect()
+    }
+
+    /// The screen once `pred` holds (within 60 s).
+    fn wait_for(&self, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let s = self.screen();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "timed out waiting for {what}; screen:\n{}",
+                s.join("\n")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn the_tty_view_is_laid_out_as_buildx_s() {
+    let long = "x".repeat(150);
+    let case = Case::new(&format!(
+        "FROM REGISTRY/library/busybox:latest\n\
+         RUN for i in 1 2 3 4 5 6 7 8 9; do echo output-line-$i; sleep 0.4; done\n\
+         RUN echo {long} > /long\n"
+    ));
+    let done = case.path("exit-code");
+    let command = format!(
+        "{} build --root {} -t e2e/tty {} ; echo $? > {}; sleep 600",
+        kiln_bin().display(),
+        case.path("store").display(),
+        case.ctx().display(),
+        done.display()
+    );
+    let tmux = Tmux::start(80, 30, &command);
+    // While the step runs: the header, the step, and its last lines of output under it.
+    let live = tmux.wait_for("the running step's output", |s| {
+        s.iter().any(|l| l == " => => # output-line-3")
+    });
+    let header = live
+        .iter()
+        .find(|l| l.starts_with("[+] Building "))
+        .unwrap_or_else(|| panic!("no header:\n{}", live.join("\n")));
+    assert!(!header.contains("FINISHED"), "{header}");
+    let running = live
+        .iter()
+        .find(|l| l.starts_with(" => [2/3] RUN for i in"))
+        .unwrap_or_else(|| panic!("no running step:\n{}", live.join("\n")));
+    // Cut to the width, its time still at the end.
+    assert!(running.len() <= 80 && running.ends_with('s'), "{running:?}");
+    assert!(
+        live.iter().filter(|l| l.starts_with(" => => # ")).count() <= 6,
+        "{}",
+        live.join("\n")
+    );
+    // The end: FINISHED, every step on one line, the image line after the steps.
+    let end = tmux.wait_for("the build to finish", |_| done.exists());
+    let end = if end.iter().any(|l| l.contains("FINISHED")) {
+        end
+    } else {
+        tmux.screen()
+    };
+    assert_eq!(fs::read_to_string(&done).expect("exit code").trim(), "0");
+    let at = |p: &dyn Fn(&str) -> bool| end.iter().position(|l| p(l));
+    let header = at(&|l| {
+        // `(N/N) FINISHED`: every step counted has ended.
+        let counts = l
+            .strip_suffix(") FINISHED")
+            .and_then(|l| l.rsplit_once('('))
+            .and_then(|(_, c)| c.split_once('/'));
+        l.starts_with("[+] Building ") && counts.is_some_and(|(a, b)| a == b)
+    })
+    .unwrap_or_else(|| panic!("no FINISHED header:\n{}", end.join("\n")));
+    let long_line = at(&|l| l.starts_with(" => [3/3] RUN echo xxxx"))
+        .unwrap_or_else(|| panic!("no long step:\n{}", end.join("\n")));
+    assert!(
+        end[long_line].len() <= 80 && end[long_line].ends_with('s'),
+        "{}",
+        end[long_line]
+    );
+    let image = at(&|l| l.starts_with("image sha256:"))
+        .unwrap_or_else(|| panic!("no image line:\n{}", end.join("\n")));
+    assert!(
+        header < long_line && long_line < image,
+        "{}",
+        end.join("\n")
+    );
+    assert!(
+        !end.iter().any(|l| l.starts_with(" => => # ")),
+        "{}",
+        end.join("\n")
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn progress_rawjson_is_buildkit_s_solve_status_and_tty_needs_a_terminal() {
+    let case = Case::new("FROM REGISTRY/library/busybox:latest\nRUN echo hello-json\nRUN false\n");
+    let run = case.build(&["--progress", "tty"]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains("--progress tty: stderr is not a terminal"),
+        "{}",
+        run.stderr
+    );
+    // Case::build passes --progress plain first; the later flag wins.
+    let run = case.build(&["--progress", "rawjson"]);
+    assert!(!run.ok);
+    let mut names = std::collections::HashMap::new();
+    let (mut logs, mut errors) = (Vec::new(), Vec::new());
+    for line in run.stderr.lines().filter(|l| l.starts_with('{')) {
+        let v = super::json(line);
+        for x in v["vertexes"].as_array().into_iter().flatten() {
+            let d = x["digest"].as_str().expect("digest").to_string();
+            assert!(d.starts_with("sha256:") && d.len() == 71, "{x}");
+            assert!(x["started"].is_string(), "{x}");
+            names.insert(d, x["name"].as_str().expect("name").to_string());
+            if let Some(e) = x["error"].as_str() {
+                errors.push((x["name"].as_str().unwrap_or("").to_string(), e.to_string()));
+            }
+        }
+        for l in v["logs"].as_array().into_iter().flatten() {
+            use base64::Engine as _;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(l["data"].as_str().expect("data"))
+                .expect("base64");
+            let name = names.get(l["vertex"].as_str().expect("vertex")).cloned();
+            logs.push((name, String::from_utf8_lossy(&data).to_string()));
+        }
+    }
+    assert!(
+        logs.contains(&(
+            Some("[2/3] RUN echo hello-json".into()),
+            "hello-json\n".into()
+        )),
+        "{logs:?}\n{}",
+        run.stderr
+    );
+    assert!(
+        errors.iter().any(|(n, _)| n == "[3/3] RUN false"),
+        "{errors:?}\n{}",
+        run.stderr
+    );
+    // Nothing on stderr but JSON lines, and the error at the end.
+    let other: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.starts_with('{') && !l.trim().is_empty())
+        .collect();
+    assert!(other.iter().all(|l| !l.starts_with('#')), "{other:?}");
 }
