@@ -435,7 +435,18 @@ pub(crate) fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) ->
             layer: Default::default(),
         }),
     };
-    let all = kiln_solver::solve(&solver, &whole)?;
+    let all = kiln_solver::solve(&solver, &whole).map_err(|e| {
+        // A failed step: its instruction under the message, as syntax errors have it.
+        let line = match &e {
+            kiln_solver::Error::RunFailed { line, .. }
+            | kiln_solver::Error::StepFailed { line, .. } => Some(*line),
+            _ => None,
+        };
+        match line.and_then(|l| kiln_frontend::snippet(&file_name, &inputs.text, l)) {
+            Some(s) => anyhow::anyhow!("{e}\n{s}"),
+            None => e.into(),
+        }
+    })?;
     let spooled = solver.spool.as_ref().and_then(|sp| {
         let layer = sp.layer.lock().unwrap_or_else(|p| p.into_inner()).take();
         layer.map(|l| (l, sp.path.clone()))

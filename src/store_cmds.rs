@@ -54,8 +54,8 @@ pub fn du(root: PathBuf, a: DuArgs) -> Result<()> {
     let mut out = String::new();
     if a.verbose {
         out.push_str(&format!(
-            "{:<26}{:<17}{:<11}{:<8}{:<20}{}\n",
-            "ID", "TYPE", "SIZE", "SHARED", "LAST USED", "DESCRIPTION"
+            "{:<26}{:<17}{:<11}{:<11}{:<8}{:<20}{}\n",
+            "ID", "TYPE", "SIZE", "LAYER", "SHARED", "LAST USED", "DESCRIPTION"
         ));
         for e in &inv.entries {
             out.push_str(&entry_line(e, now));
@@ -93,10 +93,15 @@ pub fn du(root: PathBuf, a: DuArgs) -> Result<()> {
 
 fn entry_line(e: &Entry, now: SystemTime) -> String {
     format!(
-        "{:<26}{:<17}{:<11}{:<8}{:<20}{}\n",
+        "{:<26}{:<17}{:<11}{:<11}{:<8}{:<20}{}\n",
         &e.id[..e.id.len().min(24)],
         e.kind.name(),
         human_size(e.size),
+        if e.layer_bytes > 0 {
+            human_size(e.layer_bytes)
+        } else {
+            "-".into()
+        },
         e.shared,
         ago(now, e.last_used),
         e.description

@@ -172,7 +172,7 @@ pub enum Error {
     #[error("too many levels of symbolic links in {0}")]
     SymlinkLoop(String),
     /// A COPY source that is not in the context (BuildKit's words).
-    #[error("failed to compute cache key: \"/{0}\": not found")]
+    #[error("failed to compute cache key: failed to calculate checksum: \"/{0}\": not found")]
     SourceNotFound(String),
     /// A pattern (`.dockerignore`, `--exclude`, a COPY wildcard) that does not parse.
     #[error("{what}: {why}")]

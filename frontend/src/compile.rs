@@ -299,6 +299,38 @@ fn check_syntax(v: &str) -> std::result::Result<(), String> {
     }
 }
 
+/// The option closest to `val` within an edit distance of 2, as BuildKit's
+/// `suggest.Search` (none when `val` is one of them).
+fn suggest<'a>(val: &str, options: impl Iterator<Item = &'a str>) -> Option<String> {
+    let mut best: Option<(usize, &str)> = None;
+    for opt in options {
+        if opt == val {
+            return None;
+        }
+        let d = levenshtein(val, opt);
+        if d < 3 && best.is_none_or(|(b, _)| d < b) {
+            best = Some((d, opt));
+        }
+    }
+    best.map(|(_, o)| o.to_string())
+}
+
+/// Edit distance by characters (insertions, deletions, substitutions): two rows of
+/// the usual table; too small a need for a crate.
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 fn valid_stage_name(n: &str) -> bool {
     let mut it = n.chars();
     it.next().is_some_and(|c| c.is_ascii_alphabetic())
@@ -461,7 +493,7 @@ impl Compiler<'_> {
                 file: self.opts.file_name.clone(),
                 line: self.line_of(line_at),
                 image: name.to_string(),
-                message,
+                message: message + &self.stage_hint(name),
             })?;
         let node = match self.images.get(&resolved.pinned) {
             Some(&n) => n,
@@ -502,6 +534,28 @@ impl Compiler<'_> {
             config.variant = platform.variant.clone();
         }
         Ok((node, config))
+    }
+
+    /// For an image that does not resolve: `(did you mean builder?)` when its name is
+    /// close to a stage's (or a common image's), as BuildKit suggests, with the stages.
+    fn stage_hint(&self, name: &str) -> String {
+        let stages: Vec<&str> = self
+            .stages
+            .iter()
+            .filter_map(|s| s.name.as_deref())
+            .collect();
+        let common = [
+            "alpine", "busybox", "centos", "debian", "golang", "ubuntu", "fedora",
+        ];
+        let options = stages.iter().copied().chain(common);
+        let Some(m) = suggest(name, options) else {
+            return String::new();
+        };
+        if stages.contains(&m.as_str()) {
+            format!(" (did you mean {m}? the stages are: {})", stages.join(", "))
+        } else {
+            format!(" (did you mean {m}?)")
+        }
     }
 
     /// Finds a stage by name (or, with `allow_index`, by index) defined before `before`.

@@ -65,6 +65,20 @@ pub(crate) fn line_starts(text: &str) -> Vec<usize> {
 }
 
 /// An [`Error::At`] for byte `offset` of `text`.
+/// The instruction at 1-based `line` of `text`, as errors about a step show it (the
+/// way syntax errors show theirs): `Dockerfile:4`, the line, a caret under its start.
+pub fn snippet(file: &str, text: &str, line: usize) -> Option<String> {
+    let l = text
+        .lines()
+        .nth(line.checked_sub(1)?)?
+        .trim_end_matches('\r');
+    let col = l.chars().take_while(|c| c.is_whitespace()).count() + 1;
+    Some(format!(
+        "{file}:{line}\n{line:>4} | {l}\n     | {caret:>col$}",
+        caret = "^"
+    ))
+}
+
 pub(crate) fn error_at(
     file: &str,
     text: &str,

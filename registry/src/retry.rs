@@ -54,6 +54,9 @@ pub fn transient(e: &OciDistributionError) -> bool {
         return code >= 500 || code == 429 || code == 408;
     }
     match e {
+        // A name that does not resolve stays so for the next seconds: a typo, or no
+        // network. Refused connections, resets and timeouts are worth another try.
+        OciDistributionError::RequestError(r) if name_unresolved(r) => false,
         OciDistributionError::RequestError(r) => {
             r.is_connect() || r.is_timeout() || r.is_request() || r.is_body()
         }
@@ -61,6 +64,19 @@ pub fn transient(e: &OciDistributionError) -> bool {
         OciDistributionError::IoError(_) => crate::limited::overrun(e).is_none(),
         _ => false,
     }
+}
+
+/// Whether the request failed because the host's name did not resolve: hyper's
+/// connector says "dns error" in the error's source chain (reqwest has no kind for it).
+fn name_unresolved(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.to_string().starts_with("dns error") {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Runs `f` until it succeeds, fails for good, or the tries are used up; `retrying`
@@ -87,5 +103,43 @@ where
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resolver that knows no name, so that no lookup leaves the machine.
+    struct NoNames;
+
+    impl reqwest::dns::Resolve for NoNames {
+        fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+            let msg = format!("failed to lookup address information for {}", name.as_str());
+            Box::pin(async move { Err(msg.into()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn unresolved_names_are_not_retried_refused_connections_are() {
+        let client = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(NoNames))
+            .build()
+            .expect("client");
+        let dns = client
+            .get("http://no-such-registry.invalid/v2/")
+            .send()
+            .await
+            .expect_err("no name resolves");
+        let dns = OciDistributionError::RequestError(dns);
+        assert!(!transient(&dns), "{dns}");
+        // Port 9 (discard) has no listener here: refused, which may pass.
+        let refused = client
+            .get("http://127.0.0.1:9/v2/")
+            .send()
+            .await
+            .expect_err("nothing listens");
+        let refused = OciDistributionError::RequestError(refused);
+        assert!(transient(&refused), "{refused}");
     }
 }

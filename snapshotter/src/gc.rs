@@ -35,11 +35,18 @@ pub struct Entry {
     pub kind: EntryKind,
     pub description: String,
     pub last_used: SystemTime,
-    /// Bytes of the objects only this entry names, plus its record file.
+    /// Disk use of what this entry made (a step's own layer: its snapshot and blob; a
+    /// pulled image: its layers, manifest and config; a cache mount: its directory),
+    /// plus its record file, as `docker buildx du` sizes a record.
     pub size: u64,
-    /// Whether other entries name some of its objects too.
+    /// The compressed size of the layers it made (as pushed), 0 for none.
+    pub layer_bytes: u64,
+    /// Whether other entries name some of what it made (later steps of its stage
+    /// name its layer).
     pub shared: bool,
     objects: Vec<Object>,
+    /// The part of `objects` the entry made itself.
+    own: Vec<Object>,
     record_bytes: u64,
 }
 
@@ -178,7 +185,7 @@ impl Inventory {
             inv.sizes.insert(Object::Blob(format!("sha256:{name}")), b);
         }
         for f in store.records()? {
-            let (kind, description, mut objects) = match &f.record {
+            let (kind, description, mut objects, own, layer_bytes) = match &f.record {
                 Some(r) => {
                     let kind = match r.kind {
                         Kind::Regular => EntryKind::Regular,
@@ -191,9 +198,27 @@ impl Inventory {
                         inv.layer_blobs.insert(l.digest.clone());
                     }
                     objects.extend(r.blobs.iter().map(|b| Object::Blob(b.clone())));
-                    (kind, r.description.clone(), objects)
+                    // What it made: every layer of a pulled image; a step's last layer
+                    // when it added one.
+                    let made: &[crate::records::Layer] = match (kind, r.produced, r.layers.last()) {
+                        (EntryKind::SourceImage, _, _) => &r.layers,
+                        (_, true, Some(_)) => &r.layers[r.layers.len() - 1..],
+                        _ => &[],
+                    };
+                    let mut own: Vec<Object> = made
+                        .iter()
+                        .flat_map(|l| {
+                            [
+                                Object::Snapshot(l.snapshot.clone()),
+                                Object::Blob(l.digest.clone()),
+                            ]
+                        })
+                        .collect();
+                    own.extend(r.blobs.iter().map(|b| Object::Blob(b.clone())));
+                    let layer_bytes = made.iter().map(|l| l.size).sum();
+                    (kind, r.description.clone(), objects, own, layer_bytes)
                 }
-                None => (EntryKind::Corrupt, String::new(), Vec::new()),
+                None => (EntryKind::Corrupt, String::new(), Vec::new(), Vec::new(), 0),
             };
             objects.sort();
             objects.dedup();
@@ -203,8 +228,10 @@ impl Inventory {
                 description,
                 last_used: f.last_used,
                 size: 0,
+                layer_bytes,
                 shared: false,
                 objects,
+                own,
                 record_bytes: f.bytes,
             });
         }
@@ -216,23 +243,23 @@ impl Inventory {
                 description: "cache mount (RUN --mount=type=cache)".into(),
                 last_used: used,
                 size: 0,
+                layer_bytes: 0,
                 shared: false,
-                objects: vec![Object::CacheMount(id)],
+                objects: vec![Object::CacheMount(id.clone())],
+                own: vec![Object::CacheMount(id)],
                 record_bytes: lock,
             });
         }
-        // Own sizes: objects named by this entry alone.
+        // Sizes: what each entry made; shared when another entry names it too. (A
+        // blob in two entries' `own`, a layer two pulled images share, counts in both.)
         let refs = inv.refcounts(&vec![true; inv.entries.len()]);
         for e in &mut inv.entries {
-            let mut size = e.record_bytes;
-            for o in &e.objects {
-                if refs.get(o).copied().unwrap_or(0) == 1 {
-                    size += inv.sizes.get(o).copied().unwrap_or(0);
-                } else {
-                    e.shared = true;
-                }
-            }
-            e.size = size;
+            e.size = e.record_bytes
+                + e.own
+                    .iter()
+                    .map(|o| inv.sizes.get(o).copied().unwrap_or(0))
+                    .sum::<u64>();
+            e.shared = e.own.iter().any(|o| refs.get(o).copied().unwrap_or(0) > 1);
         }
         inv.entries
             .sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.id.cmp(&b.id)));
@@ -535,6 +562,13 @@ mod tests {
         assert_eq!(inv.entries.last().map(|e| e.id.as_str()), Some("old"));
         let shared = inv.entries.iter().find(|e| e.id == "base").expect("base");
         assert!(shared.shared, "layer a is named by all three");
+        // Each step's size is its own layer's (a 5000-byte blob, an empty snapshot
+        // directory) though later steps name it too; the layer column is its blob's.
+        let new = inv.entries.iter().find(|e| e.id == "new").expect("new");
+        let blob = fs::symlink_metadata(store.blob_path(&c.digest).expect("p")).expect("m");
+        assert!(new.size >= crate::tree::disk_bytes(&blob), "{}", new.size);
+        assert_eq!(new.layer_bytes, c.size);
+        assert!(!new.shared);
 
         let now = SystemTime::now();
         // until=1h: only the old step, its own layer, and the dangling blob.

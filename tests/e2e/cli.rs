@@ -693,3 +693,83 @@ fn progress_rawjson_is_buildkit_s_solve_status_and_tty_needs_a_terminal() {
         .collect();
     assert!(other.iter().all(|l| !l.starts_with('#')), "{other:?}");
 }
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn step_errors_show_their_instruction_and_stage_typos_get_a_hint() {
+    let case = Case::new(
+        "FROM REGISTRY/library/busybox:latest AS builder\nRUN true\n\
+         FROM REGISTRY/library/busybox:latest\nCOPY missing.txt /x\n",
+    );
+    let run = case.build(&[]);
+    assert!(!run.ok);
+    let tail: Vec<&str> = run.stderr.lines().rev().take(4).collect();
+    assert_eq!(
+        tail,
+        [
+            "     | ^",
+            "   4 | COPY missing.txt /x",
+            "Dockerfile:4",
+            "ERROR: [stage-1 2/2] COPY missing.txt /x (line 4): failed to compute cache key: failed to calculate checksum: \"/missing.txt\": not found",
+        ],
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("helper"), "{}", run.stderr);
+    // A RUN that fails: the same.
+    case.file(
+        "Dockerfile",
+        &format!(
+            "FROM {}/library/busybox:latest\n\n    RUN exit 3\n",
+            super::registry()
+        ),
+    );
+    let run = case.build(&[]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .ends_with("exit code: 3\nDockerfile:3\n   3 |     RUN exit 3\n     |     ^\n"),
+        "{}",
+        run.stderr
+    );
+    // `--from=` a name that is neither a stage nor an image: the registry's answer,
+    // then BuildKit's suggestion. Docker Hub names go to the local registry here.
+    case.file(
+        "Dockerfile",
+        &format!(
+            "FROM {reg}/library/busybox:latest AS builder\nRUN true\n\
+             FROM {reg}/library/busybox:latest\nCOPY --from=buidler /x /x\n",
+            reg = super::registry()
+        ),
+    );
+    let conf = case.path("registries.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"docker.io\"\nlocation = \"{}\"\ninsecure = true\n",
+            super::registry()
+        ),
+    )
+    .expect("conf");
+    let out = Command::new(kiln_bin())
+        .arg("build")
+        .arg("--root")
+        .arg(case.path("store"))
+        .args(["--progress", "plain"])
+        .arg(case.ctx())
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .output()
+        .expect("kiln");
+    let run = super::Run::from(out);
+    assert!(!run.ok);
+    let last = run.stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("ERROR: Dockerfile:4: failed to resolve buidler: ")
+            && last.contains("library/buidler")
+            && last.ends_with(" (did you mean builder? the stages are: builder)"),
+        "{}",
+        run.stderr
+    );
+    // Not found is an answer: asked once, not retried.
+    assert!(!run.stderr.contains("trying again"), "{}", run.stderr);
+}

@@ -830,3 +830,66 @@ fn concurrent_builds_share_a_store_and_du_matches_prune() {
     kiln(&a, &["prune", "--all", "--force"], &[]).expect_ok();
     assert_store_empty(&a);
 }
+
+/// Parses `du`'s human sizes back (`4.096kB`, `3MB`, `512B`).
+fn parse_human(s: &str) -> f64 {
+    let digits: String = s
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let n: f64 = digits.parse().unwrap_or_else(|_| panic!("size {s:?}"));
+    n * match &s[digits.len()..] {
+        "B" => 1.0,
+        "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        u => panic!("unit {u:?} in {s:?}"),
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn du_verbose_sizes_each_record_by_the_layer_it_made() {
+    let case = Case::new(
+        "FROM REGISTRY/library/busybox:latest\n\
+         RUN head -c 3000000 /dev/urandom > /random\n\
+         RUN echo small > /small\n",
+    );
+    build(&case, &[], &[]).expect_ok();
+    let du = kiln(&case, &["du", "--verbose"], &[]).expect_ok();
+    let header = du.stdout.lines().next().expect("header");
+    assert!(
+        header.starts_with("ID") && header.contains("SIZE       LAYER"),
+        "{}",
+        du.stdout
+    );
+    let row = |what: &str| -> (f64, f64, String) {
+        let l = du
+            .stdout
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what} in:\n{}", du.stdout));
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        (
+            parse_human(cols[2]),
+            parse_human(cols[3]),
+            cols[4].to_string(),
+        )
+    };
+    // The 3 MB step: its own snapshot and blob, though the next step names them too.
+    let (size, layer, shared) = row("RUN head -c 3000000");
+    assert!((6e6..7e6).contains(&size), "size {size}:\n{}", du.stdout);
+    assert!(
+        layer > 3e6 && layer < 3.2e6,
+        "layer {layer}:\n{}",
+        du.stdout
+    );
+    assert_eq!(shared, "true", "{}", du.stdout);
+    // The small step is small, its layer too.
+    let (size, layer, _) = row("RUN echo small");
+    assert!(
+        size < 100e3 && layer < 1e3,
+        "{size} {layer}:\n{}",
+        du.stdout
+    );
+}

@@ -777,3 +777,28 @@ fn merged_platform_graphs_share_what_does_not_depend_on_the_target() {
         }
     }
 }
+
+#[test]
+fn an_image_name_close_to_a_stage_gets_buildkit_s_suggestion() {
+    assert_eq!(super::levenshtein("biulder", "builder"), 2);
+    assert_eq!(super::levenshtein("", "abc"), 3);
+    assert_eq!(super::levenshtein("kitten", "sitting"), 3);
+    let opts = ["builder", "app"];
+    assert_eq!(
+        super::suggest("biulder", opts.iter().copied()),
+        Some("builder".into())
+    );
+    assert_eq!(super::suggest("builder", opts.iter().copied()), None);
+    assert_eq!(super::suggest("compiler", opts.iter().copied()), None);
+}
+
+#[test]
+fn a_snippet_points_at_the_instruction() {
+    let text = "FROM a\n\n  RUN false\r\n";
+    assert_eq!(
+        crate::snippet("Dockerfile", text, 3).as_deref(),
+        Some("Dockerfile:3\n   3 |   RUN false\n     |   ^")
+    );
+    assert_eq!(crate::snippet("Dockerfile", text, 0), None);
+    assert_eq!(crate::snippet("Dockerfile", text, 9), None);
+}
