@@ -99,6 +99,13 @@ pub(crate) struct BuildArgs {
     /// External cache source (e.g. `type=local,src=DIR`).
     #[arg(long = "cache-from")]
     cache_from: Vec<String>,
+    /// Instead of building, run a subrequest: `check` (the build checks), `outline`
+    /// (what the target takes), `targets` (the stages); `,format=json` for JSON.
+    #[arg(long, value_name = "FUNCTION")]
+    call: Option<String>,
+    /// Shorthand for --call=check.
+    #[arg(long, conflicts_with = "call")]
+    check: bool,
     /// Set type of progress output (auto, tty, plain, quiet, rawjson).
     #[arg(long, default_value = "auto")]
     progress: Mode,
@@ -160,6 +167,133 @@ fn check_attestations(b: &BuildArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--call`'s function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Func {
+    Build,
+    Check,
+    Outline,
+    Targets,
+}
+
+struct Call {
+    func: Func,
+    json: bool,
+}
+
+/// `--call NAME[,format=json]` (`--check` is `--call check`), as buildx takes it.
+fn parse_call(v: Option<&str>, check: bool) -> Result<Call> {
+    let v = match (v, check) {
+        (_, true) => "check",
+        (Some(v), false) => v,
+        (None, false) => "build",
+    };
+    let mut parts = v.split(',');
+    let func = match parts.next().unwrap_or("").trim() {
+        "build" | "" => Func::Build,
+        "check" | "lint" => Func::Check,
+        "outline" => Func::Outline,
+        "targets" => Func::Targets,
+        other => bail!("--call {other:?}: expected build, check, outline or targets"),
+    };
+    let mut json = false;
+    for p in parts {
+        match p.trim().split_once('=') {
+            Some(("format", "json")) => json = true,
+            Some(("format", "text" | "")) => json = false,
+            _ => bail!("--call {v:?}: unknown option {p:?} (expected format=json)"),
+        }
+    }
+    Ok(Call { func, json })
+}
+
+/// A finding in full, as buildx's `--check` prints it: the rule, its URL, the message,
+/// and the Dockerfile around the line (BuildKit's source print).
+fn finding_detail(f: &kiln_frontend::check::Finding, file: &str, text: &str) -> String {
+    let url = f.rule().map(|r| r.url()).unwrap_or_default();
+    let mut out = format!("\nWARNING: {} - {url}\n{}\n", f.rule, f.detail);
+    out.push_str(&source_lines(file, text, f.line));
+    out
+}
+
+/// BuildKit's `errdefs.Source.Print`: `FILE:LINE`, then the line with up to two
+/// lines each side, marked `>>>`.
+fn source_lines(file: &str, text: &str, line: usize) -> String {
+    let lines: Vec<&str> = text.split('\n').collect();
+    if line == 0 || line > lines.len() {
+        return String::new();
+    }
+    let (mut start, mut end) = (line, line);
+    let mut p = 0;
+    while p < 4 {
+        if start > 1 {
+            start -= 1;
+            p += 1;
+        }
+        if end != lines.len() {
+            end += 1;
+            p += 1;
+        }
+        p += 1;
+    }
+    let mut out = format!("{file}:{line}\n--------------------\n");
+    for i in start..=end {
+        let pfx = if i == line { ">>>" } else { "   " };
+        out.push_str(&format!(" {i:>3} | {pfx} {}\n", lines[i - 1]));
+    }
+    out.push_str("--------------------\n");
+    out
+}
+
+fn findings_text(r: &kiln_frontend::check::Report, file: &str, text: &str) -> String {
+    r.findings
+        .iter()
+        .map(|f| finding_detail(f, file, text))
+        .collect()
+}
+
+/// `--call check`'s output on stdout, and the exit status: 1 when there are
+/// findings, as BuildKit's lint subrequest says.
+fn print_check(r: &kiln_frontend::check::Report, file: &str, text: &str, json: bool) -> i32 {
+    if json {
+        let warnings: Vec<serde_json::Value> = r
+            .findings
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "ruleName": f.rule,
+                    "description": f.rule().map(|x| x.description).unwrap_or(""),
+                    "url": f.rule().map(|x| x.url()).unwrap_or_default(),
+                    "detail": f.detail,
+                    "location": {"sourceIndex": 0, "ranges": [{"start": {"line": f.line}, "end": {"line": f.line}}]},
+                })
+            })
+            .collect();
+        let mut v = serde_json::json!({"warnings": warnings, "sources": [{"filename": file, "language": "Dockerfile"}]});
+        if let Some(e) = r.error_message() {
+            v["buildError"] = serde_json::json!({"message": e});
+        }
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else if r.findings.is_empty() {
+        println!("Check complete, no warnings found.");
+    } else {
+        let n = r.findings.len();
+        println!(
+            "Check complete, {}",
+            if n == 1 {
+                "1 warning has been found!".to_string()
+            } else {
+                format!("{n} warnings have been found!")
+            }
+        );
+        print!("{}", findings_text(r, file, text));
+        if let Some(e) = r.error_message() {
+            eprintln!("ERROR: {e}");
+        }
+    }
+    i32::from(!r.findings.is_empty())
 }
 
 /// `--network`, `--add-host`, `--shm-size`, `--ulimit` and `--allow`: what every RUN
@@ -250,7 +384,13 @@ fn emit_llb(
     Ok(())
 }
 
-pub(crate) fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) -> Result<()> {
+/// Builds (or answers `--call`); returns the exit status.
+pub(crate) fn build(
+    root: PathBuf,
+    snapshotter: SnapshotterArg,
+    debug: bool,
+    b: BuildArgs,
+) -> Result<i32> {
     let secrets = kiln_solver::secrets::parse(&b.secrets)?;
     let platforms = Platform::parse_list(b.platform.as_deref()).map_err(anyhow::Error::msg)?;
     let mut outputs = outputs::plan(&b.outputs, b.push, b.load, &b.tags)?;
@@ -279,7 +419,58 @@ pub(crate) fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) ->
     for t in &b.tags {
         kiln_registry::parse_reference(t).with_context(|| format!("invalid tag {t:?}"))?;
     }
+    let call = parse_call(b.call.as_deref(), b.check)?;
     let inputs = kiln_solver::inputs::load(&b.context, b.file.as_deref())?;
+    let file_name = inputs
+        .file
+        .file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_else(|| "Dockerfile".into());
+    let parsed = kiln_frontend::parser::parse(&inputs.text, &file_name)?;
+    match call.func {
+        Func::Targets => {
+            let ts = kiln_frontend::outline::targets(&parsed);
+            if call.json {
+                let list: Vec<serde_json::Value> = ts
+                    .iter()
+                    .map(|t| serde_json::json!({"name": t.name, "description": t.description, "default": t.default}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"targets": list}))?
+                );
+            } else {
+                print!("{}", kiln_frontend::outline::print_targets(&ts));
+            }
+            return Ok(0);
+        }
+        Func::Outline => {
+            let o = kiln_frontend::outline::outline(&parsed, b.target.as_deref(), &build_args);
+            if call.json {
+                let args: Vec<_> = o
+                    .args
+                    .iter()
+                    .map(|(n, v, d)| serde_json::json!({"name": n, "value": v, "description": d}))
+                    .collect();
+                let named = |l: &[(String, bool)]| -> Vec<serde_json::Value> {
+                    l.iter()
+                        .map(|(n, r)| serde_json::json!({"name": n, "required": r}))
+                        .collect()
+                };
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "name": o.name, "description": o.description, "args": args,
+                        "secrets": named(&o.secrets), "ssh": named(&o.ssh),
+                    }))?
+                );
+            } else {
+                print!("{}", kiln_frontend::outline::print_outline(&o));
+            }
+            return Ok(0);
+        }
+        Func::Check | Func::Build => {}
+    }
 
     let store = Store::open(&root).with_context(|| format!("opening store {}", root.display()))?;
     let progress = Progress::open(if b.quiet { Mode::Quiet } else { b.progress })
@@ -321,11 +512,6 @@ pub(crate) fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) ->
         Arc::new(Registry::from_env()?.with_notify(move |m| p.note(m)))
     };
 
-    let file_name = inputs
-        .file
-        .file_name()
-        .map(|f| f.to_string_lossy().to_string())
-        .unwrap_or_else(|| "Dockerfile".into());
     progress
         .vertex(&format!(
             "[internal] load build definition from {file_name}"
@@ -338,6 +524,49 @@ pub(crate) fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) ->
         &progress,
         b.pull,
     );
+    // The build checks: every stage for --call check without --target, else the
+    // stages the build runs; errors (`error=true`) stop the build here, as in BuildKit.
+    let report = {
+        use kiln_frontend::check;
+        let cfg = check::config(&parsed, &build_args)
+            .map_err(|e| anyhow::anyhow!("failed to parse check options: {e}"))?;
+        let reach = (call.func == Func::Build || b.target.is_some())
+            .then(|| check::reachable(&parsed, b.target.as_deref()));
+        let target_stage = b.target.clone().unwrap_or_default();
+        let automatic = kiln_frontend::automatic_args(&platforms[0], &target_stage);
+        let image_env = |name: &str| -> Vec<String> {
+            use kiln_frontend::ImageResolver;
+            resolver
+                .resolve(name, &platforms[0])
+                .map(|r| {
+                    r.config
+                        .config
+                        .env
+                        .iter()
+                        .map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k).to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        check::check(
+            &parsed,
+            &cfg,
+            &check::Options {
+                build_args: &build_args,
+                automatic_args: &automatic,
+                stages: reach.as_ref(),
+                ignore: Some(&inputs.ignore),
+                image_env: &image_env,
+            },
+        )
+    };
+    if call.func == Func::Check {
+        drop(progress);
+        return Ok(print_check(&report, &file_name, &inputs.text, call.json));
+    }
+    if let Some(e) = report.error_message() {
+        bail!("{e}\n{}", findings_text(&report, &file_name, &inputs.text));
+    }
     let multi = platforms.len() > 1;
     let mut graphs = Vec::new();
     for platform in &platforms {
@@ -350,7 +579,7 @@ pub(crate) fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) ->
             no_cache_stages: b.no_cache_filter.clone(),
             run: run_defaults.clone(),
         };
-        let mut graph = kiln_frontend::compile(&inputs.text, &opts, &resolver)?;
+        let mut graph = kiln_frontend::compile_parsed(&inputs.text, &parsed, &opts, &resolver)?;
         for (k, v) in &labels {
             graph.config.config.labels.insert(k.clone(), v.clone());
         }
@@ -366,22 +595,23 @@ pub(crate) fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) ->
         Some("graph") if multi => {
             let all: Vec<serde_json::Value> = graphs.iter().map(|g| g.to_json()).collect();
             println!("{}", serde_json::to_string_pretty(&all)?);
-            return Ok(());
+            return Ok(0);
         }
         Some("graph") => {
             println!("{}", serde_json::to_string_pretty(&graphs[0].to_json())?);
-            return Ok(());
+            return Ok(0);
         }
         Some(_) => {
             for g in &graphs {
                 print!("{}", g.to_dot());
             }
-            return Ok(());
+            return Ok(0);
         }
         None => {}
     }
     if b.emit_llb {
-        return emit_llb(&graphs, inputs.excludes, b.metadata_file.as_deref());
+        emit_llb(&graphs, inputs.excludes, b.metadata_file.as_deref())?;
+        return Ok(0);
     }
     let emulators = kiln_executor::emulate::plan(&graphs, &helper, &|m| progress.note(m))?;
 
@@ -533,11 +763,31 @@ pub(crate) fn build(root: PathBuf, snapshotter: SnapshotterArg, b: BuildArgs) ->
             img.manifest_digest, img.config_digest
         ));
     }
+    // As buildx: the checks' findings after the build, one line each (-D: in full).
+    if !report.findings.is_empty() {
+        let n = report.findings.len();
+        let mut text = format!(
+            "\n {n} warning{} found{}:\n",
+            if n == 1 { "" } else { "s" },
+            if debug {
+                ""
+            } else {
+                " (use kiln -D build to expand)"
+            }
+        );
+        for f in &report.findings {
+            text.push_str(&format!(" - {}\n", f.short()));
+            if debug {
+                text.push_str(&finding_detail(f, &file_name, &inputs.text));
+            }
+        }
+        progress.note(text.trim_end());
+    }
     if b.quiet {
         // As buildx: the image ID, the one --iidfile writes.
         if let Some(id) = outputs::image_id(&done) {
             println!("{id}");
         }
     }
-    Ok(())
+    Ok(0)
 }

@@ -83,9 +83,13 @@ fn main() {
     }
     let cli = Cli::parse();
     log_to_stderr(cli.debug);
-    if let Err(e) = run(cli) {
-        eprintln!("ERROR: {e:#}");
-        std::process::exit(1);
+    match run(cli) {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("ERROR: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -141,7 +145,8 @@ fn log_to_stderr(debug: bool) {
         .try_init();
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs the command; returns the exit status (`kiln build --check` with findings: 1).
+fn run(cli: Cli) -> Result<i32> {
     let root = || match cli.root.clone().or_else(Store::default_root) {
         Some(r) => Ok(r),
         None => Err(anyhow::anyhow!(
@@ -149,17 +154,17 @@ fn run(cli: Cli) -> Result<()> {
         )),
     };
     match cli.cmd {
-        Cmd::Info => info::info(cli.root.clone()),
-        Cmd::Login(a) => login::login(a),
-        Cmd::Logout(a) => login::logout(a),
-        Cmd::Build(b) => build::build(root()?, cli.snapshotter, *b),
-        Cmd::Du(a) => store_cmds::du(root()?, a),
-        Cmd::Prune(a) => store_cmds::prune(root()?, a),
-        Cmd::Man { subcommand, dir } => man(subcommand.as_deref(), dir.as_deref()),
+        Cmd::Build(b) => build::build(root()?, cli.snapshotter, cli.debug, *b),
+        Cmd::Info => info::info(cli.root.clone()).map(|()| 0),
+        Cmd::Login(a) => login::login(a).map(|()| 0),
+        Cmd::Logout(a) => login::logout(a).map(|()| 0),
+        Cmd::Du(a) => store_cmds::du(root()?, a).map(|()| 0),
+        Cmd::Prune(a) => store_cmds::prune(root()?, a).map(|()| 0),
+        Cmd::Man { subcommand, dir } => man(subcommand.as_deref(), dir.as_deref()).map(|()| 0),
         Cmd::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
-            Ok(())
+            Ok(0)
         }
     }
 }

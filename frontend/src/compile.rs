@@ -73,7 +73,7 @@ struct Compiler<'a> {
 }
 
 /// Args every build has without declaring them (BuildKit's automatic platform args).
-fn automatic_args(p: &Platform, target_stage: &str) -> Vec<(String, String)> {
+pub fn automatic_args(p: &Platform, target_stage: &str) -> Vec<(String, String)> {
     let host = Platform::host();
     let mut v = Vec::new();
     for (prefix, pl) in [("BUILD", &host), ("TARGET", p)] {
@@ -166,7 +166,6 @@ pub fn compile_parsed(
     }
     let mut globals = Vec::new();
     let mut stages: Vec<StageSrc> = Vec::new();
-    let mut duplicates = Vec::new();
     for ins in &parsed.instructions {
         match ins.kind {
             Kind::From => {
@@ -179,14 +178,8 @@ pub fn compile_parsed(
                             format!("invalid stage name {n:?}: expected a letter followed by letters, digits, '-', '_' or '.'"),
                         ));
                     }
-                    if stages.iter().any(|s| s.name.as_deref() == Some(n)) {
-                        // BuildKit's DuplicateStageName check: a warning, and a name
-                        // refers to the last stage of that name before the reference.
-                        duplicates.push(format!(
-                            "WARN: DuplicateStageName: Duplicate stage name {n:?}, stage names should be unique (line {})",
-                            ins.line
-                        ));
-                    }
+                    // A duplicate name (DuplicateStageName, see crate::check) refers to
+                    // the last stage of that name before the reference.
                 }
                 stages.push(StageSrc {
                     from: ins.clone(),
@@ -243,7 +236,8 @@ pub fn compile_parsed(
         scratch: None,
         used_args: BTreeSet::new(),
         compiling: Vec::new(),
-        warnings: parsed.warnings.iter().cloned().chain(duplicates).collect(),
+        // Empty continuations and duplicate stage names are crate::check's findings.
+        warnings: Vec::new(),
     };
     c.global_args = automatic_args(&opts.platform, &target_name);
     for arg in &globals {
@@ -301,7 +295,7 @@ fn check_syntax(v: &str) -> std::result::Result<(), String> {
 
 /// The option closest to `val` within an edit distance of 2, as BuildKit's
 /// `suggest.Search` (none when `val` is one of them).
-fn suggest<'a>(val: &str, options: impl Iterator<Item = &'a str>) -> Option<String> {
+pub(crate) fn suggest<'a>(val: &str, options: impl Iterator<Item = &'a str>) -> Option<String> {
     let mut best: Option<(usize, &str)> = None;
     for opt in options {
         if opt == val {

@@ -201,6 +201,15 @@ impl Matcher {
         self.patterns.is_empty()
     }
 
+    /// The patterns as cleaned, exceptions without their `!`.
+    pub fn patterns(&self) -> Vec<&str> {
+        self.patterns
+            .iter()
+            .filter(|p| !p.exclusion)
+            .map(|p| p.cleaned.as_str())
+            .collect()
+    }
+
     /// Whether the slash-separated `file` (relative to the context) is ignored: it or a
     /// parent matches a pattern and no later exception re-includes it
     /// (patternmatcher's `MatchesOrParentMatches`).

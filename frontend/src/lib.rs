@@ -7,11 +7,13 @@
 //! BuildKit's `dockerfile2llb` does. It never touches the filesystem or the network:
 //! base images are resolved through the [`ImageResolver`] the caller provides.
 
+pub mod check;
 mod compile;
 pub mod csv;
 pub mod dockerignore;
 pub mod image;
 pub mod lexer;
+pub mod outline;
 pub mod parser;
 pub mod path;
 pub mod runflags;
@@ -20,9 +22,9 @@ pub mod runflags;
 pub use compile::gofmt::parse_duration as parse_go_duration;
 pub use compile::merge::{merge, Merged};
 pub use compile::{
-    compile, compile_parsed, BuildGraph, BuildOptions, CopyFrom, CopySpec, HistoryItem,
-    ImageResolver, InlineFile, MountKind, MountSpec, Network, Op, ResolvedImage, RunMount, RunSpec,
-    Security, Sharing, Source, Step,
+    automatic_args, compile, compile_parsed, BuildGraph, BuildOptions, CopyFrom, CopySpec,
+    HistoryItem, ImageResolver, InlineFile, MountKind, MountSpec, Network, Op, ResolvedImage,
+    RunMount, RunSpec, Security, Sharing, Source, Step,
 };
 pub use image::{ContainerConfig, Healthcheck, History, ImageConfig, Platform, RootFs};
 

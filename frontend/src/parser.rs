@@ -188,6 +188,11 @@ pub struct Instruction {
     pub original: String,
     /// The file's escape character.
     pub escape: char,
+    /// Whether a continuation line in it was empty (BuildKit's NoEmptyContinuation).
+    pub empty_continuation: bool,
+    /// The comment lines right above it (no blank line between), `#` stripped, as
+    /// BuildKit's `PrevComment`: descriptions, and `# check=` for this instruction.
+    pub comments: Vec<String>,
 }
 
 impl PartialEq for Instruction {
@@ -452,6 +457,8 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, Error> {
             ));
         }
         let mut ins = p.instruction(&joined, &map, escape, start_line)?;
+        ins.empty_continuation = empty_continuation;
+        ins.comments = comments_above(text, start_line);
         // Here-documents: RUN, COPY and ADD in text form, also as ONBUILD triggers.
         let host = ins.trigger.as_deref().map_or(ins.kind, |t| t.kind);
         let text_form = match ins.trigger.as_deref() {
@@ -535,6 +542,36 @@ fn heredocs_in(line: &str) -> Vec<Heredoc> {
 }
 
 /// BuildKit's `ParseHeredoc`: `word` as a here-document opener (`[n]<<[-]NAME`).
+/// The comment lines directly above 1-based `line`, top first, `#` and spaces
+/// stripped; a blank line or an empty comment ends them, as in BuildKit's parser, and
+/// the parser directives at the top of the file are not comments.
+fn comments_above(text: &str, line: usize) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().take(line.saturating_sub(1)).collect();
+    let directives = lines
+        .iter()
+        .take_while(|l| {
+            l.trim()
+                .strip_prefix('#')
+                .and_then(|c| c.split_once('='))
+                .is_some_and(|(k, _)| {
+                    matches!(
+                        k.trim().to_lowercase().as_str(),
+                        "syntax" | "escape" | "check"
+                    )
+                })
+        })
+        .count();
+    let mut out = Vec::new();
+    for l in lines[directives..].iter().rev() {
+        match l.trim().strip_prefix('#').map(str::trim) {
+            Some("") | None => break,
+            Some(c) => out.push(c.to_string()),
+        }
+    }
+    out.reverse();
+    out
+}
+
 pub fn heredoc_opener(word: &str) -> Option<Heredoc> {
     let none: Vec<(String, String)> = Vec::new();
     heredoc_word(word, &none)
@@ -735,6 +772,8 @@ impl Parser<'_> {
             map: rest_map,
             original: trimmed.to_string(),
             escape,
+            empty_continuation: false,
+            comments: Vec::new(),
         };
         let need = |ins: &Instruction, n: usize, what: &str| -> Result<(), Error> {
             if ins.words().len() < n {

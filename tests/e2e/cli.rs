@@ -773,3 +773,138 @@ fn step_errors_show_their_instruction_and_stage_typos_get_a_hint() {
     // Not found is an answer: asked once, not retried.
     assert!(!run.stderr.contains("trying again"), "{}", run.stderr);
 }
+
+/// `kiln build ARGS CONTEXT` without `--progress plain`, for `--call`'s stdout.
+fn call(case: &Case, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(kiln_bin())
+        .arg("build")
+        .arg("--root")
+        .arg(case.path("store"))
+        .args(args)
+        .arg(case.ctx())
+        .output()
+        .expect("kiln");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn check_outline_and_targets_answer_as_buildx_does() {
+    let case = Case::new(
+        "ARG TAG=latest\n\
+         FROM REGISTRY/library/busybox:$TAG as Builder\n\
+         ENV PATH=$PAHT:/x\n\
+         RUN touch /x\n\
+         CMD echo hi\n\
+         \n\
+         # app the application\n\
+         FROM REGISTRY/library/busybox:$TAG AS app\n\
+         # MODE how to build\n\
+         ARG MODE=release\n\
+         RUN --mount=type=secret,id=token true\n\
+         COPY --from=builder /x /x\n",
+    );
+    // --check: every finding in full on stdout, exit status 1.
+    let (code, out, _) = call(&case, &["--check"]);
+    assert_eq!(code, Some(1), "{out}");
+    let want_start = "Check complete, 4 warnings have been found!\n\n\
+        WARNING: FromAsCasing - https://docs.docker.com/go/dockerfile/rule/from-as-casing/\n\
+        'as' and 'FROM' keywords' casing do not match\n\
+        Dockerfile:2\n\
+        --------------------\n";
+    assert!(out.starts_with(want_start), "{out}");
+    assert!(out.contains(" >>> FROM "), "{out}");
+    for short in [
+        "Stage name 'Builder' should be lowercase",
+        "Usage of undefined variable '$PAHT' (did you mean $PATH?)",
+        "JSON arguments recommended for CMD to prevent unintended behavior related to OS signals",
+    ] {
+        assert!(out.contains(&format!("\n{short}\n")), "{short}: {out}");
+    }
+    // As JSON.
+    let (_, out, _) = call(&case, &["--call", "check,format=json"]);
+    let v = super::json(&out);
+    let rules: Vec<&str> = v["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .filter_map(|w| w["ruleName"].as_str())
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "FromAsCasing",
+            "StageNameCasing",
+            "UndefinedVar",
+            "JSONArgsRecommended"
+        ]
+    );
+    // targets and outline.
+    let (code, out, _) = call(&case, &["--call", "targets"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out,
+        "TARGET        DESCRIPTION\nbuilder\napp (default) the application\n"
+    );
+    let (_, out, _) = call(&case, &["--call", "outline", "--build-arg", "MODE=debug"]);
+    assert_eq!(
+        out,
+        "TARGET:      app\nDESCRIPTION: the application\n\n\
+         BUILD ARG   VALUE    DESCRIPTION\n\
+         TAG         latest\n\
+         MODE        debug    how to build\n\n\
+         SECRET   REQUIRED\n\
+         token\n\n"
+    );
+    // A build: the findings after it, one line each.
+    let run = case.build(&[]).expect_ok();
+    let tail = run.stderr.rsplit_once("\n\n").map(|(_, t)| t).unwrap_or("");
+    assert!(
+        tail.starts_with(" 4 warnings found (use kiln -D build to expand):\n - FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 2)\n"),
+        "{}",
+        run.stderr
+    );
+    // check=error=true: the build stops before it starts; skip= silences a rule.
+    case.file(
+        "Dockerfile",
+        &format!(
+            "# check=error=true\nFROM {}/library/busybox:latest as builder\n",
+            super::registry()
+        ),
+    );
+    let run = case.build(&[]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains("ERROR: lint violation found for rules: FromAsCasing"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr
+            .contains("FROM 127.0.0.1:5000/library/busybox:latest\n#"),
+        "{}",
+        run.stderr
+    );
+    case.build(&[
+        "--build-arg",
+        "BUILDKIT_DOCKERFILE_CHECK=skip=FromAsCasing;error=true",
+    ])
+    .expect_ok();
+    let (code, out, _) = call(
+        &case,
+        &[
+            "--check",
+            "--build-arg",
+            "BUILDKIT_DOCKERFILE_CHECK=skip=all",
+        ],
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "Check complete, no warnings found.\n")
+    );
+}

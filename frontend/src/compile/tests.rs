@@ -63,13 +63,6 @@ fn ok(df: &str) -> BuildGraph {
 #[test]
 fn duplicate_stage_names_warn_and_the_last_one_is_meant() {
     let g = ok("FROM busybox AS a\nRUN echo 1\nFROM busybox AS A\nRUN echo 2\nFROM scratch\nCOPY --from=a /x /x\n");
-    assert!(
-        g.warnings.iter().any(|w| w.contains(
-            "DuplicateStageName: Duplicate stage name \"a\", stage names should be unique (line 3)"
-        )),
-        "{:?}",
-        g.warnings
-    );
     let echoes: Vec<String> = runs(&g).iter().map(|r| r.argv.join(" ")).collect();
     assert!(echoes.iter().any(|a| a.contains("echo 2")), "{echoes:?}");
     assert!(
@@ -186,12 +179,11 @@ fn run_forms_continuations_and_build_args() {
     assert_eq!(r[1].argv, ["echo", "x y"]);
     // Build args are not in the image.
     assert!(!g.config.config.env.iter().any(|e| e.starts_with("V=")));
+    // The empty continuation is a check's finding (NoEmptyContinuation), not a
+    // compile warning.
     assert_eq!(
         g.warnings,
-        [
-            "[WARNING]: Empty continuation line found in:\n    RUN echo a   && echo \"$V\"",
-            "[Warning] One or more build-args [EXTRA] were not consumed"
-        ]
+        ["[Warning] One or more build-args [EXTRA] were not consumed"]
     );
     let by: Vec<String> = g
         .history
