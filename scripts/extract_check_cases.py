@@ -69,6 +69,27 @@ def block(s, i):
         j += 1
 
 
+def scan(s, i, stops, end):
+    """The index of the first of `stops` at bracket depth 0 from s[i] (or of a closing
+    bracket that leaves the starting depth), skipping literals; `end` if none."""
+    depth = 0
+    while i < end:
+        c = s[i]
+        if opens_literal(s, i):
+            _, i = go_string(s, i)
+            continue
+        if c in '({[':
+            depth += 1
+        elif c in ')}]':
+            depth -= 1
+            if depth < 0:
+                return i
+        elif c in stops and depth == 0:
+            return i
+        i += 1
+    return end
+
+
 def split_args(s):
     """Top-level comma-separated arguments of a call's argument text."""
     out, depth, cur, i = [], 0, [], 0
@@ -149,20 +170,7 @@ def fields(body):
         key = m.group(1)
         j = m.end()
         # The value runs to the next top-level comma.
-        depth = 0
-        k = j
-        while k < len(body) - 1:
-            c = body[k]
-            if opens_literal(body, k):
-                _, k = go_string(body, k)
-                continue
-            if c in '({[':
-                depth += 1
-            elif c in ')}]':
-                depth -= 1
-            elif c == ',' and depth == 0:
-                break
-            k += 1
+        k = scan(body, j, ',', len(body) - 1)
         out[key] = body[j:k].strip()
         i = k + 1
     return out
@@ -258,21 +266,7 @@ for name in re.findall(r'\w+', names):
         if st.group(1):
             # Any assignment: to the end of its statement (a line with balanced
             # brackets); what string_expr can evaluate is known, the rest is not.
-            j, depth = st.end(), 0
-            while j < len(body):
-                c = body[j]
-                if opens_literal(body, j):
-                    _, j = go_string(body, j)
-                    continue
-                if c in '({[':
-                    depth += 1
-                elif c in ')}]':
-                    depth -= 1
-                    if depth < 0:
-                        break
-                elif c == '\n' and depth == 0:
-                    break
-                j += 1
+            j = scan(body, st.end(), '\n', len(body))
             try:
                 variables[st.group(1)] = string_expr(body[st.end():j], variables)
             except (ValueError, IndexError):

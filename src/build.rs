@@ -319,12 +319,14 @@ fn run_defaults(b: &BuildArgs) -> Result<kiln_frontend::runflags::RunDefaults> {
     for h in &b.add_host {
         run.extra_hosts.extend(rf::parse_add_host(h).map_err(msg)?);
     }
-    run.shm_size = b
-        .shm_size
-        .as_deref()
-        .map(rf::parse_size)
-        .transpose()
-        .map_err(msg)?;
+    run.shm_size = match b.shm_size.as_deref() {
+        // Docker's sizes (go-units RAMInBytes), as `--keep-storage` takes them.
+        Some(v) => match kiln_snapshotter::gc::parse_size(v) {
+            Ok(n) if n > 0 => Some(n),
+            _ => bail!("--shm-size {v:?}: expected a size such as 64m or 1g"),
+        },
+        None => None,
+    };
     for u in &b.ulimit {
         let u = rf::parse_ulimit(u).map_err(msg)?;
         if let Some(max) = kiln_executor::hard_limit(&u.name) {

@@ -620,19 +620,7 @@ pub fn check(df: &Dockerfile, cfg: &Config, opts: &Options) -> Report {
         let c = cfg.for_instruction(st.from);
         let rec = Recording::new(&global_vars);
         let _ = lexer::expand_word(&st.base, &rec, st.from.escape);
-        for u in rec.unmatched.borrow().iter() {
-            if !declared.contains(u) {
-                let s = suggest(u, &declared)
-                    .map(|m| format!(" (did you mean {m}?)"))
-                    .unwrap_or_default();
-                lint.run(
-                    &c,
-                    &UNDEFINED_ARG_IN_FROM,
-                    st.from.line,
-                    format!("FROM argument '{u}' is not declared{s}"),
-                );
-            }
-        }
+        undeclared_in_from(&mut lint, &c, &rec, &declared, st.from.line);
         // The base image name with only the defaults must still be a name.
         if let Ok(name) = lexer::expand_word(&st.base, &defaults_only, st.from.escape) {
             let stage_ref = stages
@@ -653,19 +641,7 @@ pub fn check(df: &Dockerfile, cfg: &Config, opts: &Options) -> Report {
         if let Some(p) = st.from.flag("platform").and_then(|f| f.value.clone()) {
             let rec = Recording::new(&global_vars);
             let result = lexer::expand_word(&p, &rec, st.from.escape).unwrap_or_default();
-            for u in rec.unmatched.borrow().iter() {
-                if !declared.contains(u) {
-                    let s = suggest(u, &declared)
-                        .map(|m| format!(" (did you mean {m}?)"))
-                        .unwrap_or_default();
-                    lint.run(
-                        &c,
-                        &UNDEFINED_ARG_IN_FROM,
-                        st.from.line,
-                        format!("FROM argument '{u}' is not declared{s}"),
-                    );
-                }
-            }
+            undeclared_in_from(&mut lint, &c, &rec, &declared, st.from.line);
             let (m, u) = (rec.matched.borrow(), rec.unmatched.borrow());
             if m.len() == 1 && u.is_empty() && m.contains("TARGETPLATFORM") {
                 let target =
@@ -884,6 +860,32 @@ pub fn check(df: &Dockerfile, cfg: &Config, opts: &Options) -> Report {
     Report {
         findings: lint.found.into_iter().collect(),
         error,
+    }
+}
+
+/// UndefinedArgInFrom: the names a FROM's expansion looked up that no ARG declares.
+fn undeclared_in_from(
+    lint: &mut Lint,
+    cfg: &Config,
+    rec: &Recording,
+    declared: &[String],
+    line: usize,
+) {
+    for u in rec
+        .unmatched
+        .borrow()
+        .iter()
+        .filter(|u| !declared.contains(u))
+    {
+        let s = suggest(u, declared)
+            .map(|m| format!(" (did you mean {m}?)"))
+            .unwrap_or_default();
+        lint.run(
+            cfg,
+            &UNDEFINED_ARG_IN_FROM,
+            line,
+            format!("FROM argument '{u}' is not declared{s}"),
+        );
     }
 }
 

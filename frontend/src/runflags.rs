@@ -13,7 +13,7 @@ pub struct RunDefaults {
     pub network: Network,
     /// `--add-host`, in order.
     pub extra_hosts: Vec<HostEntry>,
-    /// `--shm-size`, in bytes.
+    /// `--shm-size`, in bytes (parsed by the caller, as docker sizes).
     pub shm_size: Option<u64>,
     /// `--ulimit`, in order.
     pub ulimits: Vec<Ulimit>,
@@ -101,29 +101,6 @@ pub fn parse_add_host(v: &str) -> Result<Vec<HostEntry>, String> {
         .collect()
 }
 
-/// `--shm-size`: docker's byte sizes (`64m`, `1g`, `1048576`, `512k`, `2gb`).
-pub fn parse_size(v: &str) -> Result<u64, String> {
-    let bad = || format!("--shm-size {v:?}: expected a size such as 64m or 1g");
-    let s = v.trim().to_ascii_lowercase();
-    let s = s.strip_suffix('b').unwrap_or(&s);
-    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &s[digits.len()..];
-    let n: f64 = digits.parse().map_err(|_| bad())?;
-    let mult: u64 = match unit {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        _ => return Err(bad()),
-    };
-    let bytes = n * mult as f64;
-    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
-        return Err(bad());
-    }
-    Ok(bytes as u64)
-}
-
 /// `--ulimit NAME=SOFT[:HARD]`, as Docker's go-units parses it.
 pub fn parse_ulimit(v: &str) -> Result<Ulimit, String> {
     let (name, limits) = v.split_once('=').ok_or_else(|| {
@@ -208,16 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_and_ulimits_parse_as_docker_does() {
-        assert_eq!(parse_size("64m"), Ok(64 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert_eq!(parse_size("2GB"), Ok(2 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("1.5k"), Ok(1536));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("1x").is_err());
-
+    fn ulimits_parse_as_docker_does() {
         assert_eq!(
             parse_ulimit("nofile=1024:2048"),
             Ok(Ulimit {

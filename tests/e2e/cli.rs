@@ -751,16 +751,12 @@ fn step_errors_show_their_instruction_and_stage_typos_get_a_hint() {
         ),
     )
     .expect("conf");
-    let out = Command::new(kiln_bin())
-        .arg("build")
-        .arg("--root")
-        .arg(case.path("store"))
-        .args(["--progress", "plain"])
-        .arg(case.ctx())
-        .env("CONTAINERS_REGISTRIES_CONF", &conf)
-        .output()
-        .expect("kiln");
-    let run = super::Run::from(out);
+    let ctx = case.ctx();
+    let run = super::store::kiln(
+        &case,
+        &["build", "--progress", "plain", ctx.to_str().expect("utf8")],
+        &[("CONTAINERS_REGISTRIES_CONF", conf.to_str().expect("utf8"))],
+    );
     assert!(!run.ok);
     let last = run.stderr.lines().last().unwrap_or("");
     assert!(

@@ -44,6 +44,27 @@ pub struct MountSpec {
     pub env: Option<String>,
 }
 
+impl MountSpec {
+    /// A mount of `kind` with every option at its default (binds read-only).
+    pub fn empty(kind: MountKind) -> MountSpec {
+        MountSpec {
+            kind,
+            target: String::new(),
+            source: String::new(),
+            from: None,
+            readonly: kind == MountKind::Bind,
+            id: String::new(),
+            sharing: Sharing::Shared,
+            required: false,
+            mode: None,
+            uid: None,
+            gid: None,
+            size: None,
+            env: None,
+        }
+    }
+}
+
 /// Splits a CSV record the way Go's `encoding/csv` reads one line: fields separated by
 /// commas, a field in double quotes may hold commas and `""` for a quote.
 fn csv_fields(s: &str) -> Result<Vec<String>, String> {
@@ -137,21 +158,7 @@ pub fn parse_mount(
             pairs.push((k, v, field));
         }
     }
-    let mut m = MountSpec {
-        kind,
-        target: String::new(),
-        source: String::new(),
-        from: None,
-        readonly: kind == MountKind::Bind,
-        id: String::new(),
-        sharing: Sharing::Shared,
-        required: false,
-        mode: None,
-        uid: None,
-        gid: None,
-        size: None,
-        env: None,
-    };
+    let mut m = MountSpec::empty(kind);
     for (k, v, field) in pairs {
         let val = || {
             v.clone()

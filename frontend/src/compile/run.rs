@@ -62,19 +62,9 @@ impl Compiler<'_> {
         if let Some(size) = self.opts.run.shm_size {
             mounts.push(RunMount {
                 spec: MountSpec {
-                    kind: MountKind::Tmpfs,
                     target: "/dev/shm".into(),
-                    source: String::new(),
-                    from: None,
-                    readonly: false,
-                    id: String::new(),
-                    sharing: Sharing::Shared,
-                    required: false,
-                    mode: None,
-                    uid: None,
-                    gid: None,
                     size: Some(size),
-                    env: None,
+                    ..MountSpec::empty(MountKind::Tmpfs)
                 },
                 from: None,
             });
