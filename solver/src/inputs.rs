@@ -16,6 +16,9 @@ pub struct Inputs {
     /// `.dockerignore` patterns, and the compiled matcher.
     pub excludes: Vec<String>,
     pub ignore: Matcher,
+    /// For a context read from stdin: the directory it was unpacked into, removed
+    /// when the inputs go.
+    pub stdin_dir: Option<tempfile::TempDir>,
 }
 
 fn input(what: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -24,8 +27,94 @@ fn input(what: String) -> impl FnOnce(std::io::Error) -> Error {
 
 /// Reads the context `context` and the Dockerfile `file` (default: CONTEXT/Dockerfile),
 /// and `<Dockerfile>.dockerignore` next to the Dockerfile, which wins over
-/// CONTEXT/.dockerignore.
+/// CONTEXT/.dockerignore. As with `docker build`, `-f -` reads the Dockerfile from
+/// stdin, and a context `-` is stdin: a tar (or gzipped tar) of the context, or a
+/// Dockerfile alone (the context is then empty).
 pub fn load(context: &Path, file: Option<&Path>) -> Result<Inputs> {
+    let dash = Path::new("-");
+    if context == dash {
+        if file == Some(dash) {
+            return Err(Error::Input(
+                "the context and the Dockerfile cannot both be read from stdin".into(),
+            ));
+        }
+        let (dir, text) = stdin_context()?;
+        let mut inputs = match text {
+            Some(text) => load_with_text(dir.path(), text)?,
+            None => load(dir.path(), file)?,
+        };
+        inputs.stdin_dir = Some(dir);
+        return Ok(inputs);
+    }
+    if file == Some(dash) {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(input("reading the Dockerfile from stdin".into()))?;
+        return load_with_text(context, text);
+    }
+    load_from(context, file, None)
+}
+
+/// The context `context` with a Dockerfile given as text (named `Dockerfile`).
+fn load_with_text(context: &Path, text: String) -> Result<Inputs> {
+    load_from(context, None, Some(text))
+}
+
+/// Unpacks stdin into a private directory: a tar (plain or gzipped) is the context;
+/// anything else is a Dockerfile (returned) for an empty context. Only files,
+/// directories and links are unpacked, and none outside the directory (the tar crate
+/// checks each path, and each link's target, against it).
+fn stdin_context() -> Result<(tempfile::TempDir, Option<String>)> {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-context-")
+        .tempdir()
+        .map_err(input(
+            "making a directory for the context from stdin".into(),
+        ))?;
+    let mut r = BufReader::with_capacity(1 << 16, std::io::stdin().lock());
+    let head = r
+        .fill_buf()
+        .map_err(input("reading stdin".into()))?
+        .to_vec();
+    let gzip = head.starts_with(&[0x1f, 0x8b]);
+    let tar = head.len() >= 262 && &head[257..262] == b"ustar";
+    if !gzip && !tar {
+        let mut text = String::new();
+        r.read_to_string(&mut text)
+            .map_err(input("reading the Dockerfile from stdin".into()))?;
+        return Ok((dir, Some(text)));
+    }
+    let reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::MultiGzDecoder::new(r))
+    } else {
+        Box::new(r)
+    };
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(true);
+    let bad = |e: std::io::Error| Error::Input(format!("the context tar on stdin: {e}"));
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        use tar::EntryType as T;
+        if !matches!(
+            entry.header().entry_type(),
+            T::Regular | T::Continuous | T::Directory | T::Symlink | T::Link
+        ) {
+            continue;
+        }
+        let name = entry.path().map_err(bad)?.display().to_string();
+        if !entry.unpack_in(dir.path()).map_err(bad)? {
+            return Err(Error::Input(format!(
+                "the context tar on stdin: {name:?} would be written outside the context"
+            )));
+        }
+    }
+    Ok((dir, None))
+}
+
+fn load_from(context: &Path, file: Option<&Path>, text: Option<String>) -> Result<Inputs> {
     let shown = context.display().to_string();
     let dir = std::fs::canonicalize(context).map_err(input(format!("build context {shown}")))?;
     if !dir.is_dir() {
@@ -39,8 +128,11 @@ pub fn load(context: &Path, file: Option<&Path>) -> Result<Inputs> {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| dir.join("Dockerfile")),
     )?;
-    let text = std::fs::read_to_string(&file)
-        .map_err(input(format!("reading Dockerfile {}", file.display())))?;
+    let text = match text {
+        Some(t) => t,
+        None => std::fs::read_to_string(&file)
+            .map_err(input(format!("reading Dockerfile {}", file.display())))?,
+    };
     let mut ignore_file = file.clone().into_os_string();
     ignore_file.push(".dockerignore");
     let ignore_file = [
@@ -72,6 +164,7 @@ pub fn load(context: &Path, file: Option<&Path>) -> Result<Inputs> {
         text,
         excludes,
         ignore,
+        stdin_dir: None,
     })
 }
 
