@@ -144,3 +144,24 @@ pub fn clean_rel(p: &str) -> String {
         .trim_start_matches('/')
         .to_string()
 }
+
+/// Copies `src` (a file, a symlink or a directory tree) to `dst`, which must not
+/// exist: directories, regular files (their modes) and symlinks (as links, never
+/// followed); other kinds are left out. For a RUN's writable bind of the context.
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    let m = fs::symlink_metadata(src)?;
+    let t = m.file_type();
+    if t.is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(src)?, dst)?;
+    } else if t.is_file() {
+        fs::copy(src, dst)?;
+    } else if t.is_dir() {
+        fs::create_dir(dst)?;
+        for e in fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+        fs::set_permissions(dst, m.permissions())?;
+    }
+    Ok(())
+}

@@ -54,6 +54,10 @@ pub struct Mount {
     /// Absolute path in the container.
     pub target: String,
     pub kind: MountSource,
+    /// A bind (`Host`, `Snapshots`) the RUN may write: its writes go to a copy of its
+    /// own, discarded after the step (BuildKit's `rw`).
+    #[serde(default)]
+    pub writable: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,6 +77,10 @@ pub enum MountSource {
         mode: u32,
         uid: u32,
         gid: u32,
+        /// `from=STAGE,source=PATH`: what a new cache directory starts with (`subpath`
+        /// of a stack of snapshots, top-first).
+        #[serde(default)]
+        seed: Option<(Vec<String>, String)>,
     },
     Tmpfs {
         size: Option<u64>,
@@ -303,6 +311,14 @@ pub fn run(
     for (i, m) in spec.mounts.iter().enumerate() {
         let rel = m.target.trim_start_matches('/').to_string();
         let (src, is_dir, readonly) = match &m.kind {
+            MountSource::Host(p) if m.writable => {
+                // A copy of the context's files, in the scratch directory that goes
+                // when the step ends.
+                let copy = scratch.join(format!("mount-{i}"));
+                crate::paths::copy_tree(p, &copy)?;
+                let is_dir = fs::symlink_metadata(&copy)?.is_dir();
+                (Some(copy), is_dir, false)
+            }
             MountSource::Host(p) => {
                 let is_dir = fs::metadata(p)?.is_dir();
                 (Some(p.clone()), is_dir, true)
@@ -310,12 +326,36 @@ pub fn run(
             MountSource::Snapshots { ids, subpath } => {
                 let dir = scratch.join(format!("mount-{i}"));
                 fs::create_dir_all(&dir)?;
-                kiln_snapshotter::native::view_ro(store, ids, &dir, kind)?;
+                if m.writable {
+                    // Writes land in an upper directory (or a copy) of the scratch
+                    // directory, not in the snapshots.
+                    match kind {
+                        kiln_snapshotter::native::Snapshotter::Overlay => {
+                            let (upper, work) = (
+                                scratch.join(format!("upper-{i}")),
+                                scratch.join(format!("work-{i}")),
+                            );
+                            fs::create_dir_all(&upper)?;
+                            fs::create_dir_all(&work)?;
+                            kiln_snapshotter::overlay::mount_rw(store, ids, &upper, &work, &dir)?;
+                        }
+                        kiln_snapshotter::native::Snapshotter::Native => {
+                            kiln_snapshotter::native::materialize(
+                                store,
+                                ids,
+                                &dir,
+                                kiln_snapshotter::native::How::Copy,
+                            )?;
+                        }
+                    }
+                } else {
+                    kiln_snapshotter::native::view_ro(store, ids, &dir, kind)?;
+                }
                 let p = crate::paths::resolve_in_root(&dir, subpath, true)?;
                 let is_dir = fs::metadata(&p)
                     .map_err(|_| Error::MountSource(subpath.clone()))?
                     .is_dir();
-                (Some(p), is_dir, true)
+                (Some(p), is_dir, !m.writable)
             }
             MountSource::Cache {
                 dir,
@@ -324,14 +364,45 @@ pub fn run(
                 mode,
                 uid,
                 gid,
+                seed,
             } => {
                 if !dir.exists() {
                     let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
-                    fs::create_dir_all(&tmp)?;
-                    fs::set_permissions(&tmp, std::fs::Permissions::from_mode(*mode))?;
-                    kiln_snapshotter::owner::chown(&tmp, *uid, *gid)?;
+                    match seed {
+                        // BuildKit's `from=`: the new cache is a copy of the source's
+                        // tree (its own owners and modes), made beside it and renamed.
+                        Some((ids, subpath)) => {
+                            let whole = dir.with_extension(format!("seed{}", std::process::id()));
+                            fs::create_dir_all(&whole)?;
+                            let made = kiln_snapshotter::native::materialize(
+                                store,
+                                ids,
+                                &whole,
+                                kiln_snapshotter::native::How::Copy,
+                            )
+                            .map_err(Error::from)
+                            .and_then(|()| crate::paths::resolve_in_root(&whole, subpath, true))
+                            .and_then(|src| {
+                                if fs::symlink_metadata(&src)
+                                    .map(|m| m.is_dir())
+                                    .unwrap_or(false)
+                                {
+                                    Ok(fs::rename(&src, &tmp)?)
+                                } else {
+                                    Err(Error::MountSource(subpath.clone()))
+                                }
+                            });
+                            let _ = kiln_snapshotter::tree::remove_all(&whole);
+                            made?;
+                        }
+                        None => {
+                            fs::create_dir_all(&tmp)?;
+                            fs::set_permissions(&tmp, std::fs::Permissions::from_mode(*mode))?;
+                            kiln_snapshotter::owner::chown(&tmp, *uid, *gid)?;
+                        }
+                    }
                     if fs::rename(&tmp, dir).is_err() {
-                        let _ = fs::remove_dir(&tmp);
+                        let _ = kiln_snapshotter::tree::remove_all(&tmp);
                     }
                 }
                 // The directory's mtime is the mount's last use, for `kiln prune`.

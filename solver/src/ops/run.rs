@@ -97,12 +97,8 @@ fn run_action(cx: &Cx<'_>, spec: &RunSpec) -> Result<(RunAction, String)> {
                     sp.target
                 )))
             }
-            MountKind::Bind if !sp.readonly => {
-                return Err(cx.fail(format!(
-                "RUN --mount=type=bind,rw (target {}) is not supported yet; use a read-only bind",
-                sp.target
-            )))
-            }
+            // `rw`: the RUN writes a copy, discarded after it (the executor's
+            // `writable`), so the key is the read-only bind's.
             MountKind::Bind => match m.from {
                 Some(CopyFrom::Step(n)) => {
                     let d = cx.input(n, "mount source")?;
@@ -126,12 +122,16 @@ fn run_action(cx: &Cx<'_>, spec: &RunSpec) -> Result<(RunAction, String)> {
                 }
             },
             MountKind::Cache => {
-                if m.from.is_some() {
-                    return Err(cx.fail(format!(
-                        "RUN --mount=type=cache,from=... (target {}) is not supported yet",
-                        sp.target
-                    )));
-                }
+                // `from=`: a new cache starts as that stage's `source`; which one is
+                // part of the key, as the mount's input is in BuildKit's.
+                let seed = match m.from {
+                    Some(CopyFrom::Step(n)) => {
+                        let d = cx.input(n, "cache mount source")?;
+                        keys.push(format!("cache-from:{}:{}", d.key, sp.source));
+                        Some((d.record.lowers(), sp.source.clone()))
+                    }
+                    _ => None,
+                };
                 let id = digest(&["cache-mount", &sp.id]);
                 MountSource::Cache {
                     dir: s.store().root().join("cache-mounts").join(&id[..24]),
@@ -140,6 +140,7 @@ fn run_action(cx: &Cx<'_>, spec: &RunSpec) -> Result<(RunAction, String)> {
                     mode: sp.mode.unwrap_or(0o755),
                     uid: sp.uid.unwrap_or(0),
                     gid: sp.gid.unwrap_or(0),
+                    seed,
                 }
             }
             MountKind::Tmpfs => MountSource::Tmpfs { size: sp.size },
@@ -159,6 +160,7 @@ fn run_action(cx: &Cx<'_>, spec: &RunSpec) -> Result<(RunAction, String)> {
                             from: from.clone(),
                             name: name.clone(),
                         },
+                        writable: false,
                     });
                     if sp.target.is_empty() {
                         continue;
@@ -175,6 +177,7 @@ fn run_action(cx: &Cx<'_>, spec: &RunSpec) -> Result<(RunAction, String)> {
         mounts.push(Mount {
             target: sp.target.clone(),
             kind,
+            writable: sp.kind == MountKind::Bind && !sp.readonly,
         });
     }
     let action = RunAction {
