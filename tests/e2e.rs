@@ -20,6 +20,8 @@ mod cli;
 mod copy;
 #[path = "e2e/hostile.rs"]
 mod hostile;
+#[path = "e2e/inputs.rs"]
+mod inputs;
 #[path = "e2e/llb.rs"]
 mod llb;
 #[path = "e2e/outputs.rs"]

@@ -270,8 +270,13 @@ impl Builder<'_> {
                             file.mkfile(-1, &f.name, f.mode, f.data.as_bytes()),
                             abs(&f.name),
                         ),
-                        Source::Url { url, .. } => {
-                            return Err(self.unsupported(n, format!("ADD {url}")))
+                        Source::Url {
+                            url,
+                            checksum,
+                            name,
+                        } => {
+                            let http = self.http(url, name, checksum.as_deref());
+                            (inputs.index(&Some(http)), abs(name))
                         }
                     };
                     file.copy(
@@ -282,7 +287,10 @@ impl Builder<'_> {
                             mode: c.chmod.map(|m| m as i32).unwrap_or(-1),
                             follow_symlink: true,
                             dir_copy_contents: true,
-                            attempt_unpack_docker_compatibility: c.unpack && from_context,
+                            // A URL's file is copied as it is, as in BuildKit.
+                            attempt_unpack_docker_compatibility: c.unpack
+                                && from_context
+                                && matches!(s, Source::Path(_)),
                             create_dest_path: true,
                             allow_wildcard: true,
                             allow_empty_wildcard: true,
@@ -325,6 +333,32 @@ impl Builder<'_> {
         };
         self.done.insert(n, (out.clone(), platform));
         Ok(out)
+    }
+
+    /// An `ADD` URL: BuildKit's http source, named as the Dockerfile frontend names it
+    /// (the URL's last path segment), with the checksum when given.
+    fn http(&mut self, url: &str, name: &str, checksum: Option<&str>) -> pb::Input {
+        let mut attrs = BTreeMap::new();
+        attrs.insert("http.filename".to_string(), name.to_string());
+        let mut caps = vec!["source.http", "platform"];
+        if let Some(c) = checksum {
+            attrs.insert("http.checksum".to_string(), c.to_string());
+            caps.push("source.http.checksum");
+        }
+        let op = pb::Op {
+            op: Some(pb::op::Kind::Source(pb::SourceOp {
+                identifier: url.to_string(),
+                attrs,
+            })),
+            platform: Some(pb_platform(&Platform::host())),
+            constraints: Some(pb::WorkerConstraints::default()),
+            ..Default::default()
+        };
+        self.add(
+            op,
+            Some(&format!("[internal] load remote file {url}")),
+            &caps,
+        )
     }
 
     /// The build context, limited to `include` (paths or patterns).

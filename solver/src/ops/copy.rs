@@ -14,6 +14,32 @@ pub(crate) struct Copy<'a> {
     spec: &'a CopySpec,
     /// What the executor does, made with the key; and where the link hint is kept.
     prepared: OnceLock<(CopyAction, Option<PathBuf>)>,
+    /// For an ADD of URLs: the downloads the key was made of (fetched once a build).
+    urls: OnceLock<Option<Vec<UrlFile>>>,
+}
+
+/// A downloaded `ADD` URL: its blob, the name it is copied as, its time.
+#[derive(Clone)]
+struct UrlFile {
+    digest: String,
+    name: String,
+    modified: Option<std::time::SystemTime>,
+}
+
+/// Puts the downloads into `dir` as the step copies them: named, mode 0600 (as
+/// BuildKit's http source makes them), the server's time.
+fn stage_urls(cx: &Cx<'_>, dir: &Path, files: &[UrlFile]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir)?;
+    for f in files {
+        let p = dir.join(&f.name);
+        fs::copy(cx.solver.store().blob_path(&f.digest)?, &p)?;
+        fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        if let Some(t) = f.modified {
+            fs::File::options().write(true).open(&p)?.set_modified(t)?;
+        }
+    }
+    Ok(())
 }
 
 impl<'a> Copy<'a> {
@@ -21,23 +47,53 @@ impl<'a> Copy<'a> {
         Copy {
             spec,
             prepared: OnceLock::new(),
+            urls: OnceLock::new(),
         }
+    }
+}
+
+impl Copy<'_> {
+    fn urls(&self, cx: &Cx<'_>) -> Result<Option<Vec<UrlFile>>> {
+        if let Some(u) = self.urls.get() {
+            return Ok(u.clone());
+        }
+        let u = urls_of(cx, self.spec)?;
+        let _ = self.urls.set(u.clone());
+        Ok(u)
     }
 }
 
 impl Operation for Copy<'_> {
     fn cache_key(&self, cx: &Cx<'_>) -> Result<CacheKey> {
-        let (key, prepared) = prepare(cx, self.spec)?;
+        let urls = self.urls(cx)?;
+        let (key, prepared) = prepare(cx, self.spec, urls.as_deref())?;
         let _ = self.prepared.set(prepared);
         Ok(key)
     }
 
     fn execute(&self, cx: &Cx<'_>, v: &Vertex) -> Result<Record> {
+        let urls = self.urls(cx)?;
         let (action, link_ref) = match self.prepared.get() {
             Some(p) => p.clone(),
-            None => prepare(cx, self.spec)?.1,
+            None => prepare(cx, self.spec, urls.as_deref())?.1,
         };
-        let layer = execute_step(cx, v, Action::Copy(action))?;
+        // ADD of URLs: the downloads are put where the action reads them for the time
+        // of the step.
+        let staged = match (&action.source, urls) {
+            (Source::Context { dir, .. }, Some(files)) => {
+                if let Err(e) = stage_urls(cx, dir, &files) {
+                    let _ = kiln_snapshotter::tree::remove_all(dir);
+                    return Err(e);
+                }
+                Some(dir.clone())
+            }
+            _ => None,
+        };
+        let layer = execute_step(cx, v, Action::Copy(action));
+        if let Some(d) = staged {
+            let _ = kiln_snapshotter::tree::remove_all(&d);
+        }
+        let layer = layer?;
         if let (Some(l), Some(p)) = (&layer, &link_ref) {
             // Only a hint: a missing or stale one costs a full copy.
             let _ = remember_copy(cx, p, &l.snapshot);
@@ -46,21 +102,87 @@ impl Operation for Copy<'_> {
     }
 }
 
+/// An ADD whose sources are all URLs: each fetched (or found current) once per build.
+fn urls_of(cx: &Cx<'_>, c: &CopySpec) -> Result<Option<Vec<UrlFile>>> {
+    let urls: Vec<(&String, &Option<String>, &String)> = c
+        .srcs
+        .iter()
+        .filter_map(|s| match s {
+            SrcKind::Url {
+                url,
+                checksum,
+                name,
+            } => Some((url, checksum, name)),
+            _ => None,
+        })
+        .collect();
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    if urls.len() != c.srcs.len() {
+        return Err(cx.fail(
+            "ADD of URLs together with other sources is not supported yet: give the URLs an ADD of their own",
+        ));
+    }
+    let s = cx.solver;
+    let mut out = Vec::new();
+    for (url, checksum, name) in urls {
+        let f = s
+            .runtime
+            .block_on(crate::http::fetch(s.store(), url, checksum.as_deref()))
+            .map_err(|e| cx.fail(e))?;
+        // The URL's last segment, as BuildKit's Dockerfile frontend names the file (it
+        // gives the http source that name, so Content-Disposition does not count).
+        out.push(UrlFile {
+            name: name.clone(),
+            digest: f.digest,
+            modified: f.modified,
+        });
+    }
+    Ok(Some(out))
+}
+
 /// The key of a COPY, the action, and where its link hint is kept (see
 /// `kiln_executor::fileop::Links`).
-fn prepare(cx: &Cx<'_>, c: &CopySpec) -> Result<(CacheKey, (CopyAction, Option<PathBuf>))> {
+fn prepare(
+    cx: &Cx<'_>,
+    c: &CopySpec,
+    urls: Option<&[UrlFile]>,
+) -> Result<(CacheKey, (CopyAction, Option<PathBuf>))> {
     let s = cx.solver;
+    if let Some(files) = urls {
+        // The key is the files' content and names, not how they were fetched.
+        let spec = serde_json::to_string(c).unwrap_or_default();
+        let contents: Vec<String> = files
+            .iter()
+            .map(|f| format!("{}={}@{:?}", f.name, f.digest, f.modified))
+            .collect();
+        let key = CacheKey::new("add-url", &[cx.parent_key(), &contents.join("|"), &spec]);
+        let action = CopyAction {
+            source: Source::Context {
+                dir: s.store().tmp_path("add-url"),
+                excludes: Vec::new(),
+            },
+            srcs: files.iter().map(|f| f.name.clone()).collect(),
+            inline: Vec::new(),
+            dest: c.dest.clone(),
+            chown: c.chown.clone(),
+            chmod: c.chmod,
+            parents: false,
+            excludes: Vec::new(),
+            // A tarball from a URL is copied as it is, as in BuildKit.
+            unpack: false,
+            link_from: None,
+        };
+        return Ok((key, (action, None)));
+    }
     let mut paths = Vec::new();
     let mut inline = Vec::new();
     for src in &c.srcs {
         match src {
             SrcKind::Path(p) => paths.push(p.clone()),
             SrcKind::Inline(f) => inline.push(f.clone()),
-            SrcKind::Url { url, .. } => {
-                return Err(cx.fail(format!(
-                    "ADD from a URL ({url}) is not supported yet; download it in a RUN step or into the context"
-                )))
-            }
+            SrcKind::Url { .. } => {}
         }
     }
     let spec = serde_json::to_string(c).unwrap_or_default();

@@ -1,0 +1,340 @@
+//! Build inputs other than a context directory: stdin contexts and Dockerfiles, and
+//! RUN mounts that write or start from a stage.
+
+use super::{kiln_bin, Case, Run};
+use std::fs;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// `kiln build --progress plain ARGS` with `stdin` on its standard input.
+fn build_stdin(case: &Case, args: &[&str], stdin: &[u8]) -> Run {
+    let mut child = Command::new(kiln_bin())
+        .arg("build")
+        .arg("--root")
+        .arg(case.path("store"))
+        .args(["--progress", "plain"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln");
+    let mut pipe = child.stdin.take().expect("stdin");
+    // kiln may stop reading early (a bad tar): a broken pipe is its answer, not ours.
+    let _ = pipe.write_all(stdin);
+    drop(pipe);
+    Run::from(child.wait_with_output().expect("wait"))
+}
+
+/// A tar of `files` (name, content), as `tar -c` makes one.
+fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, content) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, content.as_bytes())
+            .expect("append");
+    }
+    b.into_inner().expect("tar")
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn contexts_and_dockerfiles_come_from_stdin_as_with_docker_build() {
+    let case = Case::new("");
+    let reg = super::registry();
+    let dockerfile =
+        format!("FROM {reg}/library/busybox:latest\nCOPY greeting /g\nRUN cat /g > /seen\n");
+    let out = case.path("out");
+    let dest = format!("type=local,dest={}", out.display());
+    // A tar context on stdin, its Dockerfile inside.
+    let tar = tar_of(&[("Dockerfile", &dockerfile), ("greeting", "from a tar\n")]);
+    build_stdin(&case, &["-o", &dest, "-"], &tar).expect_ok();
+    assert_eq!(
+        fs::read_to_string(out.join("seen")).expect("seen"),
+        "from a tar\n"
+    );
+    // Gzipped.
+    let tar = tar_of(&[("Dockerfile", &dockerfile), ("greeting", "from a tar.gz\n")]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).expect("gz");
+    build_stdin(&case, &["-o", &dest, "-"], &gz.finish().expect("gz")).expect_ok();
+    assert_eq!(
+        fs::read_to_string(out.join("seen")).expect("seen"),
+        "from a tar.gz\n"
+    );
+    // A Dockerfile on stdin for a context directory: the context's own is not read.
+    case.file("Dockerfile", "FROM scratch\nthis is not read\n");
+    case.file("greeting", "from the directory\n");
+    let ctx = case.ctx();
+    build_stdin(
+        &case,
+        &["-f", "-", "-o", &dest, ctx.to_str().expect("utf8")],
+        dockerfile.as_bytes(),
+    )
+    .expect_ok();
+    assert_eq!(
+        fs::read_to_string(out.join("seen")).expect("seen"),
+        "from the directory\n"
+    );
+    // A Dockerfile alone on stdin: an empty context.
+    let alone = format!("FROM {reg}/library/busybox:latest\nRUN echo alone > /seen\n");
+    build_stdin(&case, &["-o", &dest, "-"], alone.as_bytes()).expect_ok();
+    assert_eq!(
+        fs::read_to_string(out.join("seen")).expect("seen"),
+        "alone\n"
+    );
+    // A tar that writes outside its directory is refused, and writes nothing there.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    let evil = b"escaped\n";
+    h.set_size(evil.len() as u64);
+    h.set_mode(0o644);
+    // Set the raw name: tar's own path setter refuses `..`.
+    h.as_gnu_mut().expect("gnu").name[..14].copy_from_slice(b"../escaped.txt");
+    h.set_cksum();
+    b.append(&h, &evil[..]).expect("append");
+    let run = build_stdin(&case, &["-"], &b.into_inner().expect("tar"));
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("the context tar on stdin"),
+        "{}",
+        run.stderr
+    );
+    assert!(!std::env::temp_dir().join("escaped.txt").exists());
+    // Both from stdin: a clear error.
+    let run = build_stdin(&case, &["-f", "-", "-"], b"");
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains("the context and the Dockerfile cannot both be read from stdin"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn cache_mounts_start_from_a_stage_and_rw_binds_write_a_copy() {
+    let case = Case::new(
+        "FROM REGISTRY/library/busybox:latest AS seed\n\
+         RUN mkdir -p /seeddir && echo seeded > /seeddir/a && chown 1234:1234 /seeddir/a\n\
+         FROM REGISTRY/library/busybox:latest\n\
+         RUN --mount=type=cache,target=/c,from=seed,source=/seeddir \
+             cat /c/a > /first && stat -c %u:%g /c/a > /owner && echo more > /c/b\n\
+         RUN --mount=type=cache,target=/c,from=seed,source=/seeddir ls /c > /second\n\
+         RUN --mount=type=bind,from=seed,source=/seeddir,target=/b,rw \
+             echo changed > /b/a && cat /b/a > /rw\n\
+         RUN --mount=type=bind,from=seed,source=/seeddir,target=/b cat /b/a > /ro\n\
+         RUN --mount=type=bind,target=/ctx,rw echo x > /ctx/new && ls /ctx > /ctxls\n",
+    );
+    case.file("kept", "k\n");
+    let out = case.path("out");
+    let dest = format!("type=local,dest={}", out.display());
+    case.build(&["-o", &dest]).expect_ok();
+    let read = |f: &str| fs::read_to_string(out.join(f)).expect("read");
+    // The new cache is the stage's directory, owners and all; later RUNs share it.
+    assert_eq!(read("first"), "seeded\n");
+    assert_eq!(read("owner"), "1234:1234\n");
+    assert_eq!(read("second"), "a\nb\n");
+    // A rw bind's writes are the RUN's alone: the next bind of the same stage, and the
+    // context, are as they were.
+    assert_eq!(read("rw"), "changed\n");
+    assert_eq!(read("ro"), "seeded\n");
+    assert!(read("ctxls").contains("new\n") && read("ctxls").contains("kept\n"));
+    assert!(!case.ctx().join("new").exists(), "the context was written");
+    assert!(!out.join("b").exists() && !out.join("ctx").exists());
+}
+
+/// An HTTP server of the test's own on 127.0.0.1, serving `dir` with ETags (a file's
+/// sha256), Last-Modified and conditional GETs, `/named/FILE` with a
+/// Content-Disposition, and writing one line per request (`GET /path STATUS`) to `log`.
+struct Http {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+const HTTP_SERVER: &str = r#"
+import email.utils, hashlib, http.server, os, sys
+root, log = sys.argv[1], sys.argv[2]
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        named = self.path.startswith('/named/')
+        rel = self.path[len('/named/'):] if named else self.path.lstrip('/')
+        p = os.path.join(root, rel)
+        status = 404
+        if os.path.isfile(p):
+            data = open(p, 'rb').read()
+            etag = '"' + hashlib.sha256(data).hexdigest() + '"'
+            if self.headers.get('If-None-Match') == etag:
+                status = 304
+                self.send_response(304)
+                self.send_header('ETag', etag)
+                self.end_headers()
+            else:
+                status = 200
+                self.send_response(200)
+                self.send_header('ETag', etag)
+                self.send_header('Last-Modified', email.utils.formatdate(os.path.getmtime(p), usegmt=True))
+                self.send_header('Content-Length', str(len(data)))
+                if named:
+                    self.send_header('Content-Disposition', 'attachment; filename="from-header.txt"')
+                self.end_headers()
+                self.wfile.write(data)
+        else:
+            self.send_response(404)
+            self.end_headers()
+        with open(log, 'a') as f:
+            f.write('GET %s %d\n' % (self.path, status))
+s = http.server.HTTPServer(('127.0.0.1', 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+impl Http {
+    fn start(case: &Case, dir: &std::path::Path) -> Http {
+        use std::io::BufRead;
+        let log = case.path("http.log");
+        let mut child = Command::new("python3")
+            .args(["-c", HTTP_SERVER])
+            .arg(dir)
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("port");
+        let port = line.trim().parse().expect("port number");
+        Http { child, port, log }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// The requests since the last call.
+    fn requests(&self) -> Vec<String> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let _ = fs::write(&self.log, "");
+        text.lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn add_from_a_url_downloads_once_and_checks_its_checksum() {
+    let case = Case::new("");
+    let served = case.path("served");
+    fs::create_dir_all(&served).expect("mkdir");
+    fs::write(served.join("hello.txt"), "hello from http\n").expect("write");
+    fs::write(served.join("report.csv"), "a,b\n").expect("write");
+    // A tarball: ADD copies it as it is.
+    let tar = tar_of(&[("inside", "x\n")]);
+    fs::write(served.join("t.tar"), &tar).expect("write");
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    fs::File::options()
+        .write(true)
+        .open(served.join("hello.txt"))
+        .expect("open")
+        .set_modified(old)
+        .expect("mtime");
+    let http = Http::start(&case, &served);
+    let reg = super::registry();
+    let sum = format!("sha256:{}", {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b"hello from http\n"))
+    });
+    case.file(
+        "Dockerfile",
+        &format!(
+            "FROM {reg}/library/busybox:latest\n\
+             ADD --checksum={sum} {} /hello.txt\n\
+             ADD {} /dir/\n\
+             ADD {} /t.tar\n\
+             RUN stat -c '%a %Y' /hello.txt > /stat && ls /dir > /dirls\n",
+            http.url("hello.txt"),
+            http.url("named/report.csv"),
+            http.url("t.tar")
+        ),
+    );
+    let out = case.path("out");
+    let dest = format!("type=local,dest={}", out.display());
+    let read = |f: &str| fs::read(out.join(f)).expect("read");
+    case.build(&["-o", &dest]).expect_ok();
+    assert_eq!(read("hello.txt"), b"hello from http\n");
+    // BuildKit's http source: mode 0600, the server's Last-Modified as the time.
+    assert_eq!(String::from_utf8_lossy(&read("stat")), "600 1600000000\n");
+    // The URL names the file, whatever Content-Disposition says (BuildKit's frontend
+    // gives its http source the name); the tarball is not unpacked.
+    assert_eq!(String::from_utf8_lossy(&read("dirls")), "report.csv\n");
+    assert_eq!(read("t.tar"), tar);
+    let first = http.requests();
+    assert_eq!(
+        first.iter().filter(|l| l.ends_with(" 200")).count(),
+        3,
+        "{first:?}"
+    );
+    // Again: one conditional request per URL, nothing downloaded, every step cached.
+    let run = case.build(&["-o", &dest]).expect_ok();
+    let again = http.requests();
+    assert_eq!(again.len(), 3, "{again:?}");
+    assert!(again.iter().all(|l| l.ends_with(" 304")), "{again:?}");
+    assert!(run.step_ended("ADD --checksum", "CACHED"), "{}", run.stderr);
+    // A changed file is downloaded again, and the step runs.
+    fs::write(served.join("t.tar"), b"not a tar any more\n").expect("write");
+    let run = case.build(&["-o", &dest]).expect_ok();
+    assert!(!run.step_ended("t.tar /t.tar", "CACHED"), "{}", run.stderr);
+    assert_eq!(read("t.tar"), b"not a tar any more\n");
+    let _ = http.requests();
+    // A wrong checksum, an unreachable server, a missing file: errors naming the URL.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    for (df, want) in [
+        (
+            format!(
+                "FROM {reg}/library/busybox:latest\nADD --checksum={wrong} {} /x\n",
+                http.url("hello.txt")
+            ),
+            format!(
+                "ADD {}: digest mismatch: the file is {sum}, --checksum says {wrong}",
+                http.url("hello.txt")
+            ),
+        ),
+        (
+            format!("FROM {reg}/library/busybox:latest\nADD http://127.0.0.1:9/gone.txt /x\n"),
+            "ADD http://127.0.0.1:9/gone.txt: ".to_string(),
+        ),
+        (
+            format!(
+                "FROM {reg}/library/busybox:latest\nADD {} /x\n",
+                http.url("missing.txt")
+            ),
+            format!(
+                "ADD {}: the server answered 404 Not Found",
+                http.url("missing.txt")
+            ),
+        ),
+    ] {
+        case.file("Dockerfile", &df);
+        let run = case.build(&[]);
+        assert!(!run.ok, "{df}");
+        assert!(
+            run.stderr.contains(&want),
+            "want {want:?} in:\n{}",
+            run.stderr
+        );
+    }
+}
