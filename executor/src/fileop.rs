@@ -40,7 +40,8 @@ pub struct CopyAction {
     pub parents: bool,
     /// `--exclude` patterns.
     pub excludes: Vec<String>,
-    /// ADD: unpack local tar archives (plain, gzip or zstd) into the destination.
+    /// ADD: unpack local tar archives (plain, gzip, zstd, bzip2 or xz) into the
+    /// destination.
     pub unpack: bool,
     /// A snapshot made earlier by the same COPY from the context: a file whose content
     /// and metadata there are exactly what this copy would write is hard-linked from
@@ -450,14 +451,36 @@ fn write_inline(to: &Path, f: &kiln_frontend::InlineFile, opts: &Opts) -> Result
     )?)
 }
 
-/// Whether `p` is a tar archive, plain or gzip/zstd-compressed (BuildKit's ADD also
-/// knows bzip2 and xz; kiln copies those as files).
+/// Most memory an xz archive's dictionary may take to unpack (xz -9 needs 64 MiB):
+/// an archive of the context asking for more is refused, not a way to exhaust memory.
+const XZ_MEMORY_KB: u32 = 256 * 1024;
+
+/// An archive's bytes, decompressed as BuildKit's ADD does: gzip, zstd, bzip2 or xz by
+/// their magic numbers, anything else as it is.
+fn archive_reader(f: fs::File) -> Result<Box<dyn std::io::Read>> {
+    use std::io::{BufRead, BufReader};
+    let mut br = BufReader::with_capacity(256 * 1024, f);
+    let head = br.fill_buf()?.to_vec();
+    if head.starts_with(b"BZh") {
+        Ok(Box::new(bzip2::bufread::MultiBzDecoder::new(br)))
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Ok(Box::new(lzma_rust2::XzReader::new_mem_limit(
+            br,
+            true,
+            XZ_MEMORY_KB,
+        )))
+    } else {
+        Ok(kiln_snapshotter::unpack::decompress(br)?)
+    }
+}
+
+/// Whether `p` is a tar archive, plain or compressed ([`archive_reader`]).
 fn is_tar_archive(p: &Path) -> bool {
     use std::io::Read;
     let Ok(f) = fs::File::open(p) else {
         return false;
     };
-    let Ok(r) = kiln_snapshotter::unpack::decompress(f) else {
+    let Ok(r) = archive_reader(f) else {
         return false;
     };
     let mut head = [0u8; 512];
@@ -478,7 +501,7 @@ fn is_tar_archive(p: &Path) -> bool {
 /// (a file over a directory, a directory over a file).
 fn unpack_archive(from: &Path, dest: &Path, name: &str) -> Result<()> {
     let f = fs::File::open(from)?;
-    let mut ar = tar::Archive::new(kiln_snapshotter::unpack::decompress(f)?);
+    let mut ar = tar::Archive::new(archive_reader(f)?);
     let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
     let bad = |what: &str, e: &dyn std::fmt::Display| Error::Archive {
         name: name.to_string(),

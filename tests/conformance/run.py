@@ -5,7 +5,7 @@ images compared.
 Each case in tests/conformance/cases/*.txt is a Dockerfile and its context in txtar
 form (`-- NAME --` lines start files; the first file is `Dockerfile`; `-- NAME MODE --`
 sets an octal mode, `NAME/` is a directory, and a body of `@symlink T`, `@hardlink F`,
-`@tar`/`@tgz` lines makes a symlink, a hard link or a small archive; `@dir` a
+`@tar`/`@tgz`/`@tbz2`/`@txz` lines makes a symlink, a hard link or a small archive; `@dir` a
 directory, `@keep` only sets the mode). Header lines
 before the first file may set `# build-arg: K=V`, `# target: STAGE`, `# platform: P`
 and `# secret: id=ID,src=FILE` (FILE in the context); `# llb` also builds the case
@@ -101,10 +101,12 @@ def write_context(ctx, files, registry):
         if text.startswith("@symlink "):
             os.symlink(text[len("@symlink "):].strip(), p)
             continue
-        if text.startswith("@tar") or text.startswith("@tgz"):
-            # `@tar` then lines `PATH=CONTENT` (a file), `PATH/` (a directory) or
-            # `PATH->TARGET` (a symlink): a small archive made here.
-            with tarfile.open(p, "w:gz" if text.startswith("@tgz") else "w") as t:
+        if text.split("\n", 1)[0] in ("@tar", "@tgz", "@tbz2", "@txz"):
+            # `@tar` (`@tgz`, `@tbz2`, `@txz`: compressed) then lines `PATH=CONTENT` (a
+            # file), `PATH/` (a directory) or `PATH->TARGET` (a symlink): a small
+            # archive made here.
+            mode = {"@tar": "w", "@tgz": "w:gz", "@tbz2": "w:bz2", "@txz": "w:xz"}[text.split("\n", 1)[0]]
+            with tarfile.open(p, mode) as t:
                 for spec in text.split("\n")[1:]:
                     if not spec:
                         continue

@@ -338,3 +338,42 @@ fn add_from_a_url_downloads_once_and_checks_its_checksum() {
         );
     }
 }
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn add_unpacks_bzip2_and_xz_archives_of_the_context() {
+    let case = Case::new(
+        "FROM REGISTRY/library/busybox:latest\nADD a.tar.bz2 /bz/\nADD a.tar.xz /xz/\nADD plain.bz2 /plain/\n",
+    );
+    let tar = tar_of(&[("inside/file", "packed\n")]);
+    fs::write(case.path("a.tar"), &tar).expect("tar");
+    // Made by Python's own bz2 and lzma modules, not by the code that reads them.
+    let script = "import bz2, lzma, sys\n\
+        d = open(sys.argv[1], 'rb').read()\n\
+        open(sys.argv[2], 'wb').write(bz2.compress(d))\n\
+        open(sys.argv[3], 'wb').write(lzma.compress(d, format=lzma.FORMAT_XZ))\n\
+        open(sys.argv[4], 'wb').write(bz2.compress(b'not a tar\\n'))\n";
+    let ok = Command::new("python3")
+        .args(["-c", script])
+        .arg(case.path("a.tar"))
+        .arg(case.ctx().join("a.tar.bz2"))
+        .arg(case.ctx().join("a.tar.xz"))
+        .arg(case.ctx().join("plain.bz2"))
+        .status()
+        .expect("python3");
+    assert!(ok.success());
+    let out = case.path("out");
+    case.build(&["-o", &format!("type=local,dest={}", out.display())])
+        .expect_ok();
+    for d in ["bz", "xz"] {
+        assert_eq!(
+            fs::read_to_string(out.join(d).join("inside/file")).expect(d),
+            "packed\n"
+        );
+    }
+    // A compressed file that is no tar is copied as it is, as BuildKit does.
+    assert_eq!(
+        fs::read(out.join("plain/plain.bz2")).expect("plain"),
+        fs::read(case.ctx().join("plain.bz2")).expect("ctx")
+    );
+}
