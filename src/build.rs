@@ -125,6 +125,10 @@ pub(crate) struct BuildArgs {
     /// foreign RUN steps run under QEMU user emulation.
     #[arg(long)]
     platform: Option<String>,
+    /// Additional build context (NAME=PATH or NAME=docker-image://REF), for
+    /// `FROM NAME`, `COPY --from=NAME` and `RUN --mount=from=NAME`.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
     /// Secret to expose to RUN --mount=type=secret (id=ID,src=FILE or id=ID,env=VAR).
     #[arg(long = "secret")]
     secrets: Vec<String>,
@@ -167,6 +171,43 @@ fn check_attestations(b: &BuildArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--build-context NAME=VALUE`s: each name, what the frontend sees, and for a local
+/// directory its path.
+fn named_contexts(
+    raw: &[String],
+) -> Result<Vec<(String, kiln_frontend::NamedContext, Option<PathBuf>)>> {
+    use kiln_frontend::NamedContext;
+    let mut out = Vec::new();
+    for r in raw {
+        let Some((name, value)) = r
+            .split_once('=')
+            .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+        else {
+            bail!("--build-context {r:?}: expected NAME=VALUE (a directory or docker-image://REF)");
+        };
+        let entry = if let Some(image) = value.strip_prefix("docker-image://") {
+            kiln_registry::parse_reference(image)
+                .with_context(|| format!("--build-context {r:?}: invalid image reference"))?;
+            (NamedContext::Image(image.to_string()), None)
+        } else if value.starts_with("oci-layout://")
+            || value.contains("://")
+            || value.starts_with("git@")
+        {
+            bail!("--build-context {r:?}: only directories and docker-image:// contexts are supported yet");
+        } else {
+            let dir = std::fs::canonicalize(value)
+                .with_context(|| format!("--build-context {r:?}: reading {value}"))?;
+            if !dir.is_dir() {
+                bail!("--build-context {r:?}: {value} is not a directory");
+            }
+            (NamedContext::Local, Some(dir))
+        };
+        out.retain(|(n, _, _): &(String, NamedContext, Option<PathBuf>)| n != name);
+        out.push((name.to_string(), entry.0, entry.1));
+    }
+    Ok(out)
 }
 
 /// `--call`'s function.
@@ -422,6 +463,7 @@ pub(crate) fn build(
         kiln_registry::parse_reference(t).with_context(|| format!("invalid tag {t:?}"))?;
     }
     let call = parse_call(b.call.as_deref(), b.check)?;
+    let named = named_contexts(&b.build_contexts)?;
     let inputs = kiln_solver::inputs::load(&b.context, b.file.as_deref())?;
     let file_name = inputs
         .file
@@ -537,7 +579,13 @@ pub(crate) fn build(
         let target_stage = b.target.clone().unwrap_or_default();
         let automatic = kiln_frontend::automatic_args(&platforms[0], &target_stage);
         let image_env = |name: &str| -> Vec<String> {
-            use kiln_frontend::ImageResolver;
+            use kiln_frontend::{ImageResolver, NamedContext};
+            // A named context stands for the image: its own, or none for a directory.
+            let name = match named.iter().find(|(n, _, _)| n == name) {
+                Some((_, NamedContext::Image(r), _)) => r.as_str(),
+                Some((_, NamedContext::Local, _)) => return Vec::new(),
+                None => name,
+            };
             resolver
                 .resolve(name, &platforms[0])
                 .map(|r| {
@@ -579,6 +627,10 @@ pub(crate) fn build(
             platform: platform.clone(),
             show_platform: multi,
             no_cache_stages: b.no_cache_filter.clone(),
+            contexts: named
+                .iter()
+                .map(|(n, c, _)| (n.clone(), c.clone()))
+                .collect(),
             run: run_defaults.clone(),
         };
         let mut graph = kiln_frontend::compile_parsed(&inputs.text, &parsed, &opts, &resolver)?;
@@ -654,6 +706,10 @@ pub(crate) fn build(
         runtime: runtime.handle().clone(),
         file_hashes: FileHashes::load(&store, &inputs.context),
         context: inputs.context,
+        contexts: named
+            .iter()
+            .filter_map(|(n, _, d)| d.clone().map(|d| (n.clone(), d)))
+            .collect(),
         excludes: inputs.excludes,
         ignore: inputs.ignore,
         no_cache: b.no_cache,

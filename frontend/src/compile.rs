@@ -15,8 +15,8 @@ mod run;
 
 pub mod merge;
 pub use graph::{
-    BuildGraph, BuildOptions, CopyFrom, CopySpec, HistoryItem, ImageResolver, InlineFile, Op,
-    ResolvedImage, RunMount, RunSpec, Source, Step,
+    BuildGraph, BuildOptions, CopyFrom, CopySpec, HistoryItem, ImageResolver, InlineFile,
+    NamedContext, Op, ResolvedImage, RunMount, RunSpec, Source, Step,
 };
 pub use mounts::{MountKind, MountSpec, Network, Security, Sharing};
 
@@ -438,7 +438,53 @@ impl Compiler<'_> {
         n
     }
 
+    /// A base (`FROM`, `--from`) by name: a named build context when there is one
+    /// of that name, else the image.
     fn image_node(
+        &mut self,
+        name: &str,
+        platform: &Platform,
+        line_at: usize,
+        display: String,
+    ) -> Result<(NodeIndex, ImageConfig)> {
+        let named = self
+            .opts
+            .contexts
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.clone());
+        match named {
+            Some(NamedContext::Image(r)) => self.pull_node(&r, platform, line_at, display),
+            Some(NamedContext::Local) => {
+                // A directory's files: scratch's config, a source vertex of its own.
+                let (_, config) = self.pull_node("scratch", platform, line_at, String::new())?;
+                let existing = self
+                    .dag
+                    .node_indices()
+                    .find(|&i| matches!(&self.dag[i].op, Op::Local { name: n } if n == name));
+                let node = match existing {
+                    Some(n) => n,
+                    None => {
+                        let step = Step {
+                            name: format!("[context {name}] load build context"),
+                            line: self.line_of(line_at),
+                            op: Op::Local {
+                                name: name.to_string(),
+                            },
+                            parent: None,
+                            no_cache: false,
+                        };
+                        self.add(step, &[])
+                    }
+                };
+                Ok((node, config))
+            }
+            None => self.pull_node(name, platform, line_at, display),
+        }
+    }
+
+    /// The image `name` (or scratch), resolved for `platform`.
+    fn pull_node(
         &mut self,
         name: &str,
         platform: &Platform,
@@ -670,6 +716,21 @@ impl Compiler<'_> {
                 image_at,
                 "FROM requires an image name; it expanded to nothing",
             ));
+        }
+        // A stage with a build context of its name is that context, as in BuildKit.
+        if let Some(own) = self.stages[idx].name.clone() {
+            if self.opts.contexts.iter().any(|(n, _)| *n == own) {
+                let (node, config) = self.image_node(&own, &platform, from.at, String::new())?;
+                self.platforms[idx] = Some(platform.clone());
+                return Ok(StageResult {
+                    node,
+                    platform,
+                    env: config.config.env_pairs(),
+                    config,
+                    history: Vec::new(),
+                    args: Vec::new(),
+                });
+            }
         }
         let parent_stage = self.stage_ref(&image, idx, false);
         let mut st = match parent_stage {

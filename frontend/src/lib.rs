@@ -23,8 +23,8 @@ pub use compile::gofmt::parse_duration as parse_go_duration;
 pub use compile::merge::{merge, Merged};
 pub use compile::{
     automatic_args, compile, compile_parsed, BuildGraph, BuildOptions, CopyFrom, CopySpec,
-    HistoryItem, ImageResolver, InlineFile, MountKind, MountSpec, Network, Op, ResolvedImage,
-    RunMount, RunSpec, Security, Sharing, Source, Step,
+    HistoryItem, ImageResolver, InlineFile, MountKind, MountSpec, NamedContext, Network, Op,
+    ResolvedImage, RunMount, RunSpec, Security, Sharing, Source, Step,
 };
 pub use image::{ContainerConfig, Healthcheck, History, ImageConfig, Platform, RootFs};
 

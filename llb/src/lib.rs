@@ -221,6 +221,26 @@ impl Builder<'_> {
         };
         let out = match &step.op {
             Op::Scratch => None,
+            // A named local context: `buildctl build --local NAME=DIR`, as buildx
+            // passes `--build-context NAME=DIR`.
+            Op::Local { name } => {
+                let mut attrs = BTreeMap::new();
+                attrs.insert("local.sharedkeyhint".to_string(), name.clone());
+                let op = pb::Op {
+                    op: Some(pb::op::Kind::Source(pb::SourceOp {
+                        identifier: format!("local://{name}"),
+                        attrs,
+                    })),
+                    platform: Some(pb_platform(&Platform::host())),
+                    constraints: Some(pb::WorkerConstraints::default()),
+                    ..Default::default()
+                };
+                Some(self.add(
+                    op,
+                    Some(&step.name),
+                    &["source.local", "source.local.sharedkeyhint", "platform"],
+                ))
+            }
             Op::Image {
                 pinned, platform, ..
             } => {

@@ -47,6 +47,7 @@ fn graph(text: &str, platform: &str) -> BuildGraph {
         show_platform: false,
         run: Default::default(),
         no_cache_stages: Vec::new(),
+        contexts: Vec::new(),
     };
     kiln_frontend::compile(text, &opts, &Pin).expect("compile")
 }

@@ -377,3 +377,100 @@ fn add_unpacks_bzip2_and_xz_archives_of_the_context() {
         fs::read(case.ctx().join("plain.bz2")).expect("ctx")
     );
 }
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn named_build_contexts_stand_for_stages_images_and_directories() {
+    let reg = super::registry();
+    let case = Case::new(
+        "FROM REGISTRY/library/busybox:latest AS tools\n\
+         RUN echo from-the-stage > /tool\n\
+         FROM base\n\
+         COPY --from=tools /tool /tool\n\
+         COPY --from=assets /logo.txt /logo.txt\n\
+         RUN --mount=from=assets,target=/a cat /a/logo.txt > /mounted\n\
+         RUN cat /etc/os-release | head -1 > /base\n",
+    );
+    let assets = case.path("assets");
+    fs::create_dir_all(&assets).expect("mkdir");
+    fs::write(assets.join("logo.txt"), "logo\n").expect("write");
+    let tool_dir = case.path("tool-dir");
+    fs::create_dir_all(&tool_dir).expect("mkdir");
+    fs::write(tool_dir.join("tool"), "from-a-directory\n").expect("write");
+    let out = case.path("out");
+    let dest = format!("type=local,dest={}", out.display());
+    let read = |f: &str| fs::read_to_string(out.join(f)).expect("read");
+    let base = format!("base=docker-image://{reg}/library/debian:bookworm-slim");
+    let assets_ctx = format!("assets={}", assets.display());
+    // `base` is an image, `assets` a directory; `tools` is the stage.
+    case.build(&[
+        "--build-context",
+        &base,
+        "--build-context",
+        &assets_ctx,
+        "-o",
+        &dest,
+    ])
+    .expect_ok();
+    assert!(
+        read("base").to_lowercase().contains("debian"),
+        "{}",
+        read("base")
+    );
+    assert_eq!(read("tool"), "from-the-stage\n");
+    assert_eq!(read("logo.txt"), "logo\n");
+    assert_eq!(read("mounted"), "logo\n");
+    // A context named as a stage replaces the stage (its RUN does not run).
+    let tools_ctx = format!("tools={}", tool_dir.display());
+    let run = case
+        .build(&[
+            "--build-context",
+            &base,
+            "--build-context",
+            &assets_ctx,
+            "--build-context",
+            &tools_ctx,
+            "-o",
+            &dest,
+        ])
+        .expect_ok();
+    assert_eq!(read("tool"), "from-a-directory\n");
+    assert!(
+        !run.stderr.contains("RUN echo from-the-stage"),
+        "{}",
+        run.stderr
+    );
+    // A changed directory is read again; an unchanged one is cached.
+    fs::write(assets.join("logo.txt"), "logo 2\n").expect("write");
+    let run = case
+        .build(&[
+            "--build-context",
+            &base,
+            "--build-context",
+            &assets_ctx,
+            "-o",
+            &dest,
+        ])
+        .expect_ok();
+    assert_eq!(read("logo.txt"), "logo 2\n");
+    assert!(
+        !run.step_ended("COPY --from=assets", "CACHED"),
+        "{}",
+        run.stderr
+    );
+    for (arg, want) in [
+        ("nope", "expected NAME=VALUE"),
+        (
+            "x=/does/not/exist",
+            "--build-context \"x=/does/not/exist\": reading",
+        ),
+        (
+            "x=https://example.invalid/repo.git",
+            "only directories and docker-image://",
+        ),
+    ] {
+        let run = case.build(&["--build-context", arg]);
+        assert!(!run.ok);
+        assert!(run.stderr.contains(want), "{arg}: {}", run.stderr);
+    }
+}

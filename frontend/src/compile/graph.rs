@@ -23,8 +23,20 @@ pub struct BuildOptions {
     pub show_platform: bool,
     /// `--no-cache-filter`: stages whose steps run even when cached.
     pub no_cache_stages: Vec<String>,
+    /// `--build-context NAME=VALUE`: what `FROM NAME`, `COPY --from=NAME` and
+    /// `--mount=from=NAME` mean instead (a stage of that name included).
+    pub contexts: Vec<(String, NamedContext)>,
     /// The build-wide RUN settings (`--network`, `--add-host`, ...).
     pub run: crate::runflags::RunDefaults,
+}
+
+/// What a `--build-context` names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NamedContext {
+    /// `docker-image://REF`: that image.
+    Image(String),
+    /// A local directory, by its context name (the caller knows where it is).
+    Local,
 }
 
 /// A base image pinned by digest, with its configuration.
@@ -142,6 +154,10 @@ pub enum Op {
     },
     /// The empty filesystem.
     Scratch,
+    /// The files of the named local build context `name` (`--build-context`).
+    Local {
+        name: String,
+    },
     Run(RunSpec),
     Copy(CopySpec),
     /// `WORKDIR`'s directory creation, owned by `user` when set.

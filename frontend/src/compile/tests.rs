@@ -48,6 +48,7 @@ fn build(
         show_platform: false,
         run: Default::default(),
         no_cache_stages: Vec::new(),
+        contexts: Vec::new(),
     };
     let g = compile(df, &opts, &fake);
     (g, fake.asked.into_inner())
@@ -488,6 +489,7 @@ fn build_with(df: &str, r: &dyn ImageResolver) -> Result<BuildGraph> {
         show_platform: false,
         run: Default::default(),
         no_cache_stages: Vec::new(),
+        contexts: Vec::new(),
     };
     compile(df, &opts, r)
 }
@@ -676,6 +678,7 @@ fn stages_run_on_their_from_platform_and_target_args_follow_the_target() {
         show_platform: true,
         run: Default::default(),
         no_cache_stages: Vec::new(),
+        contexts: Vec::new(),
     };
     let g = compile(df, &opts, &r).expect("compiles");
     let host = Platform::host();
@@ -737,6 +740,7 @@ fn merged_platform_graphs_share_what_does_not_depend_on_the_target() {
                 show_platform: true,
                 run: Default::default(),
                 no_cache_stages: Vec::new(),
+                contexts: Vec::new(),
             };
             let r = PlatformRecorder(RefCell::new(Vec::new()));
             compile(df, &opts, &r).expect("compiles")

@@ -8,6 +8,7 @@
 
 mod copy;
 mod image;
+mod local;
 mod mkdir;
 mod run;
 mod scratch;
@@ -84,6 +85,7 @@ pub(crate) trait Operation {
 fn operation(step: &Step) -> Box<dyn Operation + '_> {
     match &step.op {
         Op::Scratch => Box::new(scratch::Scratch),
+        Op::Local { name } => Box::new(local::Local { name }),
         Op::Image { pinned, .. } => Box::new(image::Image { pinned }),
         Op::Run(spec) => Box::new(run::Run::new(spec)),
         Op::Copy(spec) => Box::new(copy::Copy::new(spec)),

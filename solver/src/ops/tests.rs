@@ -66,6 +66,7 @@ impl Bench {
             show_platform: false,
             run: Default::default(),
             no_cache_stages: Vec::new(),
+            contexts: Vec::new(),
         };
         let graph = kiln_frontend::compile(dockerfile, &opts, &NoImages).expect("compile");
         let solver = Solver {
@@ -77,6 +78,7 @@ impl Bench {
             registry: Arc::new(kiln_registry::Registry::new()),
             runtime: self.runtime.handle().clone(),
             context: self.context.clone(),
+            contexts: Default::default(),
             excludes: vec![],
             ignore: Default::default(),
             file_hashes: FileHashes::default(),
