@@ -298,6 +298,16 @@ impl Builder<'_> {
                             let http = self.http(url, name, checksum.as_deref());
                             (inputs.index(&Some(http)), abs(name))
                         }
+                        // The subdirectory is the git source's output, copied whole.
+                        Source::Git {
+                            url,
+                            reference,
+                            subdir,
+                            keep_git_dir,
+                        } => {
+                            let git = self.git(url, reference.as_deref(), subdir, *keep_git_dir);
+                            (inputs.index(&Some(git)), "/".to_string())
+                        }
                     };
                     file.copy(
                         pb::FileActionCopy {
@@ -377,6 +387,52 @@ impl Builder<'_> {
         self.add(
             op,
             Some(&format!("[internal] load remote file {url}")),
+            &caps,
+        )
+    }
+
+    /// An `ADD` git repository: BuildKit's git source, identified as `llb.Git` makes
+    /// the identifier (host and path, then `#REF:SUBDIR`), the full URL as an attribute.
+    fn git(&mut self, url: &str, reference: Option<&str>, subdir: &str, keep: bool) -> pb::Input {
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        // `git@host:path` (scp form) and `scheme://[user@]host/path`.
+        let (host, path) = match rest.split_once('/') {
+            Some((h, p)) if url.contains("://") => (h.rsplit('@').next().unwrap_or(h), p),
+            _ => match rest.split_once(':') {
+                Some((h, p)) => (h.rsplit('@').next().unwrap_or(h), p),
+                None => (rest, ""),
+            },
+        };
+        let subdir = kiln_frontend::path::clean(&format!("/{subdir}"));
+        let subdir = subdir.trim_start_matches('/');
+        let mut id = format!("git://{host}/{}", path.trim_start_matches('/'));
+        if reference.is_some() || !subdir.is_empty() {
+            id.push('#');
+            id.push_str(reference.unwrap_or(""));
+            if !subdir.is_empty() {
+                id.push(':');
+                id.push_str(subdir);
+            }
+        }
+        let mut attrs = BTreeMap::new();
+        attrs.insert("git.fullurl".to_string(), url.to_string());
+        let mut caps = vec!["source.git", "source.git.fullurl", "platform"];
+        if keep {
+            attrs.insert("git.keepgitdir".to_string(), "true".to_string());
+            caps.push("source.git.keepgitdir");
+        }
+        let op = pb::Op {
+            op: Some(pb::op::Kind::Source(pb::SourceOp {
+                identifier: id,
+                attrs,
+            })),
+            platform: Some(pb_platform(&Platform::host())),
+            constraints: Some(pb::WorkerConstraints::default()),
+            ..Default::default()
+        };
+        self.add(
+            op,
+            Some(&format!("[internal] load git source {url}")),
             &caps,
         )
     }

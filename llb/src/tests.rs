@@ -302,3 +302,37 @@ fn scratch_alone_is_an_empty_definition() {
     let d = definition(&g, &Options::default()).expect("llb");
     assert!(d.def.is_empty());
 }
+
+#[test]
+fn remote_sources_are_buildkit_s_http_and_git_ops() {
+    let g = graph(
+        "FROM scratch\n\
+         ADD --checksum=sha256:0000000000000000000000000000000000000000000000000000000000000000 https://example.test/dl/tool.tgz /opt/\n\
+         ADD --keep-git-dir=true https://example.test/org/repo.git#v1:docs /docs/\n",
+        "linux/amd64",
+    );
+    let bytes = marshal(&g, &Options::default()).expect("marshal");
+    let d = pb::Definition::decode(bytes.as_slice()).expect("decode");
+    let sources: Vec<pb::SourceOp> = ops(&d)
+        .into_iter()
+        .filter_map(|(_, o)| match o.op {
+            Some(pb::op::Kind::Source(s)) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let http = sources
+        .iter()
+        .find(|s| s.identifier == "https://example.test/dl/tool.tgz")
+        .expect("http source");
+    assert_eq!(http.attrs["http.filename"], "tool.tgz");
+    assert!(http.attrs["http.checksum"].starts_with("sha256:0000"));
+    let git = sources
+        .iter()
+        .find(|s| s.identifier == "git://example.test/org/repo.git#v1:docs")
+        .expect("git source");
+    assert_eq!(
+        git.attrs["git.fullurl"],
+        "https://example.test/org/repo.git"
+    );
+    assert_eq!(git.attrs["git.keepgitdir"], "true");
+}

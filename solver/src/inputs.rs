@@ -46,6 +46,29 @@ pub fn load(context: &Path, file: Option<&Path>) -> Result<Inputs> {
         inputs.stdin_dir = Some(dir);
         return Ok(inputs);
     }
+    let shown = context.to_string_lossy();
+    if is_git_url(&shown) {
+        // A git repository as the context: `URL#REF:DIR`, checked out for the build.
+        let (url, fragment) = shown.split_once('#').unwrap_or((&shown, ""));
+        let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+        let reference = (!reference.is_empty()).then_some(reference);
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-context-")
+            .tempdir()
+            .map_err(input("making a directory for the git context".into()))?;
+        let commit = crate::git::resolve(url, reference)?;
+        let repo = dir.path().join("repo");
+        crate::git::checkout(url, reference, &commit, &repo, false)?;
+        let sub = kiln_executor::paths::resolve_in_root(&repo, subdir, true)?;
+        let mut inputs = load(&sub, file.filter(|f| *f == dash))?;
+        if let Some(f) = file.filter(|f| *f != dash) {
+            // -f names a file in the repository.
+            let f = kiln_executor::paths::resolve_in_root(&repo, &f.to_string_lossy(), true)?;
+            inputs = load_from(&sub, Some(&f), None)?;
+        }
+        inputs.stdin_dir = Some(dir);
+        return Ok(inputs);
+    }
     if file == Some(dash) {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
@@ -53,6 +76,16 @@ pub fn load(context: &Path, file: Option<&Path>) -> Result<Inputs> {
         return load_with_text(context, text);
     }
     load_from(context, file, None)
+}
+
+/// Whether a context argument is a git repository, as buildx tells them: `git://`,
+/// `git@`, `ssh://`, or an http(s) URL of a `.git` path.
+fn is_git_url(s: &str) -> bool {
+    s.starts_with("git://")
+        || s.starts_with("git@")
+        || s.starts_with("ssh://")
+        || ((s.starts_with("https://") || s.starts_with("http://"))
+            && s.split('#').next().is_some_and(|u| u.ends_with(".git")))
 }
 
 /// The context `context` with a Dockerfile given as text (named `Dockerfile`).

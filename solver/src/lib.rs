@@ -7,6 +7,7 @@
 //! namespace goes through [`kiln_executor::Executor`].
 
 pub mod cache;
+mod git;
 mod http;
 pub mod inputs;
 mod materialize;

@@ -474,3 +474,168 @@ fn named_build_contexts_stand_for_stages_images_and_directories() {
         assert!(run.stderr.contains(want), "{arg}: {}", run.stderr);
     }
 }
+
+/// A `git daemon` of the test's own on 127.0.0.1, serving `root` (git:// URLs).
+struct GitDaemon {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GitDaemon {
+    fn start(root: &std::path::Path) -> GitDaemon {
+        // A free port: bound, released, given to the daemon.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port");
+        // git-daemon itself, not `git daemon`, which would leave it behind when killed.
+        let exec_path = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .expect("git --exec-path");
+        let child = Command::new(std::path::Path::new(&exec_path).join("git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", root.display()))
+            .arg(root)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon (apt install git)");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < until,
+                "git daemon did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        GitDaemon { child, port }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=kiln-e2e",
+            "-c",
+            "user.email=e2e@kiln.invalid",
+        ])
+        .args(args)
+        .status()
+        .expect("git");
+    assert!(ok.success(), "git {args:?}");
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn git_repositories_are_add_sources_and_build_contexts() {
+    let case = Case::new("");
+    let served = case.path("served");
+    let work = case.path("work");
+    fs::create_dir_all(&served).expect("mkdir");
+    git(&served, &["init", "-q", "--bare", "repo.git"]);
+    fs::create_dir_all(work.join("sub")).expect("mkdir");
+    fs::write(work.join("sub/file.txt"), "one\n").expect("write");
+    fs::write(work.join("top.txt"), "top\n").expect("write");
+    fs::write(
+        work.join("Dockerfile"),
+        format!(
+            "FROM {}/library/busybox:latest\nCOPY sub/file.txt /from-git-context\n",
+            super::registry()
+        ),
+    )
+    .expect("write");
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    git(&work, &["tag", "-a", "v1", "-m", "v1"]);
+    let bare = served.join("repo.git");
+    git(
+        &work,
+        &["push", "-q", bare.to_str().expect("utf8"), "main", "v1"],
+    );
+    let daemon = GitDaemon::start(&served);
+    let url = format!("git://127.0.0.1:{}/repo.git", daemon.port);
+    case.file(
+        "Dockerfile",
+        &format!(
+            "FROM {}/library/busybox:latest\n\
+             ADD {url}#main:sub /src/\n\
+             ADD --keep-git-dir=true {url}#v1 /full/\n\
+             RUN ls -a /full > /full-ls\n",
+            super::registry()
+        ),
+    );
+    let out = case.path("out");
+    let dest = format!("type=local,dest={}", out.display());
+    let read = |f: &str| fs::read_to_string(out.join(f)).expect("read");
+    case.build(&["-o", &dest]).expect_ok();
+    assert_eq!(read("src/file.txt"), "one\n");
+    assert!(!out.join("src/top.txt").exists());
+    let ls = read("full-ls");
+    assert!(ls.contains(".git\n") && ls.contains("top.txt\n"), "{ls}");
+    // Unchanged: the commit is asked for, nothing fetched, every step cached.
+    let run = case.build(&["-o", &dest]).expect_ok();
+    assert!(
+        run.step_ended("#main:sub /src/", "CACHED"),
+        "{}",
+        run.stderr
+    );
+    // A new commit on main: the ADD of main runs again.
+    fs::write(work.join("sub/file.txt"), "two\n").expect("write");
+    git(&work, &["commit", "-q", "-am", "two"]);
+    git(&work, &["push", "-q", bare.to_str().expect("utf8"), "main"]);
+    let run = case.build(&["-o", &dest]).expect_ok();
+    assert!(
+        !run.step_ended("#main:sub /src/", "CACHED"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(read("src/file.txt"), "two\n");
+    // The repository as the context itself.
+    let ctx_case = Case::new("");
+    let ctx_out = ctx_case.path("out");
+    let out_arg = format!("type=local,dest={}", ctx_out.display());
+    let run = Command::new(super::kiln_bin())
+        .arg("build")
+        .arg("--root")
+        .arg(ctx_case.path("store"))
+        .args(["--progress", "plain", "-o", &out_arg])
+        .arg(format!("{url}#v1"))
+        .output()
+        .expect("kiln");
+    let run = Run::from(run).expect_ok();
+    let _ = run;
+    assert_eq!(
+        fs::read_to_string(ctx_out.join("from-git-context")).expect("read"),
+        "one\n"
+    );
+    // A ref that is not there: an error naming the repository.
+    case.file(
+        "Dockerfile",
+        &format!(
+            "FROM {}/library/busybox:latest\nADD {url}#nope /x/\n",
+            super::registry()
+        ),
+    );
+    let run = case.build(&[]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains(&format!(
+            "git source {url}: no branch, tag or commit \"nope\""
+        )),
+        "{}",
+        run.stderr
+    );
+}

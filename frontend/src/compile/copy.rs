@@ -22,6 +22,7 @@ impl Compiler<'_> {
         let mut link = false;
         let mut excludes = Vec::new();
         let mut checksum = None;
+        let mut keep_git_dir = false;
         let mut unpack = true;
         let mut inputs = vec![st.node];
         for f in &ins.flags {
@@ -57,9 +58,7 @@ impl Compiler<'_> {
                 "parents" => parents = flag_bool(&f.value)?,
                 "exclude" => excludes.push(val),
                 "checksum" => checksum = Some(val),
-                "keep-git-dir" => {
-                    flag_bool(&f.value)?;
-                }
+                "keep-git-dir" => keep_git_dir = flag_bool(&f.value)?,
                 "unpack" => unpack = flag_bool(&f.value)?,
                 other => {
                     return Err(self.err(f.at, format!("{} --{other} is not supported", ins.kind)))
@@ -109,10 +108,21 @@ impl Compiler<'_> {
                     ));
                 }
                 if is_git(&p) {
-                    return Err(self.err(
-                        *at,
-                        format!("ADD from a git repository ({p}) is not supported yet"),
-                    ));
+                    let (url, fragment) = match p.split_once('#') {
+                        Some((u, f)) => (u.to_string(), f.to_string()),
+                        None => (p.clone(), String::new()),
+                    };
+                    let (reference, subdir) = match fragment.split_once(':') {
+                        Some((r, d)) => (r.to_string(), d.to_string()),
+                        None => (fragment, String::new()),
+                    };
+                    srcs.push(Source::Git {
+                        url,
+                        reference: (!reference.is_empty()).then_some(reference),
+                        subdir,
+                        keep_git_dir,
+                    });
+                    continue;
                 }
                 let name = p
                     .split(['?', '#'])

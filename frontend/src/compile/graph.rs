@@ -113,6 +113,14 @@ pub enum Source {
     Path(String),
     /// A here-document written as a file named `name`.
     Inline(InlineFile),
+    /// `ADD` of a git repository: `url` without its fragment, `#REF:SUBDIR`.
+    Git {
+        url: String,
+        /// Branch, tag or commit (`None`: the remote's HEAD).
+        reference: Option<String>,
+        subdir: String,
+        keep_git_dir: bool,
+    },
     /// `ADD https://...`, with `--checksum`.
     Url {
         url: String,

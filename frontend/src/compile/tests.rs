@@ -252,7 +252,6 @@ fn errors_name_file_line_and_column() {
         ("FROM busybox\nCOPY http://127.0.0.1/x /x\n", 2),
         ("FROM busybox\nADD --checksum=sha256:00 http://127.0.0.1/x /x\n", 2),
         ("FROM busybox\nADD --checksum=md5:00 a /x\n", 2),
-        ("FROM busybox\nADD https://127.0.0.1/r.git /x\n", 2),
         ("FROM busybox\nSTOPSIGNAL SIGWHAT\n", 2),
         ("FROM busybox\nHEALTHCHECK --interval=1x CMD true\n", 2),
         ("FROM busybox\nHEALTHCHECK --retries=-1 CMD true\n", 2),
@@ -797,4 +796,34 @@ fn a_snippet_points_at_the_instruction() {
     );
     assert_eq!(crate::snippet("Dockerfile", text, 0), None);
     assert_eq!(crate::snippet("Dockerfile", text, 9), None);
+}
+
+#[test]
+fn add_of_a_git_repository_names_its_ref_and_subdirectory() {
+    let g = ok("FROM busybox\nADD --keep-git-dir=true git://127.0.0.1/r.git#v1.2:docs /d/\nADD https://127.0.0.1/r.git /all/\n");
+    let srcs: Vec<&Source> = g
+        .dag
+        .node_weights()
+        .filter_map(|s| match &s.op {
+            Op::Copy(c) => c.srcs.first(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        srcs,
+        [
+            &Source::Git {
+                url: "git://127.0.0.1/r.git".into(),
+                reference: Some("v1.2".into()),
+                subdir: "docs".into(),
+                keep_git_dir: true
+            },
+            &Source::Git {
+                url: "https://127.0.0.1/r.git".into(),
+                reference: None,
+                subdir: String::new(),
+                keep_git_dir: false
+            },
+        ]
+    );
 }

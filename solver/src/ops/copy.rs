@@ -14,8 +14,21 @@ pub(crate) struct Copy<'a> {
     spec: &'a CopySpec,
     /// What the executor does, made with the key; and where the link hint is kept.
     prepared: OnceLock<(CopyAction, Option<PathBuf>)>,
-    /// For an ADD of URLs: the downloads the key was made of (fetched once a build).
-    urls: OnceLock<Option<Vec<UrlFile>>>,
+    /// For an ADD of URLs or git: what the key was made of (asked once a build).
+    urls: OnceLock<Option<Remote>>,
+}
+
+/// What an ADD fetches: files from URLs, or a git commit.
+#[derive(Clone)]
+enum Remote {
+    Urls(Vec<UrlFile>),
+    Git {
+        url: String,
+        reference: Option<String>,
+        commit: String,
+        subdir: String,
+        keep_git_dir: bool,
+    },
 }
 
 /// A downloaded `ADD` URL: its blob, the name it is copied as, its time.
@@ -53,7 +66,7 @@ impl<'a> Copy<'a> {
 }
 
 impl Copy<'_> {
-    fn urls(&self, cx: &Cx<'_>) -> Result<Option<Vec<UrlFile>>> {
+    fn urls(&self, cx: &Cx<'_>) -> Result<Option<Remote>> {
         if let Some(u) = self.urls.get() {
             return Ok(u.clone());
         }
@@ -66,7 +79,7 @@ impl Copy<'_> {
 impl Operation for Copy<'_> {
     fn cache_key(&self, cx: &Cx<'_>) -> Result<CacheKey> {
         let urls = self.urls(cx)?;
-        let (key, prepared) = prepare(cx, self.spec, urls.as_deref())?;
+        let (key, prepared) = prepare(cx, self.spec, urls.as_ref())?;
         let _ = self.prepared.set(prepared);
         Ok(key)
     }
@@ -75,13 +88,27 @@ impl Operation for Copy<'_> {
         let urls = self.urls(cx)?;
         let (action, link_ref) = match self.prepared.get() {
             Some(p) => p.clone(),
-            None => prepare(cx, self.spec, urls.as_deref())?.1,
+            None => prepare(cx, self.spec, urls.as_ref())?.1,
         };
-        // ADD of URLs: the downloads are put where the action reads them for the time
-        // of the step.
+        // ADD of URLs or git: the files are put where the action reads them for the
+        // time of the step.
         let staged = match (&action.source, urls) {
-            (Source::Context { dir, .. }, Some(files)) => {
-                if let Err(e) = stage_urls(cx, dir, &files) {
+            (Source::Context { dir, .. }, Some(remote)) => {
+                let staged = match &remote {
+                    Remote::Urls(files) => stage_urls(cx, dir, files),
+                    Remote::Git {
+                        url,
+                        reference,
+                        commit,
+                        keep_git_dir,
+                        ..
+                    } => {
+                        v.log(&format!("fetching {url} at {commit}"));
+                        crate::git::checkout(url, reference.as_deref(), commit, dir, *keep_git_dir)
+                            .map_err(|e| cx.fail(e))
+                    }
+                };
+                if let Err(e) = staged {
                     let _ = kiln_snapshotter::tree::remove_all(dir);
                     return Err(e);
                 }
@@ -102,8 +129,36 @@ impl Operation for Copy<'_> {
     }
 }
 
-/// An ADD whose sources are all URLs: each fetched (or found current) once per build.
-fn urls_of(cx: &Cx<'_>, c: &CopySpec) -> Result<Option<Vec<UrlFile>>> {
+/// An ADD whose sources are all URLs (each fetched, or found current, once per build),
+/// or one git repository (its REF resolved to a commit).
+fn urls_of(cx: &Cx<'_>, c: &CopySpec) -> Result<Option<Remote>> {
+    let gits: Vec<&SrcKind> = c
+        .srcs
+        .iter()
+        .filter(|s| matches!(s, SrcKind::Git { .. }))
+        .collect();
+    if let [SrcKind::Git {
+        url,
+        reference,
+        subdir,
+        keep_git_dir,
+    }] = gits.as_slice()
+    {
+        if c.srcs.len() != 1 {
+            return Err(cx.fail("ADD of a git repository takes no other sources"));
+        }
+        let commit = crate::git::resolve(url, reference.as_deref()).map_err(|e| cx.fail(e))?;
+        return Ok(Some(Remote::Git {
+            url: url.clone(),
+            reference: reference.clone(),
+            commit,
+            subdir: subdir.clone(),
+            keep_git_dir: *keep_git_dir,
+        }));
+    }
+    if !gits.is_empty() {
+        return Err(cx.fail("ADD takes one git repository at a time"));
+    }
     let urls: Vec<(&String, &Option<String>, &String)> = c
         .srcs
         .iter()
@@ -139,7 +194,7 @@ fn urls_of(cx: &Cx<'_>, c: &CopySpec) -> Result<Option<Vec<UrlFile>>> {
             modified: f.modified,
         });
     }
-    Ok(Some(out))
+    Ok(Some(Remote::Urls(out)))
 }
 
 /// The key of a COPY, the action, and where its link hint is kept (see
@@ -147,10 +202,43 @@ fn urls_of(cx: &Cx<'_>, c: &CopySpec) -> Result<Option<Vec<UrlFile>>> {
 fn prepare(
     cx: &Cx<'_>,
     c: &CopySpec,
-    urls: Option<&[UrlFile]>,
+    urls: Option<&Remote>,
 ) -> Result<(CacheKey, (CopyAction, Option<PathBuf>))> {
     let s = cx.solver;
-    if let Some(files) = urls {
+    if let Some(Remote::Git {
+        url,
+        commit,
+        subdir,
+        keep_git_dir,
+        ..
+    }) = urls
+    {
+        // The key is the commit (and what of it is copied), not the ref's name.
+        let spec = serde_json::to_string(c).unwrap_or_default();
+        let what = format!("{url}@{commit}:{subdir}:{keep_git_dir}");
+        let key = CacheKey::new("add-git", &[cx.parent_key(), &what, &spec]);
+        let action = CopyAction {
+            source: Source::Context {
+                dir: s.store().tmp_path("add-git"),
+                excludes: Vec::new(),
+            },
+            srcs: vec![if subdir.is_empty() {
+                ".".into()
+            } else {
+                subdir.clone()
+            }],
+            inline: Vec::new(),
+            dest: c.dest.clone(),
+            chown: c.chown.clone(),
+            chmod: c.chmod,
+            parents: false,
+            excludes: c.excludes.clone(),
+            unpack: false,
+            link_from: None,
+        };
+        return Ok((key, (action, None)));
+    }
+    if let Some(Remote::Urls(files)) = urls {
         // The key is the files' content and names, not how they were fetched.
         let spec = serde_json::to_string(c).unwrap_or_default();
         let contents: Vec<String> = files
@@ -182,7 +270,7 @@ fn prepare(
         match src {
             SrcKind::Path(p) => paths.push(p.clone()),
             SrcKind::Inline(f) => inline.push(f.clone()),
-            SrcKind::Url { .. } => {}
+            SrcKind::Url { .. } | SrcKind::Git { .. } => {}
         }
     }
     let spec = serde_json::to_string(c).unwrap_or_default();
