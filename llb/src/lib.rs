@@ -226,15 +226,7 @@ impl Builder<'_> {
             Op::Local { name } => {
                 let mut attrs = BTreeMap::new();
                 attrs.insert("local.sharedkeyhint".to_string(), name.clone());
-                let op = pb::Op {
-                    op: Some(pb::op::Kind::Source(pb::SourceOp {
-                        identifier: format!("local://{name}"),
-                        attrs,
-                    })),
-                    platform: Some(pb_platform(&Platform::host())),
-                    constraints: Some(pb::WorkerConstraints::default()),
-                    ..Default::default()
-                };
+                let op = host_source(format!("local://{name}"), attrs);
                 Some(self.add(
                     op,
                     Some(&step.name),
@@ -375,15 +367,7 @@ impl Builder<'_> {
             attrs.insert("http.checksum".to_string(), c.to_string());
             caps.push("source.http.checksum");
         }
-        let op = pb::Op {
-            op: Some(pb::op::Kind::Source(pb::SourceOp {
-                identifier: url.to_string(),
-                attrs,
-            })),
-            platform: Some(pb_platform(&Platform::host())),
-            constraints: Some(pb::WorkerConstraints::default()),
-            ..Default::default()
-        };
+        let op = host_source(url.to_string(), attrs);
         self.add(
             op,
             Some(&format!("[internal] load remote file {url}")),
@@ -421,15 +405,7 @@ impl Builder<'_> {
             attrs.insert("git.keepgitdir".to_string(), "true".to_string());
             caps.push("source.git.keepgitdir");
         }
-        let op = pb::Op {
-            op: Some(pb::op::Kind::Source(pb::SourceOp {
-                identifier: id,
-                attrs,
-            })),
-            platform: Some(pb_platform(&Platform::host())),
-            constraints: Some(pb::WorkerConstraints::default()),
-            ..Default::default()
-        };
+        let op = host_source(id, attrs);
         self.add(
             op,
             Some(&format!("[internal] load git source {url}")),
@@ -460,17 +436,7 @@ impl Builder<'_> {
             );
             caps.push("source.local.includepatterns");
         }
-        let op = pb::Op {
-            op: Some(pb::op::Kind::Source(pb::SourceOp {
-                identifier: format!("local://{CONTEXT}"),
-                attrs,
-            })),
-            // Files are files on any platform: the build platform's, so that
-            // every target shares one context op.
-            platform: Some(pb_platform(&Platform::host())),
-            constraints: Some(pb::WorkerConstraints::default()),
-            ..Default::default()
-        };
+        let op = host_source(format!("local://{CONTEXT}"), attrs);
         self.add(op, Some("[internal] load build context"), &caps)
     }
 
@@ -679,6 +645,20 @@ impl Builder<'_> {
         };
         let name = self.g.dag[n].name.clone();
         Ok(self.add(op, Some(&name), &caps))
+    }
+}
+
+/// A source op of the build platform: files are files on any platform, so that every
+/// target shares one (contexts, downloads, repositories).
+fn host_source(identifier: impl Into<String>, attrs: BTreeMap<String, String>) -> pb::Op {
+    pb::Op {
+        op: Some(pb::op::Kind::Source(pb::SourceOp {
+            identifier: identifier.into(),
+            attrs,
+        })),
+        platform: Some(pb_platform(&Platform::host())),
+        constraints: Some(pb::WorkerConstraints::default()),
+        ..Default::default()
     }
 }
 
