@@ -34,7 +34,7 @@ fi
 install_packages() {
   export DEBIAN_FRONTEND=noninteractive
   local need=0
-  for p in docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler keyutils python3-venv mmdebstrap apt-utils tmux git; do
+  for p in docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler keyutils python3-venv mmdebstrap apt-utils tmux git openssh-client; do
     dpkg -s "$p" >/dev/null 2>&1 || need=1
   done
   if ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -45,7 +45,7 @@ install_packages() {
     log "installing packages"
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends \
-      docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler keyutils python3-venv mmdebstrap apt-utils tmux git ca-certificates >/dev/null
+      docker-registry skopeo umoci uidmap busybox-static attr python3 curl apache2-utils qemu-user-static buildah pigz zstd time protobuf-compiler keyutils python3-venv mmdebstrap apt-utils tmux git openssh-client ca-certificates >/dev/null
     mkdir -p "$STATE" && touch "$STATE/.apt-updated"
   fi
 }

@@ -129,6 +129,10 @@ pub(crate) struct BuildArgs {
     /// `FROM NAME`, `COPY --from=NAME` and `RUN --mount=from=NAME`.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     build_contexts: Vec<String>,
+    /// SSH agent or keys to expose to RUN --mount=type=ssh (default, ID=SOCKET or
+    /// ID=KEYFILE[,KEYFILE]).
+    #[arg(long = "ssh", value_name = "default|ID=SOCKET|ID=KEY")]
+    ssh: Vec<String>,
     /// Secret to expose to RUN --mount=type=secret (id=ID,src=FILE or id=ID,env=VAR).
     #[arg(long = "secret")]
     secrets: Vec<String>,
@@ -435,6 +439,8 @@ pub(crate) fn build(
     b: BuildArgs,
 ) -> Result<i32> {
     let secrets = kiln_solver::secrets::parse(&b.secrets)?;
+    // Kept to the end of the build: the agents kiln starts for key files stop with it.
+    let agents = kiln_solver::ssh::Agents::parse(&b.ssh)?;
     let platforms = Platform::parse_list(b.platform.as_deref()).map_err(anyhow::Error::msg)?;
     let mut outputs = outputs::plan(&b.outputs, b.push, b.load, &b.tags)?;
     outputs::annotate(&mut outputs, &b.annotation)?;
@@ -706,6 +712,7 @@ pub(crate) fn build(
         runtime: runtime.handle().clone(),
         file_hashes: FileHashes::load(&store, &inputs.context),
         context: inputs.context,
+        ssh: agents.sockets.clone(),
         contexts: named
             .iter()
             .filter_map(|(n, _, d)| d.clone().map(|d| (n.clone(), d)))

@@ -15,6 +15,7 @@
 //! ([`housekeeping`]), and the machine's checks and the snapshotter choice
 //! ([`probe`]). Raw syscalls and `unsafe` live in `sys` only.
 
+mod agent;
 pub mod emulate;
 pub mod fake;
 pub mod fileop;

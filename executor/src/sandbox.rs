@@ -92,6 +92,14 @@ pub enum MountSource {
         uid: u32,
         gid: u32,
     },
+    /// An SSH agent (`upstream`, a socket of the host), reached through a proxied
+    /// socket of the step's own with this mode and owner.
+    Ssh {
+        upstream: PathBuf,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
     /// A secret as an environment variable of the command.
     SecretEnv {
         from: SecretFrom,
@@ -308,6 +316,16 @@ pub fn run(
     let mut spec = spec.clone();
     let mut prepared = Vec::new();
     let mut _locks = Vec::new();
+    // SSH agent proxies, stopped when the RUN ends (see crate::agent).
+    struct Proxies(Vec<nix::unistd::Pid>);
+    impl Drop for Proxies {
+        fn drop(&mut self) {
+            for p in self.0.drain(..) {
+                crate::agent::stop(p);
+            }
+        }
+    }
+    let mut proxies = Proxies(Vec::new());
     for (i, m) in spec.mounts.iter().enumerate() {
         let rel = m.target.trim_start_matches('/').to_string();
         let (src, is_dir, readonly) = match &m.kind {
@@ -434,6 +452,26 @@ pub fn run(
                 fs::set_permissions(&file, std::fs::Permissions::from_mode(*mode))?;
                 kiln_snapshotter::owner::chown(&file, *uid, *gid)?;
                 (Some(file), false, true)
+            }
+            MountSource::Ssh {
+                upstream,
+                mode,
+                uid,
+                gid,
+            } => {
+                let dir = scratch.join(format!("ssh-{i}"));
+                fs::create_dir_all(&dir)?;
+                sys::mount_tmpfs(&dir, "mode=755,size=64k", false)?;
+                let sock = dir.join("agent");
+                let listener = std::os::unix::net::UnixListener::bind(&sock).map_err(
+                    crate::io_ctx(format!("making the ssh socket for {}", m.target)),
+                )?;
+                fs::set_permissions(&sock, std::fs::Permissions::from_mode(*mode))?;
+                kiln_snapshotter::owner::chown(&sock, *uid, *gid)?;
+                proxies
+                    .0
+                    .push(crate::agent::spawn_proxy(listener, upstream.clone())?);
+                (Some(sock), false, false)
             }
             MountSource::SecretEnv { from, name } => {
                 let v = String::from_utf8(from.read()?)

@@ -16,6 +16,7 @@ pub mod resolver;
 mod scheduler;
 pub mod secrets;
 mod session;
+pub mod ssh;
 pub mod transfer;
 
 pub use materialize::{bring_in, Need};

@@ -22,6 +22,8 @@ pub struct Solver {
     pub runtime: tokio::runtime::Handle,
     /// The build context directory.
     pub context: PathBuf,
+    /// `--ssh`: the agents' sockets by id.
+    pub ssh: HashMap<String, PathBuf>,
     /// `--build-context NAME=DIR`: the named local contexts.
     pub contexts: HashMap<String, PathBuf>,
     /// `.dockerignore` patterns for the context.

@@ -639,3 +639,154 @@ fn git_repositories_are_add_sources_and_build_contexts() {
         run.stderr
     );
 }
+
+/// Asks the agent at $SSH_AUTH_SOCK for its identities (SSH_AGENTC_REQUEST_IDENTITIES)
+/// and prints the answer's type and the comments it holds; from inside a RUN.
+const AGENT_PROBE: &str = r#"import os, socket, struct
+s = socket.socket(socket.AF_UNIX)
+s.connect(os.environ['SSH_AUTH_SOCK'])
+s.sendall(b'\0\0\0\1\x0b')
+n = struct.unpack('>I', s.recv(4))[0]
+d = b''
+while len(d) < n:
+    d += s.recv(n - len(d))
+print(d[0], d.count(b'kiln-e2e-key'))
+"#;
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn ssh_mounts_reach_the_agent_through_a_proxy_and_leave_nothing_behind() {
+    let case = Case::new("");
+    case.file("probe.py", AGENT_PROBE);
+    let key = case.path("id_ed25519");
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-e2e-key", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (apt install openssh-client)");
+    assert!(ok.success());
+    let sock = case.path("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < until, "ssh-agent did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let added = Command::new("ssh-add")
+        .arg("-q")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .status()
+        .expect("ssh-add");
+    assert!(added.success());
+    case.file(
+        "Dockerfile",
+        &format!(
+            "FROM {}/library/debian-python:bookworm\n\
+             COPY probe.py /probe.py\n\
+             RUN --mount=type=ssh python3 /probe.py > /default && echo $SSH_AUTH_SOCK > /sock\n\
+             RUN --mount=type=ssh,id=mykey,target=/run/k.sock python3 /probe.py > /mykey && \
+                 cat /proc/self/mountinfo > /mountinfo\n\
+             RUN ls -A /run > /run-after\n",
+            super::registry()
+        ),
+    );
+    let out = case.path("out");
+    let dest = format!("type=local,dest={}", out.display());
+    let key_arg = format!("mykey={}", key.display());
+    let run = Command::new(kiln_bin())
+        .arg("build")
+        .arg("--root")
+        .arg(case.path("store"))
+        .args([
+            "--progress",
+            "plain",
+            "--ssh",
+            "default",
+            "--ssh",
+            &key_arg,
+            "-o",
+            &dest,
+        ])
+        .arg(case.ctx())
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .expect("kiln");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let run = Run::from(run).expect_ok();
+    let read = |f: &str| fs::read_to_string(out.join(f)).expect("read");
+    // 12 is SSH_AGENT_IDENTITIES_ANSWER, holding the one key: through the user's
+    // agent (default) and through the agent kiln started for the key file.
+    assert_eq!(read("default"), "12 1\n", "{}", run.stderr);
+    assert_eq!(read("mykey"), "12 1\n");
+    assert_eq!(read("sock"), "/run/buildkit/ssh_agent.0\n");
+    // The RUN's ssh mount names no host path (it is `/agent` of a tmpfs of its own);
+    // no socket or key is left in the image.
+    let mountinfo = read("mountinfo");
+    let ssh_line = mountinfo
+        .lines()
+        .find(|l| l.contains(" /run/k.sock "))
+        .unwrap_or_else(|| panic!("no ssh mount in:\n{mountinfo}"));
+    assert!(
+        ssh_line.contains(" /agent /run/k.sock ") && ssh_line.contains(" - tmpfs "),
+        "{ssh_line}"
+    );
+    assert!(!out.join("run/buildkit").exists() && !out.join("run/k.sock").exists());
+    let after = read("run-after");
+    assert!(
+        !after.contains("buildkit") && !after.contains("k.sock"),
+        "{after}"
+    );
+    // Nothing of the private key in any file of the image.
+    let secret = fs::read(&key).expect("key");
+    let piece = &secret[100..140];
+    for e in walk(&out) {
+        if let Ok(b) = fs::read(&e) {
+            assert!(
+                !b.windows(piece.len()).any(|w| w == piece),
+                "{}",
+                e.display()
+            );
+        }
+    }
+    // required=true without --ssh: a clear error.
+    case.file(
+        "Dockerfile",
+        &format!(
+            "FROM {}/library/busybox:latest\nRUN --mount=type=ssh,required=true true\n",
+            super::registry()
+        ),
+    );
+    let run = case.build(&[]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains("ssh agent default is required but was not provided"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(p),
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out
+}

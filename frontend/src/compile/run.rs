@@ -114,6 +114,13 @@ impl Compiler<'_> {
                 env_pairs.push((k.to_string(), v.clone()));
             }
         }
+        // An ssh mount: SSH_AUTH_SOCK names the first one's socket unless set, as
+        // BuildKit's LLB exec does.
+        if let Some(m) = mounts.iter().find(|m| m.spec.kind == MountKind::Ssh) {
+            if !env_pairs.iter().any(|(k, _)| k == "SSH_AUTH_SOCK") {
+                env_pairs.push(("SSH_AUTH_SOCK".into(), m.spec.target.clone()));
+            }
+        }
         let env: Vec<String> = env_pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
         // History: `RUN |N K=V ... argv # buildkit`, each declared ARG with its current
         // value (an ENV of the same name wins), as BuildKit's runCommandString.

@@ -92,10 +92,21 @@ fn run_action(cx: &Cx<'_>, spec: &RunSpec) -> Result<(RunAction, String)> {
         let sp = &m.spec;
         let kind = match sp.kind {
             MountKind::Ssh => {
-                return Err(cx.fail(format!(
-                    "RUN --mount=type=ssh (target {}) is not supported yet",
-                    sp.target
-                )))
+                let Some(upstream) = s.ssh.get(&sp.id) else {
+                    if sp.required {
+                        return Err(cx.fail(format!(
+                            "ssh agent {} is required but was not provided (kiln build --ssh {}=SOCKET|KEYFILE, or --ssh default)",
+                            sp.id, sp.id
+                        )));
+                    }
+                    continue;
+                };
+                MountSource::Ssh {
+                    upstream: upstream.clone(),
+                    mode: sp.mode.unwrap_or(0o600),
+                    uid: sp.uid.unwrap_or(0),
+                    gid: sp.gid.unwrap_or(0),
+                }
             }
             // `rw`: the RUN writes a copy, discarded after it (the executor's
             // `writable`), so the key is the read-only bind's.

@@ -79,6 +79,7 @@ impl Bench {
             runtime: self.runtime.handle().clone(),
             context: self.context.clone(),
             contexts: Default::default(),
+            ssh: Default::default(),
             excludes: vec![],
             ignore: Default::default(),
             file_hashes: FileHashes::default(),
