@@ -68,7 +68,7 @@ pub fn transient(e: &OciDistributionError) -> bool {
 
 /// Whether the request failed because the host's name did not resolve: hyper's
 /// connector says "dns error" in the error's source chain (reqwest has no kind for it).
-fn name_unresolved(e: &(dyn std::error::Error + 'static)) -> bool {
+pub fn name_unresolved(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(e) = cur {
         if e.to_string().starts_with("dns error") {

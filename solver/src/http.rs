@@ -50,12 +50,8 @@ fn fail(url: &str, why: impl std::fmt::Display) -> Error {
 /// Whether trying again may help: no answer (refused, reset, timed out) or a 5xx; a
 /// name that does not resolve, or any other answer, is final.
 fn transient(e: &reqwest::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(x) = cur {
-        if x.to_string().starts_with("dns error") {
-            return false;
-        }
-        cur = x.source();
+    if kiln_registry::retry::name_unresolved(e) {
+        return false;
     }
     e.is_connect() || e.is_timeout() || e.status().is_some_and(|s| s.is_server_error())
 }

@@ -16,9 +16,9 @@ pub struct Inputs {
     /// `.dockerignore` patterns, and the compiled matcher.
     pub excludes: Vec<String>,
     pub ignore: Matcher,
-    /// For a context read from stdin: the directory it was unpacked into, removed
-    /// when the inputs go.
-    pub stdin_dir: Option<tempfile::TempDir>,
+    /// For a context read from stdin or checked out from git: the directory kiln
+    /// made for it, removed when the inputs go.
+    pub temp_dir: Option<tempfile::TempDir>,
 }
 
 fn input(what: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -43,7 +43,7 @@ pub fn load(context: &Path, file: Option<&Path>) -> Result<Inputs> {
             Some(text) => load_with_text(dir.path(), text)?,
             None => load(dir.path(), file)?,
         };
-        inputs.stdin_dir = Some(dir);
+        inputs.temp_dir = Some(dir);
         return Ok(inputs);
     }
     let shown = context.to_string_lossy();
@@ -60,13 +60,15 @@ pub fn load(context: &Path, file: Option<&Path>) -> Result<Inputs> {
         let repo = dir.path().join("repo");
         crate::git::checkout(url, reference, &commit, &repo, false)?;
         let sub = kiln_executor::paths::resolve_in_root(&repo, subdir, true)?;
-        let mut inputs = load(&sub, file.filter(|f| *f == dash))?;
-        if let Some(f) = file.filter(|f| *f != dash) {
+        let mut inputs = match file.filter(|f| *f != dash) {
             // -f names a file in the repository.
-            let f = kiln_executor::paths::resolve_in_root(&repo, &f.to_string_lossy(), true)?;
-            inputs = load_from(&sub, Some(&f), None)?;
-        }
-        inputs.stdin_dir = Some(dir);
+            Some(f) => {
+                let f = kiln_executor::paths::resolve_in_root(&repo, &f.to_string_lossy(), true)?;
+                load_from(&sub, Some(&f), None)?
+            }
+            None => load(&sub, file)?,
+        };
+        inputs.temp_dir = Some(dir);
         return Ok(inputs);
     }
     if file == Some(dash) {
@@ -197,7 +199,7 @@ fn load_from(context: &Path, file: Option<&Path>, text: Option<String>) -> Resul
         text,
         excludes,
         ignore,
-        stdin_dir: None,
+        temp_dir: None,
     })
 }
 

@@ -197,6 +197,31 @@ fn urls_of(cx: &Cx<'_>, c: &CopySpec) -> Result<Option<Remote>> {
     Ok(Some(Remote::Urls(out)))
 }
 
+/// The copy of what an ADD fetched (put into `dir` when the step runs): copied as
+/// it is (a tarball from a URL or a repository is not unpacked, as in BuildKit).
+fn fetched_copy(
+    c: &CopySpec,
+    dir: PathBuf,
+    srcs: Vec<String>,
+    excludes: Vec<String>,
+) -> CopyAction {
+    CopyAction {
+        source: Source::Context {
+            dir,
+            excludes: Vec::new(),
+        },
+        srcs,
+        inline: Vec::new(),
+        dest: c.dest.clone(),
+        chown: c.chown.clone(),
+        chmod: c.chmod,
+        parents: false,
+        excludes,
+        unpack: false,
+        link_from: None,
+    }
+}
+
 /// The key of a COPY, the action, and where its link hint is kept (see
 /// `kiln_executor::fileop::Links`).
 fn prepare(
@@ -217,25 +242,12 @@ fn prepare(
         let spec = serde_json::to_string(c).unwrap_or_default();
         let what = format!("{url}@{commit}:{subdir}:{keep_git_dir}");
         let key = CacheKey::new("add-git", &[cx.parent_key(), &what, &spec]);
-        let action = CopyAction {
-            source: Source::Context {
-                dir: s.store().tmp_path("add-git"),
-                excludes: Vec::new(),
-            },
-            srcs: vec![if subdir.is_empty() {
-                ".".into()
-            } else {
-                subdir.clone()
-            }],
-            inline: Vec::new(),
-            dest: c.dest.clone(),
-            chown: c.chown.clone(),
-            chmod: c.chmod,
-            parents: false,
-            excludes: c.excludes.clone(),
-            unpack: false,
-            link_from: None,
-        };
+        let srcs = vec![if subdir.is_empty() {
+            ".".into()
+        } else {
+            subdir.clone()
+        }];
+        let action = fetched_copy(c, s.store().tmp_path("add-git"), srcs, c.excludes.clone());
         return Ok((key, (action, None)));
     }
     if let Some(Remote::Urls(files)) = urls {
@@ -246,22 +258,8 @@ fn prepare(
             .map(|f| format!("{}={}@{:?}", f.name, f.digest, f.modified))
             .collect();
         let key = CacheKey::new("add-url", &[cx.parent_key(), &contents.join("|"), &spec]);
-        let action = CopyAction {
-            source: Source::Context {
-                dir: s.store().tmp_path("add-url"),
-                excludes: Vec::new(),
-            },
-            srcs: files.iter().map(|f| f.name.clone()).collect(),
-            inline: Vec::new(),
-            dest: c.dest.clone(),
-            chown: c.chown.clone(),
-            chmod: c.chmod,
-            parents: false,
-            excludes: Vec::new(),
-            // A tarball from a URL is copied as it is, as in BuildKit.
-            unpack: false,
-            link_from: None,
-        };
+        let srcs = files.iter().map(|f| f.name.clone()).collect();
+        let action = fetched_copy(c, s.store().tmp_path("add-url"), srcs, Vec::new());
         return Ok((key, (action, None)));
     }
     let mut paths = Vec::new();
