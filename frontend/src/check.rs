@@ -303,16 +303,18 @@ fn pairs(ins: &Instruction) -> (Vec<String>, bool) {
     }
 }
 
-struct Stage<'a> {
-    from: &'a Instruction,
+/// A stage of a parsed Dockerfile.
+pub(crate) struct Stage<'a> {
+    pub from: &'a Instruction,
     /// Lowercased `AS` name.
-    name: Option<String>,
+    pub name: Option<String>,
     /// The image or stage it starts from, as written.
-    base: String,
-    commands: Vec<&'a Instruction>,
+    pub base: String,
+    pub commands: Vec<&'a Instruction>,
 }
 
-fn stages(df: &Dockerfile) -> (Vec<&Instruction>, Vec<Stage<'_>>) {
+/// The instructions before the first FROM (global ARGs), and the stages.
+pub(crate) fn stages(df: &Dockerfile) -> (Vec<&Instruction>, Vec<Stage<'_>>) {
     let mut global = Vec::new();
     let mut out: Vec<Stage> = Vec::new();
     for ins in &df.instructions {

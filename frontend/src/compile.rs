@@ -10,7 +10,7 @@ mod config;
 mod copy;
 pub(crate) mod gofmt;
 mod graph;
-mod mounts;
+pub(crate) mod mounts;
 mod run;
 
 pub mod merge;
@@ -295,6 +295,22 @@ fn check_syntax(v: &str) -> std::result::Result<(), String> {
 
 /// The option closest to `val` within an edit distance of 2, as BuildKit's
 /// `suggest.Search` (none when `val` is one of them).
+/// The config of an empty base (`scratch`, a directory's build context) for `p`.
+fn scratch_config(p: &Platform) -> ImageConfig {
+    ImageConfig {
+        architecture: p.architecture.clone(),
+        os: p.os.clone(),
+        variant: p.variant.clone(),
+        config: crate::ContainerConfig {
+            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            // BuildKit gives a scratch stage the root as its working directory.
+            working_dir: "/".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 pub(crate) fn suggest<'a>(val: &str, options: impl Iterator<Item = &'a str>) -> Option<String> {
     let mut best: Option<(usize, &str)> = None;
     for opt in options {
@@ -457,7 +473,7 @@ impl Compiler<'_> {
             Some(NamedContext::Image(r)) => self.pull_node(&r, platform, line_at, display),
             Some(NamedContext::Local) => {
                 // A directory's files: scratch's config, a source vertex of its own.
-                let (_, config) = self.pull_node("scratch", platform, line_at, String::new())?;
+                let config = scratch_config(platform);
                 let existing = self
                     .dag
                     .node_indices()
@@ -509,22 +525,7 @@ impl Compiler<'_> {
                     n
                 }
             };
-            let p = platform;
-            let config = ImageConfig {
-                architecture: p.architecture.clone(),
-                os: p.os.clone(),
-                variant: p.variant.clone(),
-                config: crate::ContainerConfig {
-                    env: vec![
-                        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-                    ],
-                    // BuildKit gives a scratch stage the root as its working directory.
-                    working_dir: "/".into(),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            return Ok((node, config));
+            return Ok((node, scratch_config(platform)));
         }
         let resolved = self
             .resolver

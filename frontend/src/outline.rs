@@ -2,8 +2,10 @@
 //! descriptions, and what a target takes (build arguments, secrets, SSH), as
 //! BuildKit's subrequests report them and buildx prints them.
 
-use crate::check::reachable;
+use crate::check::{reachable, stages};
+use crate::compile::mounts::parse_mount;
 use crate::parser::{Args, Dockerfile, Instruction, Kind};
+use crate::MountKind;
 use std::collections::BTreeMap;
 
 /// A stage, for `--call targets`.
@@ -27,31 +29,19 @@ fn doc_comment(ins: &Instruction, name: &str) -> String {
         .unwrap_or_default()
 }
 
-fn stage_name(from: &Instruction) -> String {
-    let w: Vec<String> = from.words().into_iter().map(|(w, _)| w).collect();
-    if w.len() >= 3 && w[1].eq_ignore_ascii_case("as") {
-        w[2].to_lowercase()
-    } else {
-        String::new()
-    }
-}
-
 /// Every stage, the last one the default.
 pub fn targets(df: &Dockerfile) -> Vec<Target> {
-    let froms: Vec<&Instruction> = df
-        .instructions
-        .iter()
-        .filter(|i| i.kind == Kind::From)
-        .collect();
-    froms
+    let (_, stages) = stages(df);
+    let n = stages.len();
+    stages
         .iter()
         .enumerate()
-        .map(|(i, f)| {
-            let name = stage_name(f);
+        .map(|(i, st)| {
+            let name = st.name.clone().unwrap_or_default();
             Target {
-                description: doc_comment(f, &name),
+                description: doc_comment(st.from, &name),
                 name,
-                default: i + 1 == froms.len(),
+                default: i + 1 == n,
             }
         })
         .collect()
@@ -59,39 +49,49 @@ pub fn targets(df: &Dockerfile) -> Vec<Target> {
 
 /// buildx's table: `TARGET  DESCRIPTION`, the default marked.
 pub fn print_targets(ts: &[Target]) -> String {
-    let rows: Vec<(String, String)> = ts
-        .iter()
-        .map(|t| {
-            let name = match (t.name.is_empty(), t.default) {
-                (true, true) => "(default)".to_string(),
-                (false, true) => format!("{} (default)", t.name),
-                _ => t.name.clone(),
-            };
-            (name, t.description.clone())
-        })
-        .collect();
-    table(&[("TARGET", "DESCRIPTION")], &rows, 1)
+    let mut rows = vec![row(&["TARGET", "DESCRIPTION"])];
+    rows.extend(ts.iter().map(|t| {
+        let name = match (t.name.is_empty(), t.default) {
+            (true, true) => "(default)".to_string(),
+            (false, true) => format!("{} (default)", t.name),
+            _ => t.name.clone(),
+        };
+        vec![name, t.description.clone()]
+    }));
+    table(&rows, 1)
 }
 
-/// Columns padded as Go's tabwriter pads them (`padding` spaces after the widest).
-fn table(head: &[(&str, &str)], rows: &[(String, String)], padding: usize) -> String {
-    let w = head
-        .iter()
-        .map(|(a, _)| a.len())
-        .chain(rows.iter().map(|(a, _)| a.len()))
-        .max()
-        .unwrap_or(0)
-        + padding;
+/// Rows in columns padded as Go's tabwriter pads them: each column but the last as
+/// wide as its widest cell plus `padding`; trailing blanks trimmed.
+fn table(rows: &[Vec<String>], padding: usize) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols.saturating_sub(1))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+                + padding
+        })
+        .collect();
     let mut out = String::new();
-    for (a, b) in head
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .chain(rows.iter().cloned())
-    {
-        out.push_str(format!("{a:<w$}{b}").trim_end());
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            match widths.get(c) {
+                Some(&w) if c + 1 < r.len() => line.push_str(&format!("{cell:<w$}")),
+                _ => line.push_str(cell),
+            }
+        }
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     out
+}
+
+fn row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
 }
 
 /// What a target takes.
@@ -123,113 +123,87 @@ pub fn outline(df: &Dockerfile, target: Option<&str>, build_args: &[(String, Str
             .or_else(|| default.map(str::to_string))
             .unwrap_or_default()
     };
-    let mut stage = None::<usize>;
-    let mut out = Outline::default();
-    let mut n_stages = 0;
-    for ins in &df.instructions {
-        if ins.kind == Kind::From {
-            stage = Some(n_stages);
-            n_stages += 1;
-        }
-        let defs = |ins: &Instruction| -> Vec<(String, Option<String>)> {
-            let Args::Text(t) = &ins.args else {
-                return Vec::new();
-            };
-            crate::lexer::split_words(t, ins.escape)
-                .into_iter()
-                .map(|w| match w.split_once('=') {
-                    Some((k, v)) => (
-                        k.to_string(),
-                        Some(
-                            crate::lexer::expand_word(
-                                v,
-                                &Vec::<(String, String)>::new(),
-                                ins.escape,
-                            )
-                            .unwrap_or_else(|_| v.to_string()),
-                        ),
-                    ),
-                    None => (w, None),
-                })
-                .collect()
+    let defs = |ins: &Instruction| -> Vec<(String, Option<String>)> {
+        let Args::Text(t) = &ins.args else {
+            return Vec::new();
         };
-        match (stage, ins.kind) {
-            (None, Kind::Arg) => {
-                for (k, v) in defs(ins) {
-                    let d = doc_comment(ins, &k);
-                    global.insert(k.clone(), (ins.line, value(&k, v.as_deref()), d));
+        crate::lexer::split_words(t, ins.escape)
+            .into_iter()
+            .map(|w| match w.split_once('=') {
+                Some((k, v)) => {
+                    let none = Vec::<(String, String)>::new();
+                    let v = crate::lexer::expand_word(v, &none, ins.escape)
+                        .unwrap_or_else(|_| v.to_string());
+                    (k.to_string(), Some(v))
                 }
+                None => (w, None),
+            })
+            .collect()
+    };
+    let (global_ins, stages) = stages(df);
+    for ins in global_ins.iter().filter(|i| i.kind == Kind::Arg) {
+        for (k, v) in defs(ins) {
+            let d = doc_comment(ins, &k);
+            global.insert(k.clone(), (ins.line, value(&k, v.as_deref()), d));
+        }
+    }
+    let mut out = Outline::default();
+    let target_idx = match target {
+        Some(t) => stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(t.to_lowercase().as_str())),
+        None => stages.len().checked_sub(1),
+    };
+    for (i, st) in stages.iter().enumerate().filter(|(i, _)| reach.contains(i)) {
+        for (k, g) in &global {
+            let o = &st.from.original;
+            if o.contains(&format!("${k}")) || o.contains(&format!("${{{k}")) {
+                args.entry(k.clone()).or_insert_with(|| g.clone());
             }
-            (Some(i), _) if !reach.contains(&i) => {}
-            (Some(_), Kind::From) => {
-                for (k, g) in &global {
-                    if ins.original.contains(&format!("${k}"))
-                        || ins.original.contains(&format!("${{{k}"))
-                    {
-                        args.entry(k.clone()).or_insert_with(|| g.clone());
+        }
+        if Some(i) == target_idx {
+            out.name = st.name.clone().unwrap_or_default();
+            out.description = doc_comment(st.from, &out.name);
+        }
+        for ins in &st.commands {
+            match ins.kind {
+                Kind::Arg => {
+                    for (k, v) in defs(ins) {
+                        let (line, gv, gd) = global.get(&k).cloned().unwrap_or((
+                            ins.line,
+                            String::new(),
+                            String::new(),
+                        ));
+                        let d = match doc_comment(ins, &k) {
+                            d if d.is_empty() => gd,
+                            d => d,
+                        };
+                        let v = match v {
+                            Some(v) => value(&k, Some(&v)),
+                            None if !gv.is_empty() => gv,
+                            None => value(&k, None),
+                        };
+                        args.entry(k).or_insert((line.min(ins.line), v, d));
                     }
                 }
-                let name = stage_name(ins);
-                if target.is_some_and(|t| t.eq_ignore_ascii_case(&name))
-                    || (target.is_none() && stage == Some(reach.iter().copied().max().unwrap_or(0)))
-                {
-                    out.description = doc_comment(ins, &name);
-                    out.name = name;
-                }
-            }
-            (Some(_), Kind::Arg) => {
-                for (k, v) in defs(ins) {
-                    let (line, gv, gd) =
-                        global
-                            .get(&k)
-                            .cloned()
-                            .unwrap_or((ins.line, String::new(), String::new()));
-                    let d = match doc_comment(ins, &k) {
-                        d if d.is_empty() => gd,
-                        d => d,
-                    };
-                    let v = match v {
-                        Some(v) => value(&k, Some(&v)),
-                        None if !gv.is_empty() => gv,
-                        None => value(&k, None),
-                    };
-                    args.entry(k).or_insert((line.min(ins.line), v, d));
-                }
-            }
-            (Some(_), Kind::Run) => {
-                for f in ins.flags.iter().filter(|f| f.name == "mount") {
-                    let kv: Vec<(String, String)> = f
-                        .value
-                        .as_deref()
-                        .unwrap_or("")
-                        .split(',')
-                        .map(|p| match p.split_once('=') {
-                            Some((k, v)) => (k.to_lowercase(), v.to_string()),
-                            None => (p.to_lowercase(), "true".to_string()),
-                        })
-                        .collect();
-                    let get = |k: &str| kv.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
-                    let required = get("required").is_some_and(|v| v == "true");
-                    match get("type").as_deref() {
-                        Some("secret") => {
-                            let id = get("id")
-                                .or_else(|| {
-                                    get("target")
-                                        .or_else(|| get("dst"))
-                                        .and_then(|t| t.rsplit('/').next().map(str::to_string))
-                                })
-                                .unwrap_or_default();
-                            secrets.entry(id).or_insert((ins.line, required));
-                        }
-                        Some("ssh") => {
-                            let id = get("id").unwrap_or_else(|| "default".into());
-                            ssh.entry(id).or_insert((ins.line, required));
-                        }
-                        _ => {}
+                Kind::Run => {
+                    // The mounts as RUN parses them (ids defaulted as it defaults them).
+                    let as_written = |v: &str| Ok(v.to_string());
+                    for f in ins.flags.iter().filter(|f| f.name == "mount") {
+                        let Ok(m) = parse_mount(f.value.as_deref().unwrap_or(""), &as_written)
+                        else {
+                            continue;
+                        };
+                        let into = match m.kind {
+                            MountKind::Secret => &mut secrets,
+                            MountKind::Ssh => &mut ssh,
+                            _ => continue,
+                        };
+                        into.entry(m.id).or_insert((ins.line, m.required));
                     }
                 }
+                _ => {}
             }
-            _ => {}
         }
     }
     let mut a: Vec<_> = args.into_iter().collect();
@@ -254,62 +228,31 @@ pub fn print_outline(o: &Outline) -> String {
         } else {
             &o.name
         };
-        let mut rows = vec![("TARGET:".to_string(), name.to_string())];
+        let mut rows = vec![row(&["TARGET:", name])];
         if !o.description.is_empty() {
-            rows.push(("DESCRIPTION:".into(), o.description.clone()));
+            rows.push(row(&["DESCRIPTION:", &o.description]));
         }
-        out.push_str(&table(&[], &rows, 1));
+        out.push_str(&table(&rows, 1));
         out.push('\n');
     }
-    let three = |head: [&str; 3], rows: Vec<[String; 3]>| -> String {
-        let w0 = rows
-            .iter()
-            .map(|r| r[0].len())
-            .chain([head[0].len()])
-            .max()
-            .unwrap_or(0)
-            + 3;
-        let w1 = rows
-            .iter()
-            .map(|r| r[1].len())
-            .chain([head[1].len()])
-            .max()
-            .unwrap_or(0)
-            + 3;
-        let mut s = String::new();
-        for r in std::iter::once(head.map(str::to_string)).chain(rows) {
-            s.push_str(format!("{:<w0$}{:<w1$}{}", r[0], r[1], r[2]).trim_end());
-            s.push('\n');
-        }
-        s.push('\n');
-        s
-    };
     if !o.args.is_empty() {
-        out.push_str(&three(
-            ["BUILD ARG", "VALUE", "DESCRIPTION"],
+        let mut rows = vec![row(&["BUILD ARG", "VALUE", "DESCRIPTION"])];
+        rows.extend(
             o.args
                 .iter()
-                .map(|(a, b, c)| [a.clone(), b.clone(), c.clone()])
-                .collect(),
-        ));
+                .map(|(a, b, c)| vec![a.clone(), b.clone(), c.clone()]),
+        );
+        out.push_str(&table(&rows, 3));
+        out.push('\n');
     }
     for (head, list) in [("SECRET", &o.secrets), ("SSH", &o.ssh)] {
         if !list.is_empty() {
-            let rows: Vec<(String, String)> = list
-                .iter()
-                .map(|(n, r)| (n.clone(), if *r { "true".into() } else { String::new() }))
-                .collect();
-            let w = rows
-                .iter()
-                .map(|(a, _)| a.len())
-                .chain([head.len()])
-                .max()
-                .unwrap_or(0)
-                + 3;
-            for (a, b) in std::iter::once((head.to_string(), "REQUIRED".to_string())).chain(rows) {
-                out.push_str(format!("{a:<w$}{b}").trim_end());
-                out.push('\n');
-            }
+            let mut rows = vec![row(&[head, "REQUIRED"])];
+            rows.extend(
+                list.iter()
+                    .map(|(n, r)| row(&[n, if *r { "true" } else { "" }])),
+            );
+            out.push_str(&table(&rows, 3));
             out.push('\n');
         }
     }
