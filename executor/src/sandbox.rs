@@ -246,6 +246,21 @@ impl Stubs {
 /// entries are not the container's business).
 const HOSTS: &str = "127.0.0.1\tlocalhost kiln\n::1\tlocalhost ip6-localhost ip6-loopback\n";
 
+/// A directory `name` of `scratch` with a tmpfs of its own (`options`): what the RUN
+/// gets from it is named by its path in that tmpfs, never by a path in the store.
+fn private_tmpfs(scratch: &Path, name: &str, options: &str) -> Result<PathBuf> {
+    let dir = scratch.join(name);
+    fs::create_dir_all(&dir)?;
+    sys::mount_tmpfs(&dir, options, false)?;
+    Ok(dir)
+}
+
+/// A mount source's mode and owner, as the RUN's mount options ask.
+fn set_mode_owner(p: &Path, mode: u32, uid: u32, gid: u32) -> Result<()> {
+    fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+    Ok(kiln_snapshotter::owner::chown(p, uid, gid)?)
+}
+
 /// [`HOSTS`] with the `--add-host` lines after it, as BuildKit writes them.
 fn hosts_file(extra: &[kiln_frontend::runflags::HostEntry]) -> String {
     let mut s = HOSTS.to_string();
@@ -292,9 +307,7 @@ pub fn run(
     // as in BuildKit): the host's resolv.conf copied, a hosts file of kiln's.
     // They live on a small tmpfs of their own, so that /proc/self/mountinfo names them
     // by their path in it rather than by a path in the store.
-    let etc_dir = scratch.join("etc");
-    fs::create_dir_all(&etc_dir)?;
-    sys::mount_tmpfs(&etc_dir, "mode=755,size=256k", false)?;
+    let etc_dir = private_tmpfs(scratch, "etc", "mode=755,size=256k")?;
     let mut etc = Vec::new();
     for (rel, content) in [
         ("etc/resolv.conf", fs::read("/etc/resolv.conf").ok()),
@@ -345,27 +358,12 @@ pub fn run(
                 let dir = scratch.join(format!("mount-{i}"));
                 fs::create_dir_all(&dir)?;
                 if m.writable {
-                    // Writes land in an upper directory (or a copy) of the scratch
-                    // directory, not in the snapshots.
-                    match kind {
-                        kiln_snapshotter::native::Snapshotter::Overlay => {
-                            let (upper, work) = (
-                                scratch.join(format!("upper-{i}")),
-                                scratch.join(format!("work-{i}")),
-                            );
-                            fs::create_dir_all(&upper)?;
-                            fs::create_dir_all(&work)?;
-                            kiln_snapshotter::overlay::mount_rw(store, ids, &upper, &work, &dir)?;
-                        }
-                        kiln_snapshotter::native::Snapshotter::Native => {
-                            kiln_snapshotter::native::materialize(
-                                store,
-                                ids,
-                                &dir,
-                                kiln_snapshotter::native::How::Copy,
-                            )?;
-                        }
-                    }
+                    // Writes land in the scratch directory, not in the snapshots.
+                    let (upper, work) = (
+                        scratch.join(format!("upper-{i}")),
+                        scratch.join(format!("work-{i}")),
+                    );
+                    kiln_snapshotter::native::view_rw(store, ids, (&upper, &work), &dir, kind)?;
                 } else {
                     kiln_snapshotter::native::view_ro(store, ids, &dir, kind)?;
                 }
@@ -415,8 +413,7 @@ pub fn run(
                         }
                         None => {
                             fs::create_dir_all(&tmp)?;
-                            fs::set_permissions(&tmp, std::fs::Permissions::from_mode(*mode))?;
-                            kiln_snapshotter::owner::chown(&tmp, *uid, *gid)?;
+                            set_mode_owner(&tmp, *mode, *uid, *gid)?;
                         }
                     }
                     if fs::rename(&tmp, dir).is_err() {
@@ -444,13 +441,10 @@ pub fn run(
                 uid,
                 gid,
             } => {
-                let dir = scratch.join(format!("secret-{i}"));
-                fs::create_dir_all(&dir)?;
-                sys::mount_tmpfs(&dir, "mode=700,size=1m", false)?;
-                let file = dir.join("value");
+                let file = private_tmpfs(scratch, &format!("secret-{i}"), "mode=700,size=1m")?
+                    .join("value");
                 fs::write(&file, from.read()?)?;
-                fs::set_permissions(&file, std::fs::Permissions::from_mode(*mode))?;
-                kiln_snapshotter::owner::chown(&file, *uid, *gid)?;
+                set_mode_owner(&file, *mode, *uid, *gid)?;
                 (Some(file), false, true)
             }
             MountSource::Ssh {
@@ -459,15 +453,12 @@ pub fn run(
                 uid,
                 gid,
             } => {
-                let dir = scratch.join(format!("ssh-{i}"));
-                fs::create_dir_all(&dir)?;
-                sys::mount_tmpfs(&dir, "mode=755,size=64k", false)?;
-                let sock = dir.join("agent");
+                let sock =
+                    private_tmpfs(scratch, &format!("ssh-{i}"), "mode=755,size=64k")?.join("agent");
                 let listener = std::os::unix::net::UnixListener::bind(&sock).map_err(
                     crate::io_ctx(format!("making the ssh socket for {}", m.target)),
                 )?;
-                fs::set_permissions(&sock, std::fs::Permissions::from_mode(*mode))?;
-                kiln_snapshotter::owner::chown(&sock, *uid, *gid)?;
+                set_mode_owner(&sock, *mode, *uid, *gid)?;
                 proxies
                     .0
                     .push(crate::agent::spawn_proxy(listener, upstream.clone())?);

@@ -83,6 +83,27 @@ fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
     Ok(names)
 }
 
+/// Mounts a writable view of `ids` (top-first) at `target`, an empty directory: an
+/// overlay whose writes go to `upper` (with `work`), or with the native snapshotter an
+/// independent copy. Either way the snapshots are never written.
+pub fn view_rw(
+    store: &Store,
+    ids: &[String],
+    (upper, work): (&Path, &Path),
+    target: &Path,
+    kind: Snapshotter,
+) -> Result<()> {
+    match kind {
+        Snapshotter::Overlay => {
+            for d in [upper, work] {
+                fs::create_dir_all(d).ctx(|| format!("creating {}", d.display()))?;
+            }
+            crate::overlay::mount_rw(store, ids, upper, work, target)
+        }
+        Snapshotter::Native => materialize(store, ids, target, How::Copy),
+    }
+}
+
 /// Builds the merged tree of `ids` (top-first) in `dest`, an empty directory, by
 /// applying the snapshots bottom-up: whiteouts delete, opaque directories empty what is
 /// below them, everything else replaces. `dest` itself keeps its own owner and mode, as
