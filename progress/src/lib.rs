@@ -50,17 +50,23 @@ pub struct Progress {
 }
 
 struct Inner {
-    mode: Mode,
+    sink: Sink,
     next: AtomicUsize,
     start: Instant,
     out: Mutex<()>,
-    view: Option<tty::View>,
-    json: Option<rawjson::Stream>,
+}
+
+/// Where progress goes, by mode (auto resolved).
+enum Sink {
+    Quiet,
+    Plain,
+    Tty(tty::View),
+    Json(rawjson::Stream),
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(v) = &self.view {
+        if let Sink::Tty(v) = &self.sink {
             v.finish();
         }
     }
@@ -93,12 +99,15 @@ impl Progress {
     fn with_mode(mode: Mode) -> Progress {
         Progress {
             inner: Arc::new(Inner {
-                mode,
+                sink: match mode {
+                    Mode::Quiet => Sink::Quiet,
+                    Mode::Tty => Sink::Tty(tty::View::start()),
+                    Mode::RawJson => Sink::Json(rawjson::Stream::stderr()),
+                    Mode::Auto | Mode::Plain => Sink::Plain,
+                },
                 next: AtomicUsize::new(1),
                 start: Instant::now(),
                 out: Mutex::new(()),
-                view: (mode == Mode::Tty).then(tty::View::start),
-                json: (mode == Mode::RawJson).then(rawjson::Stream::stderr),
             }),
         }
     }
@@ -106,19 +115,11 @@ impl Progress {
     /// A line that belongs to no step. On a live view it comes after the steps
     /// (above them when no step has started yet).
     pub fn note(&self, msg: &str) {
-        match self.inner.mode {
-            Mode::Quiet => {}
-            Mode::Tty => {
-                if let Some(v) = &self.inner.view {
-                    v.note(msg);
-                }
-            }
-            Mode::RawJson => {
-                if let Some(j) = &self.inner.json {
-                    j.note(msg);
-                }
-            }
-            _ => self.line(msg),
+        match &self.inner.sink {
+            Sink::Quiet => {}
+            Sink::Tty(v) => v.note(msg),
+            Sink::Json(j) => j.note(msg),
+            Sink::Plain => self.line(msg),
         }
     }
 
@@ -130,19 +131,11 @@ impl Progress {
     /// Starts showing a step.
     pub fn vertex(&self, name: &str) -> Vertex {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        match self.inner.mode {
-            Mode::Plain => self.line(&format!("#{id} {name}")),
-            Mode::Tty => {
-                if let Some(v) = &self.inner.view {
-                    v.add(id, name);
-                }
-            }
-            Mode::RawJson => {
-                if let Some(j) = &self.inner.json {
-                    j.started(id, name);
-                }
-            }
-            _ => {}
+        match &self.inner.sink {
+            Sink::Plain => self.line(&format!("#{id} {name}")),
+            Sink::Tty(v) => v.add(id, name),
+            Sink::Json(j) => j.started(id, name),
+            Sink::Quiet => {}
         }
         Vertex {
             id,
@@ -204,23 +197,15 @@ impl Vertex {
             return;
         }
         let inner = &self.progress.inner;
-        match inner.mode {
-            Mode::Plain => self.progress.line(&format!(
+        match &inner.sink {
+            Sink::Plain => self.progress.line(&format!(
                 "#{} {:.3} {line}",
                 self.id,
                 self.started.elapsed().as_secs_f64()
             )),
-            Mode::Tty => {
-                if let Some(v) = &inner.view {
-                    v.log(self.id, line);
-                }
-            }
-            Mode::RawJson => {
-                if let Some(j) = &inner.json {
-                    j.log(self.id, line);
-                }
-            }
-            _ => {}
+            Sink::Tty(v) => v.log(self.id, line),
+            Sink::Json(j) => j.log(self.id, line),
+            Sink::Quiet => {}
         }
     }
 
@@ -251,8 +236,8 @@ impl Vertex {
             return;
         }
         let inner = &self.progress.inner;
-        match inner.mode {
-            Mode::Plain => {
+        match &inner.sink {
+            Sink::Plain => {
                 let status = match &end {
                     End::Done => format!("DONE {:.1}s", self.started.elapsed().as_secs_f64()),
                     End::Cached => "CACHED".into(),
@@ -260,17 +245,9 @@ impl Vertex {
                 };
                 self.progress.line(&format!("#{} {status}", self.id))
             }
-            Mode::Tty => {
-                if let Some(v) = &inner.view {
-                    v.end(self.id, end);
-                }
-            }
-            Mode::RawJson => {
-                if let Some(j) = &inner.json {
-                    j.ended(self.id, &self.name, end);
-                }
-            }
-            _ => {}
+            Sink::Tty(v) => v.end(self.id, end),
+            Sink::Json(j) => j.ended(self.id, &self.name, end),
+            Sink::Quiet => {}
         }
     }
 }

@@ -184,21 +184,20 @@ fn frame(jobs: &[Job], elapsed: Duration, width: usize, height: usize, all: bool
     } else {
         height.saturating_sub(2).max(1)
     };
-    let mut shown: Vec<&Job> = jobs.iter().collect();
-    if shown.len() > room {
-        let running: Vec<&Job> = jobs.iter().filter(|j| j.ended.is_none()).collect();
-        let keep_done = room.saturating_sub(running.len());
-        let mut finished: Vec<&Job> = jobs.iter().filter(|j| j.ended.is_some()).collect();
-        finished.drain(..finished.len().saturating_sub(keep_done));
-        shown = jobs
-            .iter()
-            .filter(|j| {
-                finished.iter().any(|f| std::ptr::eq(*f, *j))
-                    || (j.ended.is_none() && running.iter().any(|r| std::ptr::eq(*r, *j)))
-            })
-            .collect();
-        shown.truncate(room);
-    }
+    // The oldest finished steps leave first: of `done`, the first `hidden` are not shown.
+    let hidden = done.saturating_sub(room.saturating_sub(jobs.len() - done));
+    let mut finished_seen = 0;
+    let shown: Vec<&Job> = jobs
+        .iter()
+        .filter(|j| {
+            if j.ended.is_none() {
+                return true;
+            }
+            finished_seen += 1;
+            finished_seen > hidden
+        })
+        .take(room)
+        .collect();
     let mut tails_left = height.saturating_sub(lines.len() + shown.len());
     for j in shown {
         let (dt, label) = match &j.ended {
@@ -216,7 +215,7 @@ fn frame(jobs: &[Job], elapsed: Duration, width: usize, height: usize, all: bool
         lines.push(format!("{:<pad$}{timer}", format!("{pfx}{name}")));
         if j.ended.is_none() && !all {
             for t in j.tail.iter().filter(|t| !t.trim().is_empty()) {
-                if tails_left == 0 && !all {
+                if tails_left == 0 {
                     break;
                 }
                 tails_left = tails_left.saturating_sub(1);
