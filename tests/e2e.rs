@@ -223,6 +223,8 @@ fn nix_uid() -> u32 {
 
 struct Run {
     ok: bool,
+    /// The exit status (`None`: killed by a signal).
+    code: Option<i32>,
     stdout: String,
     stderr: String,
 }
@@ -231,6 +233,7 @@ impl From<Output> for Run {
     fn from(o: Output) -> Run {
         Run {
             ok: o.status.success(),
+            code: o.status.code(),
             stdout: String::from_utf8_lossy(&o.stdout).into(),
             stderr: String::from_utf8_lossy(&o.stderr).into(),
         }

@@ -129,27 +129,16 @@ fn completions_parse_and_the_usage_line_says_kiln() {
 
 /// `kiln build` with PATH set to `path` (and nothing else changed).
 fn build_with_path(case: &Case, path: &std::path::Path, args: &[&str]) -> super::Run {
-    let out = Command::new(kiln_bin())
-        .arg("build")
-        .arg("--root")
-        .arg(case.path("store"))
-        .args(["--progress", "plain"])
-        .args(args)
-        .arg(case.ctx())
-        .env("PATH", path)
-        .output()
-        .expect("run kiln");
-    super::Run::from(out)
+    let ctx = case.ctx();
+    let mut all = vec!["build", "--progress", "plain"];
+    all.extend_from_slice(args);
+    all.push(ctx.to_str().expect("utf8"));
+    super::store::kiln(case, &all, &[("PATH", path.to_str().expect("utf8"))])
 }
 
-/// A directory for PATH with what kiln itself runs (newuidmap, newgidmap) and, as
-/// `names`, a fake engine that records the archive its `load` reads into `record`.
-fn fake_engines(
-    case: &Case,
-    dir: &str,
-    names: &[&str],
-    record: &std::path::Path,
-) -> std::path::PathBuf {
+/// A directory for PATH with what kiln itself runs (newuidmap, newgidmap) and the
+/// executable `scripts` (name, text).
+fn path_dir(case: &Case, dir: &str, scripts: &[(&str, String)]) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let bin = case.path(dir);
     fs::create_dir_all(&bin).expect("mkdir");
@@ -158,19 +147,35 @@ fn fake_engines(
             std::os::unix::fs::symlink(p, bin.join(tool)).expect("symlink");
         }
     }
-    for name in names {
+    for (name, text) in scripts {
         let p = bin.join(name);
-        fs::write(
-            &p,
-            format!(
-                "#!/bin/sh\n[ \"$1\" = load ] || {{ echo \"unexpected: $*\" >&2; exit 2; }}\n/bin/cat > {}\necho \"Loaded image: by {name}\"\n",
-                record.display()
-            ),
-        )
-        .expect("write");
+        fs::write(&p, text).expect("write");
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     bin
+}
+
+/// [`path_dir`] with, as `names`, a fake engine that records the archive its `load`
+/// reads into `record`.
+fn fake_engines(
+    case: &Case,
+    dir: &str,
+    names: &[&str],
+    record: &std::path::Path,
+) -> std::path::PathBuf {
+    let scripts: Vec<(&str, String)> = names
+        .iter()
+        .map(|name| {
+            (
+                *name,
+                format!(
+                    "#!/bin/sh\n[ \"$1\" = load ] || {{ echo \"unexpected: $*\" >&2; exit 2; }}\n/bin/cat > {}\necho \"Loaded image: by {name}\"\n",
+                    record.display()
+                ),
+            )
+        })
+        .collect();
+    path_dir(case, dir, &scripts)
 }
 
 fn which(tool: &str) -> Result<std::path::PathBuf, ()> {
@@ -247,23 +252,14 @@ fn load_streams_a_docker_archive_into_docker_or_podman() {
         run.stderr
     );
     // An engine that fails: its message, and a failed build.
-    let broken = case.path("broken");
-    fs::create_dir_all(&broken).expect("mkdir");
-    for tool in ["newuidmap", "newgidmap"] {
-        if let Ok(p) = which(tool) {
-            std::os::unix::fs::symlink(p, broken.join(tool)).expect("symlink");
-        }
-    }
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let p = broken.join("docker");
-        fs::write(
-            &p,
-            "#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n",
-        )
-        .expect("write");
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
+    let broken = path_dir(
+        &case,
+        "broken",
+        &[(
+            "docker",
+            "#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n".into(),
+        )],
+    );
     let run = build_with_path(&case, &broken, &["--load"]);
     assert!(!run.ok);
     assert!(
@@ -772,19 +768,12 @@ fn step_errors_show_their_instruction_and_stage_typos_get_a_hint() {
 
 /// `kiln build ARGS CONTEXT` without `--progress plain`, for `--call`'s stdout.
 fn call(case: &Case, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(kiln_bin())
-        .arg("build")
-        .arg("--root")
-        .arg(case.path("store"))
-        .args(args)
-        .arg(case.ctx())
-        .output()
-        .expect("kiln");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    let ctx = case.ctx();
+    let mut all = vec!["build"];
+    all.extend_from_slice(args);
+    all.push(ctx.to_str().expect("utf8"));
+    let run = super::store::kiln(case, &all, &[]);
+    (run.code, run.stdout, run.stderr)
 }
 
 #[test]

@@ -607,16 +607,13 @@ fn git_repositories_are_add_sources_and_build_contexts() {
     let ctx_case = Case::new("");
     let ctx_out = ctx_case.path("out");
     let out_arg = format!("type=local,dest={}", ctx_out.display());
-    let run = Command::new(super::kiln_bin())
-        .arg("build")
-        .arg("--root")
-        .arg(ctx_case.path("store"))
-        .args(["--progress", "plain", "-o", &out_arg])
-        .arg(format!("{url}#v1"))
-        .output()
-        .expect("kiln");
-    let run = Run::from(run).expect_ok();
-    let _ = run;
+    let context = format!("{url}#v1");
+    super::store::kiln(
+        &ctx_case,
+        &["build", "--progress", "plain", "-o", &out_arg, &context],
+        &[],
+    )
+    .expect_ok();
     assert_eq!(
         fs::read_to_string(ctx_out.join("from-git-context")).expect("read"),
         "one\n"
@@ -700,11 +697,11 @@ fn ssh_mounts_reach_the_agent_through_a_proxy_and_leave_nothing_behind() {
     let out = case.path("out");
     let dest = format!("type=local,dest={}", out.display());
     let key_arg = format!("mykey={}", key.display());
-    let run = Command::new(kiln_bin())
-        .arg("build")
-        .arg("--root")
-        .arg(case.path("store"))
-        .args([
+    let ctx = case.ctx();
+    let run = super::store::kiln(
+        &case,
+        &[
+            "build",
             "--progress",
             "plain",
             "--ssh",
@@ -713,14 +710,13 @@ fn ssh_mounts_reach_the_agent_through_a_proxy_and_leave_nothing_behind() {
             &key_arg,
             "-o",
             &dest,
-        ])
-        .arg(case.ctx())
-        .env("SSH_AUTH_SOCK", &sock)
-        .output()
-        .expect("kiln");
+            ctx.to_str().expect("utf8"),
+        ],
+        &[("SSH_AUTH_SOCK", sock.to_str().expect("utf8"))],
+    );
     let _ = agent.kill();
     let _ = agent.wait();
-    let run = Run::from(run).expect_ok();
+    let run = run.expect_ok();
     let read = |f: &str| fs::read_to_string(out.join(f)).expect("read");
     // 12 is SSH_AGENT_IDENTITIES_ANSWER, holding the one key: through the user's
     // agent (default) and through the agent kiln started for the key file.
