@@ -274,21 +274,17 @@ impl Builder<'_> {
                 };
                 let src = inputs.index(&src);
                 let owner = c.chown.as_deref().map(|u| chown(u, base));
-                let mut file = Files::new(inputs.0.len(), base);
+                // Every input first: the actions' results are numbered after them.
+                let mut remote = Vec::new();
                 for s in &c.srcs {
-                    let (from, path) = match s {
-                        Source::Path(p) => (src, abs(p)),
-                        Source::Inline(f) => (
-                            file.mkfile(-1, &f.name, f.mode, f.data.as_bytes()),
-                            abs(&f.name),
-                        ),
+                    remote.push(match s {
                         Source::Url {
                             url,
                             checksum,
                             name,
                         } => {
                             let http = self.http(url, name, checksum.as_deref());
-                            (inputs.index(&Some(http)), abs(name))
+                            Some((inputs.index(&Some(http)), abs(name)))
                         }
                         // The subdirectory is the git source's output, copied whole.
                         Source::Git {
@@ -298,8 +294,21 @@ impl Builder<'_> {
                             keep_git_dir,
                         } => {
                             let git = self.git(url, reference.as_deref(), subdir, *keep_git_dir);
-                            (inputs.index(&Some(git)), "/".to_string())
+                            Some((inputs.index(&Some(git)), "/".to_string()))
                         }
+                        Source::Path(_) | Source::Inline(_) => None,
+                    });
+                }
+                let mut file = Files::new(inputs.0.len(), base);
+                for (s, remote) in c.srcs.iter().zip(remote) {
+                    let (from, path) = match (s, remote) {
+                        (_, Some(r)) => r,
+                        (Source::Path(p), None) => (src, abs(p)),
+                        (Source::Inline(f), None) => (
+                            file.mkfile(-1, &f.name, f.mode, f.data.as_bytes()),
+                            abs(&f.name),
+                        ),
+                        (Source::Url { .. } | Source::Git { .. }, None) => continue,
                     };
                     file.copy(
                         pb::FileActionCopy {

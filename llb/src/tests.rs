@@ -336,3 +336,34 @@ fn remote_sources_are_buildkit_s_http_and_git_ops() {
     );
     assert_eq!(git.attrs["git.keepgitdir"], "true");
 }
+
+#[test]
+fn an_add_of_several_urls_chains_its_copies_after_every_input() {
+    let g = graph(
+        "FROM r.test/library/busybox:latest\nADD https://a.test/x https://a.test/y /both/\n",
+        "linux/amd64",
+    );
+    let d = pb::Definition::decode(
+        marshal(&g, &Options::default())
+            .expect("marshal")
+            .as_slice(),
+    )
+    .expect("decode");
+    let (inputs, actions) = ops(&d)
+        .into_iter()
+        .find_map(|(_, o)| match o.op {
+            Some(pb::op::Kind::File(f)) => Some((o.inputs.len() as i64, f.actions)),
+            _ => None,
+        })
+        .expect("file op");
+    // Inputs: the base and the two files; the second copy goes on the first's result.
+    assert_eq!(inputs, 3);
+    assert_eq!(actions.len(), 2);
+    assert_eq!(actions[0].input, 0);
+    assert_eq!(actions[1].input, inputs);
+    assert_eq!(
+        [actions[0].secondary_input, actions[1].secondary_input],
+        [1, 2]
+    );
+    assert_eq!(actions[1].output, 0);
+}
