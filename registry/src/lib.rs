@@ -23,6 +23,7 @@ pub mod conf;
 #[cfg(test)]
 mod fake;
 mod hosts;
+pub mod layout;
 mod limited;
 mod login;
 mod names;

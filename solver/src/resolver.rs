@@ -1,7 +1,7 @@
 //! The base image resolver the frontend asks while it compiles: once per name and
 //! platform, each shown as a step; from the store's pin of the name when it has one
 //! (as `docker build` uses a local image), through the registry with `--pull` or
-//! when there is none.
+//! when there is none; `oci-layout://` names from the local layout.
 
 use kiln_frontend::{ImageConfig, ImageResolver, Platform, ResolvedImage};
 use kiln_progress::Progress;
@@ -64,7 +64,9 @@ impl ImageResolver for Resolver<'_> {
             architecture: p.architecture.clone(),
             variant: p.variant.clone(),
         };
-        let pinned = if self.pull {
+        let layout = kiln_registry::layout::parse(name);
+        // A local OCI layout needs no pin: it is read again each build.
+        let pinned = if self.pull || layout.is_some() {
             None
         } else {
             self.registry.pinned(name, &want, self.store)
@@ -77,9 +79,12 @@ impl ImageResolver for Resolver<'_> {
         }
         let result = match pinned {
             Some(r) => Ok(r),
-            None => self
-                .runtime
-                .block_on(self.registry.resolve(name, &want, self.store)),
+            None => match &layout {
+                Some(l) => kiln_registry::layout::resolve(l, &want, self.store),
+                None => self
+                    .runtime
+                    .block_on(self.registry.resolve(name, &want, self.store)),
+            },
         }
         .map_err(|e| e.to_string())
         .and_then(|r| {
