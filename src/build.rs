@@ -125,7 +125,8 @@ pub(crate) struct BuildArgs {
     /// foreign RUN steps run under QEMU user emulation.
     #[arg(long)]
     platform: Option<String>,
-    /// Additional build context (NAME=PATH or NAME=docker-image://REF), for
+    /// Additional build context (NAME=DIR, NAME=docker-image://REF,
+    /// NAME=oci-layout://PATH[:TAG|@DIGEST], a git URL or an https URL), for
     /// `FROM NAME`, `COPY --from=NAME` and `RUN --mount=from=NAME`.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     build_contexts: Vec<String>,
@@ -177,39 +178,88 @@ fn check_attestations(b: &BuildArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--build-context NAME=VALUE`s: each name, what the frontend sees, and for a local
-/// directory its path.
+/// A `--build-context`: its name, what the frontend sees, for a directory its path,
+/// and for what kiln fetched itself, the source it is in LLB.
+struct Named {
+    name: String,
+    context: kiln_frontend::NamedContext,
+    dir: Option<PathBuf>,
+    llb: Option<kiln_llb::NamedSource>,
+}
+
+/// `--build-context NAME=VALUE`s. A git repository or a URL's file is fetched into a
+/// directory of its own (kept in `keep` for the build).
 fn named_contexts(
     raw: &[String],
-) -> Result<Vec<(String, kiln_frontend::NamedContext, Option<PathBuf>)>> {
+    fetch: kiln_solver::inputs::Fetch<'_>,
+    keep: &mut Vec<kiln_solver::inputs::TempDir>,
+) -> Result<Vec<Named>> {
     use kiln_frontend::NamedContext;
-    let mut out = Vec::new();
+    use kiln_llb::NamedSource;
+    use kiln_solver::inputs;
+    let mut out: Vec<Named> = Vec::new();
     for r in raw {
         let Some((name, value)) = r
             .split_once('=')
             .filter(|(n, v)| !n.is_empty() && !v.is_empty())
         else {
-            bail!("--build-context {r:?}: expected NAME=VALUE (a directory or docker-image://REF)");
+            bail!("--build-context {r:?}: expected NAME=VALUE (a directory, docker-image://REF, oci-layout://PATH, a git or https URL)");
         };
-        let entry = if let Some(image) = value.strip_prefix("docker-image://") {
+        let mut fetched = |got: kiln_solver::Result<(inputs::TempDir, PathBuf)>| {
+            let (dir, path) = got.with_context(|| format!("--build-context {r:?}"))?;
+            keep.push(dir);
+            anyhow::Ok(Some(path))
+        };
+        let (context, dir, llb) = if let Some(image) = value.strip_prefix("docker-image://") {
             kiln_registry::parse_reference(image)
                 .with_context(|| format!("--build-context {r:?}: invalid image reference"))?;
-            (NamedContext::Image(image.to_string()), None)
-        } else if value.starts_with("oci-layout://")
-            || value.contains("://")
-            || value.starts_with("git@")
-        {
-            bail!("--build-context {r:?}: only directories and docker-image:// contexts are supported yet");
+            (NamedContext::Image(image.to_string()), None, None)
+        } else if let Some(mut layout) = kiln_registry::layout::parse(value) {
+            layout.path = std::fs::canonicalize(&layout.path).with_context(|| {
+                format!("--build-context {r:?}: reading {}", layout.path.display())
+            })?;
+            let path = layout.path.display().to_string();
+            (
+                NamedContext::Image(layout.to_string()),
+                None,
+                Some(NamedSource::Layout { path }),
+            )
+        } else if inputs::is_git_url(value) {
+            let (url, fragment) = value.split_once('#').unwrap_or((value, ""));
+            let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+            let llb = NamedSource::Git {
+                url: url.to_string(),
+                reference: (!reference.is_empty()).then(|| reference.to_string()),
+                subdir: subdir.to_string(),
+            };
+            (
+                NamedContext::Local,
+                fetched(inputs::git_dir(value))?,
+                Some(llb),
+            )
+        } else if inputs::is_http_url(value) {
+            let llb = NamedSource::Http {
+                url: value.to_string(),
+            };
+            let dir = fetched(inputs::http_dir(value, fetch))?;
+            (NamedContext::Local, dir, Some(llb))
+        } else if value.contains("://") {
+            bail!("--build-context {r:?}: unknown kind of context (a directory, docker-image://, oci-layout://, a git or https URL)");
         } else {
             let dir = std::fs::canonicalize(value)
                 .with_context(|| format!("--build-context {r:?}: reading {value}"))?;
             if !dir.is_dir() {
                 bail!("--build-context {r:?}: {value} is not a directory");
             }
-            (NamedContext::Local, Some(dir))
+            (NamedContext::Local, Some(dir), None)
         };
-        out.retain(|(n, _, _): &(String, NamedContext, Option<PathBuf>)| n != name);
-        out.push((name.to_string(), entry.0, entry.1));
+        out.retain(|n| n.name != name);
+        out.push(Named {
+            name: name.to_string(),
+            context,
+            dir,
+            llb,
+        });
     }
     Ok(out)
 }
@@ -404,7 +454,7 @@ fn parse_build_args(raw: &[String]) -> Vec<(String, String)> {
 /// `containerimage.config` exporter metadata) in the metadata file.
 fn emit_llb(
     graphs: &[kiln_frontend::BuildGraph],
-    excludes: Vec<String>,
+    opts: &kiln_llb::Options,
     metadata_file: Option<&std::path::Path>,
 ) -> Result<()> {
     use std::io::{IsTerminal, Write};
@@ -413,7 +463,7 @@ fn emit_llb(
             "--emit-llb writes one definition, for one platform: run it once per platform (e.g. --platform linux/arm64)"
         );
     };
-    let bytes = kiln_llb::marshal(graph, &kiln_llb::Options { excludes })?;
+    let bytes = kiln_llb::marshal(graph, opts)?;
     let mut out = std::io::stdout().lock();
     if out.is_terminal() {
         bail!(
@@ -469,8 +519,10 @@ pub(crate) fn build(
         kiln_registry::parse_reference(t).with_context(|| format!("invalid tag {t:?}"))?;
     }
     let call = parse_call(b.call.as_deref(), b.check)?;
-    let named = named_contexts(&b.build_contexts)?;
-    let inputs = kiln_solver::inputs::load(&b.context, b.file.as_deref())?;
+    let fetch = |url: &str| kiln_solver::inputs::fetch_url(&root, url);
+    let mut fetched_contexts = Vec::new();
+    let named = named_contexts(&b.build_contexts, &fetch, &mut fetched_contexts)?;
+    let inputs = kiln_solver::inputs::load(&b.context, b.file.as_deref(), &fetch)?;
     let file_name = inputs
         .file
         .file_name()
@@ -587,9 +639,9 @@ pub(crate) fn build(
         let image_env = |name: &str| -> Vec<String> {
             use kiln_frontend::{ImageResolver, NamedContext};
             // A named context stands for the image: its own, or none for a directory.
-            let name = match named.iter().find(|(n, _, _)| n == name) {
-                Some((_, NamedContext::Image(r), _)) => r.as_str(),
-                Some((_, NamedContext::Local, _)) => return Vec::new(),
+            let name = match named.iter().find(|n| n.name == name).map(|n| &n.context) {
+                Some(NamedContext::Image(r)) => r.as_str(),
+                Some(NamedContext::Local) => return Vec::new(),
                 None => name,
             };
             resolver
@@ -635,7 +687,7 @@ pub(crate) fn build(
             no_cache_stages: b.no_cache_filter.clone(),
             contexts: named
                 .iter()
-                .map(|(n, c, _)| (n.clone(), c.clone()))
+                .map(|n| (n.name.clone(), n.context.clone()))
                 .collect(),
             run: run_defaults.clone(),
         };
@@ -670,7 +722,17 @@ pub(crate) fn build(
         None => {}
     }
     if b.emit_llb {
-        emit_llb(&graphs, inputs.excludes, b.metadata_file.as_deref())?;
+        if inputs.temp_dir.is_some() {
+            bail!("--emit-llb needs the context as a directory, for buildctl's --local context=DIR: a context kiln fetched (stdin, git, a URL) is gone when kiln exits");
+        }
+        let opts = kiln_llb::Options {
+            excludes: inputs.excludes,
+            contexts: named
+                .iter()
+                .filter_map(|n| n.llb.clone().map(|s| (n.name.clone(), s)))
+                .collect(),
+        };
+        emit_llb(&graphs, &opts, b.metadata_file.as_deref())?;
         return Ok(0);
     }
     let emulators = kiln_executor::emulate::plan(&graphs, &helper, &|m| progress.note(m))?;
@@ -715,7 +777,7 @@ pub(crate) fn build(
         ssh: agents.sockets.clone(),
         contexts: named
             .iter()
-            .filter_map(|(n, _, d)| d.clone().map(|d| (n.clone(), d)))
+            .filter_map(|n| n.dir.clone().map(|d| (n.name.clone(), d)))
             .collect(),
         excludes: inputs.excludes,
         ignore: inputs.ignore,

@@ -457,7 +457,7 @@ const XZ_MEMORY_KB: u32 = 256 * 1024;
 
 /// An archive's bytes, decompressed as BuildKit's ADD does: gzip, zstd, bzip2 or xz by
 /// their magic numbers, anything else as it is.
-fn archive_reader(f: fs::File) -> Result<Box<dyn std::io::Read>> {
+pub fn archive_reader<R: std::io::Read + 'static>(f: R) -> Result<Box<dyn std::io::Read>> {
     use std::io::{BufRead, BufReader};
     let mut br = BufReader::with_capacity(256 * 1024, f);
     let head = br.fill_buf()?.to_vec();
@@ -475,17 +475,18 @@ fn archive_reader(f: fs::File) -> Result<Box<dyn std::io::Read>> {
 }
 
 /// Whether `p` is a tar archive, plain or compressed ([`archive_reader`]).
-fn is_tar_archive(p: &Path) -> bool {
+pub fn is_tar_archive(p: &Path) -> bool {
+    fs::File::open(p).is_ok_and(is_tar_stream)
+}
+
+/// Whether `r` reads a tar archive, plain or compressed ([`archive_reader`]).
+pub fn is_tar_stream<R: std::io::Read + 'static>(r: R) -> bool {
     use std::io::Read;
-    let Ok(f) = fs::File::open(p) else {
-        return false;
-    };
-    let Ok(r) = archive_reader(f) else {
+    let Ok(mut r) = archive_reader(r) else {
         return false;
     };
     let mut head = [0u8; 512];
     let mut n = 0;
-    let mut r = r;
     while n < head.len() {
         match r.read(&mut head[n..]) {
             Ok(0) | Err(_) => break,

@@ -63,6 +63,25 @@ pub const CONTEXT: &str = "context";
 pub struct Options {
     /// `.dockerignore` patterns.
     pub excludes: Vec<String>,
+    /// Named contexts that are not a local directory for buildkitd, by name.
+    pub contexts: BTreeMap<String, NamedSource>,
+}
+
+/// Where a named context (`--build-context NAME=...`) comes from, for LLB: what kiln
+/// fetched itself becomes the source BuildKit's frontend makes of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedSource {
+    /// A git repository: BuildKit's git source, `#REF:SUBDIR` in its identifier.
+    Git {
+        url: String,
+        reference: Option<String>,
+        subdir: String,
+    },
+    /// A file at a URL: the http source, the file named `context`.
+    Http { url: String },
+    /// An image in an OCI layout (`buildctl --oci-layout NAME=PATH`): the layout's
+    /// canonical path, as in the image's pinned `oci-layout://PATH@DIGEST`.
+    Layout { path: String },
 }
 
 /// The digest BuildKit gives an op: sha256 of its marshaled bytes.
@@ -223,6 +242,17 @@ impl Builder<'_> {
             Op::Scratch => None,
             // A named local context: `buildctl build --local NAME=DIR`, as buildx
             // passes `--build-context NAME=DIR`.
+            Op::Local { name } if self.opts.contexts.contains_key(name) => {
+                match self.opts.contexts.get(name).cloned() {
+                    Some(NamedSource::Git {
+                        url,
+                        reference,
+                        subdir,
+                    }) => Some(self.git(&url, reference.as_deref(), &subdir, false)),
+                    Some(NamedSource::Http { url }) => Some(self.http(&url, "context", None)),
+                    _ => return Err(self.unsupported(n, "an OCI layout as a directory")),
+                }
+            }
             Op::Local { name } => {
                 let mut attrs = BTreeMap::new();
                 attrs.insert("local.sharedkeyhint".to_string(), name.clone());
@@ -236,11 +266,14 @@ impl Builder<'_> {
             Op::Image {
                 pinned, platform, ..
             } => {
+                let (identifier, attrs) = self.image_source(n, pinned)?;
+                let source_cap = if attrs.is_empty() {
+                    "source.image"
+                } else {
+                    "source.ocilayout"
+                };
                 let op = pb::Op {
-                    op: Some(pb::op::Kind::Source(pb::SourceOp {
-                        identifier: format!("docker-image://{pinned}"),
-                        attrs: BTreeMap::new(),
-                    })),
+                    op: Some(pb::op::Kind::Source(pb::SourceOp { identifier, attrs })),
                     platform: Some(pb_platform(platform)),
                     constraints: Some(pb::WorkerConstraints::default()),
                     ..Default::default()
@@ -248,7 +281,7 @@ impl Builder<'_> {
                 Some(self.add(
                     op,
                     Some(&step.name),
-                    &["source.image", "platform", "meta.description"],
+                    &[source_cap, "platform", "meta.description"],
                 ))
             }
             Op::Run(spec) => Some(self.exec(n, spec, parent)?),
@@ -364,6 +397,33 @@ impl Builder<'_> {
         };
         self.done.insert(n, (out.clone(), platform));
         Ok(out)
+    }
+
+    /// A base image's source: `docker-image://REF@DIGEST`, or for an image of an OCI
+    /// layout the `oci-layout://` source BuildKit's frontend makes of a named context:
+    /// the store is the context's name (`buildctl --oci-layout NAME=PATH`).
+    fn image_source(
+        &self,
+        n: NodeIndex,
+        pinned: &str,
+    ) -> Result<(String, BTreeMap<String, String>)> {
+        let Some(rest) = pinned.strip_prefix("oci-layout://") else {
+            return Ok((format!("docker-image://{pinned}"), BTreeMap::new()));
+        };
+        let (path, digest) = rest.rsplit_once('@').unwrap_or((rest, ""));
+        let name = self.opts.contexts.iter().find_map(|(name, s)| match s {
+            NamedSource::Layout { path: p } if p == path => Some(name),
+            _ => None,
+        });
+        let Some(name) = name else {
+            return Err(self.unsupported(n, "an OCI layout not named as a build context"));
+        };
+        let mut attrs = BTreeMap::new();
+        attrs.insert("oci.store".to_string(), name.clone());
+        Ok((
+            format!("oci-layout://docker.io/library/{name}@{digest}"),
+            attrs,
+        ))
     }
 
     /// An `ADD` URL: BuildKit's http source, named as the Dockerfile frontend names it

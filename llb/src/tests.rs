@@ -70,6 +70,7 @@ fn by_digest<'a>(ops: &'a [(String, pb::Op)], d: &str) -> &'a pb::Op {
 fn seed_dockerfile_becomes_a_definition_buildkit_can_load() {
     let opts = Options {
         excludes: vec!["*.log".into()],
+        ..Default::default()
     };
     let bytes = marshal(&graph(SEED, "linux/arm64"), &opts).expect("llb");
     let d = pb::Definition::decode(bytes.as_slice()).expect("definition decodes");
@@ -335,6 +336,104 @@ fn remote_sources_are_buildkit_s_http_and_git_ops() {
         "https://example.test/org/repo.git"
     );
     assert_eq!(git.attrs["git.keepgitdir"], "true");
+}
+
+#[test]
+fn fetched_named_contexts_are_the_sources_buildkit_makes_of_them() {
+    use kiln_frontend::NamedContext;
+    let layout = "/work/layouts/base";
+    struct Layout;
+    impl ImageResolver for Layout {
+        fn resolve(&self, name: &str, p: &Platform) -> std::result::Result<ResolvedImage, String> {
+            assert!(
+                name.starts_with("oci-layout:///work/layouts/base"),
+                "{name}"
+            );
+            Ok(ResolvedImage {
+                pinned: format!("oci-layout:///work/layouts/base@sha256:{:0>64}", 7),
+                config: ImageConfig {
+                    architecture: p.architecture.clone(),
+                    os: p.os.clone(),
+                    ..Default::default()
+                },
+            })
+        }
+    }
+    let opts = BuildOptions {
+        file_name: "Dockerfile".into(),
+        build_args: Vec::new(),
+        target: None,
+        platform: Platform::parse("linux/amd64").expect("platform"),
+        show_platform: false,
+        run: Default::default(),
+        no_cache_stages: Vec::new(),
+        contexts: vec![
+            (
+                "base".into(),
+                NamedContext::Image(format!("oci-layout://{layout}:v1")),
+            ),
+            ("src".into(), NamedContext::Local),
+            ("web".into(), NamedContext::Local),
+        ],
+    };
+    let g = kiln_frontend::compile(
+        "FROM base\nCOPY --from=src a /a\nCOPY --from=web context /w\n",
+        &opts,
+        &Layout,
+    )
+    .expect("compile");
+    let mut o = Options::default();
+    o.contexts.insert(
+        "src".into(),
+        NamedSource::Git {
+            url: "git://example.test/repo.git".into(),
+            reference: Some("main".into()),
+            subdir: "sub".into(),
+        },
+    );
+    o.contexts.insert(
+        "web".into(),
+        NamedSource::Http {
+            url: "https://example.test/f.bin".into(),
+        },
+    );
+    // Without the layout named: an error, not a docker-image:// of a path.
+    let e = marshal(&g, &o).expect_err("layout not named");
+    assert!(e.to_string().contains("OCI layout"), "{e}");
+    o.contexts.insert(
+        "base".into(),
+        NamedSource::Layout {
+            path: layout.into(),
+        },
+    );
+    let d = pb::Definition::decode(marshal(&g, &o).expect("marshal").as_slice()).expect("decode");
+    let sources: Vec<pb::SourceOp> = ops(&d)
+        .into_iter()
+        .filter_map(|(_, o)| match o.op {
+            Some(pb::op::Kind::Source(s)) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let ids: Vec<&str> = sources.iter().map(|s| s.identifier.as_str()).collect();
+    let image = sources
+        .iter()
+        .find(|s| s.identifier.starts_with("oci-layout://"))
+        .unwrap_or_else(|| panic!("{ids:?}"));
+    assert_eq!(
+        image.identifier,
+        format!("oci-layout://docker.io/library/base@sha256:{:0>64}", 7)
+    );
+    assert_eq!(image.attrs["oci.store"], "base");
+    assert!(
+        ids.contains(&"git://example.test/repo.git#main:sub"),
+        "{ids:?}"
+    );
+    let http = sources
+        .iter()
+        .find(|s| s.identifier == "https://example.test/f.bin")
+        .unwrap_or_else(|| panic!("{ids:?}"));
+    assert_eq!(http.attrs["http.filename"], "context");
+    assert!(!ids.iter().any(|i| i.starts_with("local://")), "{ids:?}");
 }
 
 #[test]

@@ -43,8 +43,9 @@ fn record_path(store: &Store, url: &str) -> PathBuf {
     store.root().join("http").join(format!("{h}.json"))
 }
 
-fn fail(url: &str, why: impl std::fmt::Display) -> Error {
-    Error::Input(format!("ADD {url}: {why}"))
+/// `what` is the input that needs the URL: `ADD`, `build context`.
+fn fail(what: &str, url: &str, why: impl std::fmt::Display) -> Error {
+    Error::Input(format!("{what} {url}: {why}"))
 }
 
 /// Whether trying again may help: no answer (refused, reset, timed out) or a 5xx; a
@@ -59,6 +60,16 @@ fn transient(e: &reqwest::Error) -> bool {
 /// Fetches `url` into `store` (or finds the stored copy still current), checking
 /// `checksum` (`sha256:...`) when given.
 pub async fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> Result<Fetched> {
+    fetch_for("ADD", store, url, checksum).await
+}
+
+/// [`fetch`] for the input `what` (its errors name it).
+pub async fn fetch_for(
+    what: &str,
+    store: &Store,
+    url: &str,
+    checksum: Option<&str>,
+) -> Result<Fetched> {
     let rec_path = record_path(store, url);
     let known: Option<Record> = fs::read(&rec_path)
         .ok()
@@ -67,7 +78,7 @@ pub async fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> Result<F
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .build()
-        .map_err(|e| fail(url, e))?;
+        .map_err(|e| fail(what, url, e))?;
     let mut delay = Duration::from_millis(200);
     let mut attempt = 1;
     let resp = loop {
@@ -96,6 +107,7 @@ pub async fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> Result<F
             }
             Err(e) => {
                 return Err(fail(
+                    what,
                     url,
                     format!("{e:#}").replace(&format!(" for url ({url})"), ""),
                 ))
@@ -115,7 +127,7 @@ pub async fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> Result<F
     };
     if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
         if let Some(k) = known {
-            check(url, &k.digest, checksum)?;
+            check(what, url, &k.digest, checksum)?;
             return Ok(Fetched {
                 modified: modified(&k.last_modified),
                 digest: k.digest,
@@ -124,7 +136,11 @@ pub async fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> Result<F
         }
     }
     if !resp.status().is_success() {
-        return Err(fail(url, format!("the server answered {}", resp.status())));
+        return Err(fail(
+            what,
+            url,
+            format!("the server answered {}", resp.status()),
+        ));
     }
     let etag = header(reqwest::header::ETAG);
     let last_modified = header(reqwest::header::LAST_MODIFIED);
@@ -134,16 +150,18 @@ pub async fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> Result<F
         let mut out = std::io::BufWriter::new(fs::File::create(&tmp)?);
         let mut hasher = Sha256::new();
         let mut resp = resp;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| fail(url, e))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| fail(what, url, e))? {
             hasher.update(&chunk);
             out.write_all(&chunk)?;
         }
-        let f = out.into_inner().map_err(|e| fail(url, e.into_error()))?;
+        let f = out
+            .into_inner()
+            .map_err(|e| fail(what, url, e.into_error()))?;
         f.sync_all()?;
         Ok::<String, Error>(format!("sha256:{}", hex::encode(hasher.finalize())))
     }
     .await;
-    let digest = match downloaded.and_then(|d| check(url, &d, checksum).map(|()| d)) {
+    let digest = match downloaded.and_then(|d| check(what, url, &d, checksum).map(|()| d)) {
         Ok(d) => d,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -174,9 +192,10 @@ pub async fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> Result<F
     })
 }
 
-fn check(url: &str, digest: &str, checksum: Option<&str>) -> Result<()> {
+fn check(what: &str, url: &str, digest: &str, checksum: Option<&str>) -> Result<()> {
     match checksum {
         Some(want) if want != digest => Err(fail(
+            what,
             url,
             format!("digest mismatch: the file is {digest}, --checksum says {want}"),
         )),

@@ -5,6 +5,7 @@
 use crate::{Error, Result};
 use kiln_frontend::dockerignore::{self, Matcher};
 use std::path::{Path, PathBuf};
+pub use tempfile::TempDir;
 
 /// The build's inputs, read.
 pub struct Inputs {
@@ -25,12 +26,42 @@ fn input(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::Input(format!("{what}: {e}"))
 }
 
+/// A URL's content, downloaded for a build input: the file, open, and the server's
+/// Last-Modified.
+pub struct Download {
+    pub file: std::fs::File,
+    pub modified: Option<std::time::SystemTime>,
+}
+
+/// How the inputs download a URL (a context, a named context): [`fetch_url`] for a
+/// build.
+pub type Fetch<'a> = &'a dyn Fn(&str) -> Result<Download>;
+
+/// Downloads `url` for the build context `what` into the store at `root` (its http
+/// cache: an unchanged file costs one conditional request), under the store's shared
+/// lock, and opens it.
+pub fn fetch_url(root: &Path, url: &str) -> Result<Download> {
+    let store = kiln_snapshotter::Store::open(root)?;
+    let _lock = store.lock_shared(|| {}, |_| Ok::<(), Error>(()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let got = runtime.block_on(crate::http::fetch_for("build context", &store, url, None))?;
+    let file = std::fs::File::open(store.blob_path(&got.digest)?)?;
+    Ok(Download {
+        file,
+        modified: got.modified,
+    })
+}
+
 /// Reads the context `context` and the Dockerfile `file` (default: CONTEXT/Dockerfile),
 /// and `<Dockerfile>.dockerignore` next to the Dockerfile, which wins over
 /// CONTEXT/.dockerignore. As with `docker build`, `-f -` reads the Dockerfile from
-/// stdin, and a context `-` is stdin: a tar (or gzipped tar) of the context, or a
-/// Dockerfile alone (the context is then empty).
-pub fn load(context: &Path, file: Option<&Path>) -> Result<Inputs> {
+/// stdin, and a context `-` is stdin: a tar (plain or compressed) of the context, or
+/// a Dockerfile alone (the context is then empty). A git URL is checked out; an
+/// http(s) URL is downloaded with `fetch`: a tarball is the context, anything else the
+/// Dockerfile (as BuildKit, the file `context` of an otherwise empty context).
+pub fn load(context: &Path, file: Option<&Path>, fetch: Fetch<'_>) -> Result<Inputs> {
     let dash = Path::new("-");
     if context == dash {
         if file == Some(dash) {
@@ -41,32 +72,29 @@ pub fn load(context: &Path, file: Option<&Path>) -> Result<Inputs> {
         let (dir, text) = stdin_context()?;
         let mut inputs = match text {
             Some(text) => load_with_text(dir.path(), text)?,
-            None => load(dir.path(), file)?,
+            None => load(dir.path(), file, fetch)?,
         };
         inputs.temp_dir = Some(dir);
         return Ok(inputs);
     }
     let shown = context.to_string_lossy();
-    if is_git_url(&shown) {
-        // A git repository as the context: `URL#REF:DIR`, checked out for the build.
-        let (url, fragment) = shown.split_once('#').unwrap_or((&shown, ""));
-        let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
-        let reference = (!reference.is_empty()).then_some(reference);
-        let dir = tempfile::Builder::new()
-            .prefix("kiln-context-")
-            .tempdir()
-            .map_err(input("making a directory for the git context".into()))?;
-        let commit = crate::git::resolve(url, reference)?;
-        let repo = dir.path().join("repo");
-        crate::git::checkout(url, reference, &commit, &repo, false)?;
-        let sub = kiln_executor::paths::resolve_in_root(&repo, subdir, true)?;
-        let mut inputs = match file.filter(|f| *f != dash) {
-            // -f names a file in the repository.
-            Some(f) => {
-                let f = kiln_executor::paths::resolve_in_root(&repo, &f.to_string_lossy(), true)?;
+    let remote = if is_git_url(&shown) {
+        let (dir, sub) = git_dir(&shown)?;
+        Some((dir, sub, None))
+    } else if is_http_url(&shown) {
+        Some(http_context(&shown, fetch)?)
+    } else {
+        None
+    };
+    if let Some((dir, sub, dockerfile)) = remote {
+        let mut inputs = match (file.filter(|f| *f != dash), dockerfile) {
+            // -f names a file in the repository or tarball.
+            (Some(f), _) => {
+                let f = kiln_executor::paths::resolve_in_root(&sub, &f.to_string_lossy(), true)?;
                 load_from(&sub, Some(&f), None)?
             }
-            None => load(&sub, file)?,
+            (None, Some(f)) if file.is_none() => load_from(&sub, Some(&f), None)?,
+            _ => load(&sub, file, fetch)?,
         };
         inputs.temp_dir = Some(dir);
         return Ok(inputs);
@@ -82,12 +110,93 @@ pub fn load(context: &Path, file: Option<&Path>) -> Result<Inputs> {
 
 /// Whether a context argument is a git repository, as buildx tells them: `git://`,
 /// `git@`, `ssh://`, or an http(s) URL of a `.git` path.
-fn is_git_url(s: &str) -> bool {
+pub fn is_git_url(s: &str) -> bool {
     s.starts_with("git://")
         || s.starts_with("git@")
         || s.starts_with("ssh://")
-        || ((s.starts_with("https://") || s.starts_with("http://"))
-            && s.split('#').next().is_some_and(|u| u.ends_with(".git")))
+        || (is_http_url(s) && s.split('#').next().is_some_and(|u| u.ends_with(".git")))
+}
+
+/// Whether `s` is an http(s) URL (a git one too: ask [`is_git_url`] first).
+pub fn is_http_url(s: &str) -> bool {
+    s.starts_with("https://") || s.starts_with("http://")
+}
+
+fn temp_dir(what: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("kiln-context-")
+        .tempdir()
+        .map_err(input(format!("making a directory for {what}")))
+}
+
+/// A git repository `URL#REF:DIR`, checked out into a directory of its own: the
+/// directory (removed when it goes) and DIR in it.
+pub fn git_dir(spec: &str) -> Result<(tempfile::TempDir, PathBuf)> {
+    let (url, fragment) = spec.split_once('#').unwrap_or((spec, ""));
+    let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+    let reference = (!reference.is_empty()).then_some(reference);
+    let dir = temp_dir("the git context")?;
+    let commit = crate::git::resolve(url, reference)?;
+    let repo = dir.path().join("repo");
+    crate::git::checkout(url, reference, &commit, &repo, false)?;
+    let sub = kiln_executor::paths::resolve_in_root(&repo, subdir, true)?;
+    Ok((dir, sub))
+}
+
+/// The build context at an http(s) URL: a tarball (plain or compressed) unpacked, or
+/// any other file as the Dockerfile (the third value), named `context` (as BuildKit
+/// names it).
+fn http_context(
+    url: &str,
+    fetch: Fetch<'_>,
+) -> Result<(tempfile::TempDir, PathBuf, Option<PathBuf>)> {
+    let d = fetch(url)?;
+    let dir = temp_dir("the context from a URL")?;
+    let root = dir.path().join("context");
+    let mut sniff = d.file.try_clone()?;
+    std::io::Seek::rewind(&mut sniff)?;
+    if kiln_executor::fileop::is_tar_stream(sniff) {
+        let mut f = d.file;
+        std::io::Seek::rewind(&mut f)?;
+        fs_err::create_dir(&root)?;
+        unpack_tar(
+            kiln_executor::fileop::archive_reader(f)?,
+            &root,
+            &format!("the context tarball {url}"),
+        )?;
+        Ok((dir, root, None))
+    } else {
+        fs_err::create_dir(&root)?;
+        let file = root.join("context");
+        url_file(d, &file)?;
+        Ok((dir, root, Some(file)))
+    }
+}
+
+/// `--build-context NAME=https://...`: a directory holding the URL's file as
+/// `context` (BuildKit's http source, not unpacked: mode 0600, the server's time).
+pub fn http_dir(url: &str, fetch: Fetch<'_>) -> Result<(tempfile::TempDir, PathBuf)> {
+    let d = fetch(url)?;
+    let dir = temp_dir("the context from a URL")?;
+    let root = dir.path().join("context");
+    fs_err::create_dir(&root)?;
+    url_file(d, &root.join("context"))?;
+    Ok((dir, root))
+}
+
+fn url_file(mut d: Download, to: &Path) -> Result<()> {
+    use fs_err::os::unix::fs::OpenOptionsExt;
+    std::io::Seek::rewind(&mut d.file)?;
+    let mut out = fs_err::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)?;
+    std::io::copy(&mut d.file, &mut out)?;
+    if let Some(t) = d.modified {
+        out.file().set_modified(t)?;
+    }
+    Ok(())
 }
 
 /// The context `context` with a Dockerfile given as text (named `Dockerfile`).
@@ -95,41 +204,47 @@ fn load_with_text(context: &Path, text: String) -> Result<Inputs> {
     load_from(context, None, Some(text))
 }
 
-/// Unpacks stdin into a private directory: a tar (plain or gzipped) is the context;
-/// anything else is a Dockerfile (returned) for an empty context. Only files,
-/// directories and links are unpacked, and none outside the directory (the tar crate
-/// checks each path, and each link's target, against it).
+/// Whether a stream starting with `head` is compressed in a way ADD unpacks.
+fn compressed(head: &[u8]) -> bool {
+    head.starts_with(&[0x1f, 0x8b])
+        || head.starts_with(b"BZh")
+        || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+}
+
+/// Unpacks stdin into a private directory: a tar (plain or compressed) is the
+/// context; anything else is a Dockerfile (returned) for an empty context.
 fn stdin_context() -> Result<(tempfile::TempDir, Option<String>)> {
     use std::io::{BufRead, BufReader, Read};
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-context-")
-        .tempdir()
-        .map_err(input(
-            "making a directory for the context from stdin".into(),
-        ))?;
-    let mut r = BufReader::with_capacity(1 << 16, std::io::stdin().lock());
+    let dir = temp_dir("the context from stdin")?;
+    let mut r = BufReader::with_capacity(1 << 16, std::io::stdin());
     let head = r
         .fill_buf()
         .map_err(input("reading stdin".into()))?
         .to_vec();
-    let gzip = head.starts_with(&[0x1f, 0x8b]);
     let tar = head.len() >= 262 && &head[257..262] == b"ustar";
-    if !gzip && !tar {
+    if !compressed(&head) && !tar {
         let mut text = String::new();
         r.read_to_string(&mut text)
             .map_err(input("reading the Dockerfile from stdin".into()))?;
         return Ok((dir, Some(text)));
     }
-    let reader: Box<dyn Read> = if gzip {
-        Box::new(flate2::read::MultiGzDecoder::new(r))
-    } else {
-        Box::new(r)
-    };
+    unpack_tar(
+        kiln_executor::fileop::archive_reader(r)?,
+        dir.path(),
+        "the context tar on stdin",
+    )?;
+    Ok((dir, None))
+}
+
+/// Unpacks a context tar into `dir`: only files, directories and links, and none
+/// outside it (the tar crate checks each path, and each link's target, against it).
+fn unpack_tar(reader: Box<dyn std::io::Read>, dir: &Path, what: &str) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
-    let bad = |e: std::io::Error| Error::Input(format!("the context tar on stdin: {e}"));
+    let bad = |e: std::io::Error| Error::Input(format!("{what}: {e}"));
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         use tar::EntryType as T;
@@ -140,13 +255,13 @@ fn stdin_context() -> Result<(tempfile::TempDir, Option<String>)> {
             continue;
         }
         let name = entry.path().map_err(bad)?.display().to_string();
-        if !entry.unpack_in(dir.path()).map_err(bad)? {
+        if !entry.unpack_in(dir).map_err(bad)? {
             return Err(Error::Input(format!(
-                "the context tar on stdin: {name:?} would be written outside the context"
+                "{what}: {name:?} would be written outside the context"
             )));
         }
     }
-    Ok((dir, None))
+    Ok(())
 }
 
 fn load_from(context: &Path, file: Option<&Path>, text: Option<String>) -> Result<Inputs> {

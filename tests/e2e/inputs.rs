@@ -464,10 +464,7 @@ fn named_build_contexts_stand_for_stages_images_and_directories() {
             "x=/does/not/exist",
             "--build-context \"x=/does/not/exist\": reading",
         ),
-        (
-            "x=https://example.invalid/repo.git",
-            "only directories and docker-image://",
-        ),
+        ("x=ftp://example.invalid/x", "unknown kind of context"),
     ] {
         let run = case.build(&["--build-context", arg]);
         assert!(!run.ok);
@@ -632,6 +629,158 @@ fn git_repositories_are_add_sources_and_build_contexts() {
         run.stderr.contains(&format!(
             "git source {url}: no branch, tag or commit \"nope\""
         )),
+        "{}",
+        run.stderr
+    );
+}
+
+/// `kiln build ARGS CONTEXT` in `case`'s store, CONTEXT given as it is (a URL).
+fn build_at(case: &Case, args: &[&str], context: &str) -> Run {
+    let mut all = vec!["build", "--progress", "plain"];
+    all.extend_from_slice(args);
+    all.push(context);
+    super::store::kiln(case, &all, &[])
+}
+
+#[test]
+#[ignore = "end-to-end: needs scripts/setup.sh's registry and user; run scripts/test.sh"]
+fn urls_git_repositories_and_oci_layouts_are_contexts_too() {
+    let reg = super::registry();
+    let case = Case::new("");
+    let served = case.path("served");
+    fs::create_dir_all(&served).expect("mkdir");
+    // A gzipped tarball of a context, a bare Dockerfile, and a file.
+    let tarball = tar_of(&[
+        (
+            "Dockerfile",
+            &format!("FROM {reg}/library/busybox:latest\nCOPY hello.txt /hello.txt\n"),
+        ),
+        ("hello.txt", "from the tarball\n"),
+    ]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tarball).expect("gzip");
+    fs::write(served.join("ctx.tar.gz"), gz.finish().expect("gzip")).expect("write");
+    fs::write(
+        served.join("Dockerfile.txt"),
+        format!("FROM {reg}/library/busybox:latest\nRUN echo from-a-url > /made\n"),
+    )
+    .expect("write");
+    fs::write(served.join("asset.bin"), "an asset\n").expect("write");
+    let http = Http::start(&case, &served);
+    let out = case.path("out");
+    let dest = format!("type=local,dest={}", out.display());
+    let read = |f: &str| fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+
+    // A tarball at a URL is the context; a second build asks once and downloads nothing.
+    let url = http.url("ctx.tar.gz");
+    build_at(&case, &["-o", &dest], &url).expect_ok();
+    assert_eq!(read("hello.txt"), "from the tarball\n");
+    assert_eq!(http.requests(), ["GET /ctx.tar.gz 200"]);
+    let run = build_at(&case, &["-o", &dest], &url).expect_ok();
+    assert_eq!(http.requests(), ["GET /ctx.tar.gz 304"]);
+    assert!(run.step_ended("COPY hello.txt", "CACHED"), "{}", run.stderr);
+    // Any other file at a URL is the Dockerfile.
+    build_at(&case, &["-o", &dest], &http.url("Dockerfile.txt")).expect_ok();
+    assert_eq!(read("made"), "from-a-url\n");
+    // LLB cannot name a context kiln fetched (buildctl reads --local directories).
+    let run = build_at(&case, &["--emit-llb"], &url);
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains("--emit-llb needs the context as a directory"),
+        "{}",
+        run.stderr
+    );
+    // Unreachable: the error names the URL.
+    let run = build_at(&case, &[], "http://127.0.0.1:1/ctx.tar");
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains("build context http://127.0.0.1:1/ctx.tar: "),
+        "{}",
+        run.stderr
+    );
+
+    // Named contexts: an https file (BuildKit's `context`, not unpacked), a git
+    // directory, and an image in an OCI layout made by skopeo.
+    let repo_root = case.path("git");
+    let work = case.path("work");
+    fs::create_dir_all(&repo_root).expect("mkdir");
+    fs::create_dir_all(work.join("sub")).expect("mkdir");
+    fs::write(work.join("sub/in-git.txt"), "from git\n").expect("write");
+    git(&repo_root, &["init", "-q", "--bare", "repo.git"]);
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    let bare = repo_root.join("repo.git");
+    git(&work, &["push", "-q", bare.to_str().expect("utf8"), "main"]);
+    let daemon = GitDaemon::start(&repo_root);
+    let layout = case.path("layout");
+    let copied = Command::new("skopeo")
+        .args(["copy", "-q", "--src-tls-verify=false"])
+        .arg(format!("docker://{reg}/library/busybox:latest"))
+        .arg(format!("oci:{}:v1", layout.display()))
+        .status()
+        .expect("skopeo");
+    assert!(copied.success());
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).expect("index")).expect("json");
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string();
+    case.file(
+        "Dockerfile",
+        "FROM img\n\
+         COPY --from=web context /asset\n\
+         COPY --from=src in-git.txt /in-git.txt\n\
+         RUN --mount=from=web,target=/w cat /w/context > /mounted && stat -c %a /asset > /asset-mode\n\
+         FROM pinned\n\
+         COPY --from=0 /asset /mounted /asset-mode /in-git.txt /\n",
+    );
+    let named = [
+        format!("web={}", http.url("asset.bin")),
+        format!("src=git://127.0.0.1:{}/repo.git#main:sub", daemon.port),
+        format!("img=oci-layout://{}:v1", layout.display()),
+        format!("pinned=oci-layout://{}@{digest}", layout.display()),
+    ];
+    let mut args = Vec::new();
+    for n in &named {
+        args.extend(["--build-context", n.as_str()]);
+    }
+    args.extend(["-o", dest.as_str()]);
+    let run = case.build(&args).expect_ok();
+    assert_eq!(read("asset"), "an asset\n");
+    assert_eq!(read("mounted"), "an asset\n");
+    assert_eq!(read("asset-mode"), "600\n");
+    assert_eq!(read("in-git.txt"), "from git\n");
+    // The stage's base is the layout's busybox: its shell ran the RUN.
+    assert!(run.stderr.contains("oci-layout://"), "{}", run.stderr);
+    http.requests();
+    let run = case.build(&args).expect_ok();
+    assert_eq!(http.requests(), ["GET /asset.bin 304"]);
+    assert!(
+        run.step_ended("RUN --mount=from=web", "CACHED"),
+        "{}",
+        run.stderr
+    );
+    // A tag the layout does not have, once it has more than one image (with one, as
+    // in buildx, that one is taken).
+    let copied = Command::new("skopeo")
+        .args(["copy", "-q"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("oci:{}:v2", layout.display()))
+        .status()
+        .expect("skopeo");
+    assert!(copied.success());
+    let missing = format!("img=oci-layout://{}:nope", layout.display());
+    let mut with_missing = args.clone();
+    with_missing.extend(["--build-context", missing.as_str()]);
+    let run = case.build(&with_missing);
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains("an image tagged \"nope\" in index.json not found"),
         "{}",
         run.stderr
     );
