@@ -13,6 +13,14 @@ through `kiln build --emit-llb` on the same buildkitd, which must give BuildKit'
 image. `REGISTRY` in
 any file becomes the local registry.
 
+Remote inputs come from servers the suite starts on 127.0.0.1: files under `served/`
+are served over HTTP at `HTTPROOT/` (python's http.server, with Last-Modified), and
+files under `repo/` become a git repository (one commit on `main`, tagged `v1`) served
+by `git daemon` at `GITROOT` (neither directory is part of the context). A header
+`# build-context: NAME=VALUE` gives both builders a named context: VALUE is a URL
+(HTTPROOT and GITROOT replaced), or `layout:IMAGE` for an OCI layout that skopeo makes
+of IMAGE (kiln gets `oci-layout://DIR:v1`, BuildKit the layout as an OCI store).
+
 BuildKit's dockerfile.v0 frontend builds each case through buildctl (buildkitd runs as
 root, started by the caller with ../shared/buildkit/up.sh); kiln builds it as the
 unprivileged user. Both write OCI archives, compared on:
@@ -48,7 +56,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def parse_case(path):
     """(options, files) of a txtar case."""
-    opts = {"build-arg": [], "target": None, "platform": None, "secret": [], "llb": False}
+    opts = {"build-arg": [], "target": None, "platform": None, "secret": [], "llb": False,
+            "build-context": []}
     files, name, buf = [], None, []
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
@@ -69,6 +78,8 @@ def parse_case(path):
                 opts["secret"].append(line.split(":", 1)[1].strip())
             elif line.startswith("# platform:"):
                 opts["platform"] = line.split(":", 1)[1].strip()
+            elif line.startswith("# build-context:"):
+                opts["build-context"].append(line.split(":", 1)[1].strip())
             continue
         buf.append(line)
     if name is not None:
@@ -76,7 +87,7 @@ def parse_case(path):
     return opts, files
 
 
-def write_context(ctx, files, registry):
+def write_context(ctx, files, registry, remote=None):
     modes = []
     for name, text in files:
         # `-- NAME MODE --` sets an octal mode (after everything is written).
@@ -123,7 +134,10 @@ def write_context(ctx, files, registry):
                     t.addfile(info, io.BytesIO(data))
             continue
         with open(p, "w", encoding="utf-8") as f:
-            f.write(text.replace("REGISTRY", registry))
+            text = text.replace("REGISTRY", registry)
+            for k, v in (remote or {}).items():
+                text = text.replace(k, v)
+            f.write(text)
             if text and not text.endswith("\n"):
                 f.write("\n")
     for p, mode in sorted(modes, key=lambda m: -len(m[0])):
@@ -272,6 +286,84 @@ def compare(bk_tar, kiln_tar):
     return out
 
 
+class Servers:
+    """An HTTP server and a git daemon on 127.0.0.1 for every case's remote inputs:
+    `served/` of case NAME at http://127.0.0.1:PORT/NAME/, `repo/` at
+    git://127.0.0.1:PORT/NAME/repo.git."""
+
+    def __init__(self, root):
+        import functools
+        import http.server
+        import socket
+        import threading
+        self.root = root
+        os.makedirs(os.path.join(root, "http"), exist_ok=True)
+        os.makedirs(os.path.join(root, "git"), exist_ok=True)
+
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+        handler = functools.partial(Quiet, directory=os.path.join(root, "http"))
+        self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            self.git_port = sk.getsockname()[1]
+        exec_path = subprocess.run(["git", "--exec-path"], capture_output=True,
+                                   text=True, check=True).stdout.strip()
+        self.git = subprocess.Popen(
+            [os.path.join(exec_path, "git-daemon"), "--reuseaddr", "--export-all",
+             "--listen=127.0.0.1", f"--port={self.git_port}",
+             "--base-path=" + os.path.join(root, "git"), os.path.join(root, "git")],
+            stderr=subprocess.DEVNULL)
+        import time
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.git_port), 1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+    def names(self, case):
+        return {"HTTPROOT": f"http://127.0.0.1:{self.http.server_address[1]}/{case}",
+                "GITROOT": f"git://127.0.0.1:{self.git_port}/{case}/repo.git"}
+
+    def publish(self, case, ctx):
+        """Moves ctx/served and ctx/repo to where the servers serve them."""
+        served = os.path.join(ctx, "served")
+        if os.path.isdir(served):
+            dest = os.path.join(self.root, "http", case)
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.move(served, dest)
+        repo = os.path.join(ctx, "repo")
+        if os.path.isdir(repo):
+            bare = os.path.join(self.root, "git", case, "repo.git")
+            shutil.rmtree(os.path.dirname(bare), ignore_errors=True)
+            os.makedirs(os.path.dirname(bare))
+            g = ["git", "-c", "user.name=conformance", "-c", "user.email=c@kiln.invalid",
+                 "-c", "init.defaultBranch=main"]
+            for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "one"],
+                        ["tag", "v1"]):
+                subprocess.run(g + ["-C", repo] + cmd, check=True)
+            subprocess.run(["git", "clone", "-q", "--bare", repo, bare], check=True)
+            shutil.rmtree(repo)
+
+    def stop(self):
+        self.http.shutdown()
+        self.git.kill()
+        self.git.wait()
+
+
+def layout_of(image, dest):
+    """An OCI layout of `image` at `dest` (tag v1), made by skopeo; its manifest digest."""
+    shutil.rmtree(dest, ignore_errors=True)
+    subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", "docker://" + image,
+                    f"oci:{dest}:v1"], check=True)
+    with open(os.path.join(dest, "index.json")) as f:
+        return json.load(f)["manifests"][0]["digest"]
+
+
 def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 
@@ -318,13 +410,16 @@ def main():
     shutil.chown(store, a.user)
     equal, bad, lines = 0, [], []
     llb_equal, llb_total = 0, 0
+    servers = Servers(os.path.join(work, "servers"))
     for name in names:
         opts, files = parse_case(os.path.join(cases_dir, name + ".txt"))
         d = os.path.join(work, name)
         ctx = os.path.join(d, "ctx")
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(ctx)
-        write_context(ctx, files, a.registry)
+        remote = servers.names(name)
+        write_context(ctx, files, a.registry, remote)
+        servers.publish(name, ctx)
         # The context belongs to the user kiln runs as (so modes like 0700 stay).
         subprocess.run(["chown", "-R", a.user, d], check=True)
         bk_tar, kiln_tar = os.path.join(d, "buildkit.tar"), os.path.join(d, "kiln.tar")
@@ -348,6 +443,22 @@ def main():
         if opts["platform"]:
             bk_cmd += ["--opt", "platform=" + opts["platform"]]
             kiln_cmd += ["--platform", opts["platform"]]
+        oci_stores = []
+        for bc in opts["build-context"]:
+            cname, value = bc.split("=", 1)
+            for k, v in remote.items():
+                value = value.replace(k, v)
+            if value.startswith("layout:"):
+                layout = os.path.join(d, "layout-" + cname)
+                digest = layout_of(value[len("layout:"):].replace("REGISTRY", a.registry), layout)
+                subprocess.run(["chown", "-R", a.user, layout], check=True)
+                oci_stores += ["--oci-layout", f"{cname}={layout}"]
+                bk_cmd += ["--opt", f"context:{cname}=oci-layout://{cname}@{digest}"]
+                kiln_cmd += ["--build-context", f"{cname}=oci-layout://{layout}:v1"]
+            else:
+                bk_cmd += ["--opt", f"context:{cname}={value}"]
+                kiln_cmd += ["--build-context", f"{cname}={value}"]
+        bk_cmd += oci_stores
         kiln_cmd.append(ctx)
         bk = run(bk_cmd)
         kb = run(kiln_cmd, cwd=d)
@@ -370,7 +481,7 @@ def main():
                 attr = json.load(open(md_path))["buildctl.exporter-attr"]
                 cmd = [a.buildctl, "--addr", a.addr, "build", "--progress", "plain",
                        "--local", "context=" + ctx,
-                       "--output", f"type=oci,dest={llb_tar},{attr}"]
+                       "--output", f"type=oci,dest={llb_tar},{attr}"] + oci_stores
                 for sec in opts["secret"]:
                     fields = dict(f.split("=", 1) for f in sec.split(","))
                     cmd += ["--secret", f"id={fields['id']},src={os.path.join(ctx, fields['src'])}"]
@@ -426,6 +537,7 @@ def main():
             print(kb.stderr[-3000:], flush=True)
         if not diffs and not a.work:
             shutil.rmtree(d, ignore_errors=True)
+    servers.stop()
     print(f"\n{equal}/{len(names)} equal", flush=True)
     print(f"{llb_equal}/{llb_total} equal through kiln's LLB on buildkitd", flush=True)
     for b in bad:
