@@ -48,6 +48,11 @@ pub struct CopyAction {
     /// it instead of written again (see [`Links`]).
     #[serde(default)]
     pub link_from: Option<String>,
+    /// More copies into the same step, each after the one before (an ADD of URLs and
+    /// context files: one copy per run of sources, in their order). They read the
+    /// context or staged files, and link nothing.
+    #[serde(default)]
+    pub then: Vec<CopyAction>,
 }
 
 impl Default for Source {

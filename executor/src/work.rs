@@ -377,13 +377,20 @@ fn step(
                 (end.code, end.not_started)
             })
         }
-        Action::Copy(c) => match fileop::copy(store, kind, &merged, &dir.join("src"), c) {
-            Ok(l) => {
-                links = Some(l);
-                Ok((0, None))
+        Action::Copy(c) => {
+            match fileop::copy(store, kind, &merged, &dir.join("src"), c).and_then(|links| {
+                for t in &c.then {
+                    fileop::copy(store, kind, &merged, &dir.join("src"), t)?;
+                }
+                Ok(links)
+            }) {
+                Ok(l) => {
+                    links = Some(l);
+                    Ok((0, None))
+                }
+                Err(e) => Ok((1, Some(e.to_string()))),
             }
-            Err(e) => Ok((1, Some(e.to_string()))),
-        },
+        }
         Action::Mkdir { path, user } => fileop::mkdir(&merged, path, user).map(|_| (0, None)),
     };
     let _ = sys::unmount(&merged);

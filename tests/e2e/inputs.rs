@@ -300,6 +300,33 @@ fn add_from_a_url_downloads_once_and_checks_its_checksum() {
     assert!(!run.step_ended("t.tar /t.tar", "CACHED"), "{}", run.stderr);
     assert_eq!(read("t.tar"), b"not a tar any more\n");
     let _ = http.requests();
+    // URLs and context files in one ADD: one step, cached until either changes.
+    case.file("local.txt", "local\n");
+    case.file(
+        "Dockerfile",
+        &format!(
+            "FROM {reg}/library/busybox:latest\nADD {} local.txt /mixed/\n",
+            http.url("hello.txt")
+        ),
+    );
+    case.build(&["-o", &dest]).expect_ok();
+    assert_eq!(read("mixed/hello.txt"), b"hello from http\n");
+    assert_eq!(read("mixed/local.txt"), b"local\n");
+    let run = case.build(&["-o", &dest]).expect_ok();
+    assert!(
+        run.step_ended("local.txt /mixed/", "CACHED"),
+        "{}",
+        run.stderr
+    );
+    case.file("local.txt", "local 2\n");
+    let run = case.build(&["-o", &dest]).expect_ok();
+    assert!(
+        !run.step_ended("local.txt /mixed/", "CACHED"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(read("mixed/local.txt"), b"local 2\n");
+    let _ = http.requests();
     // A wrong checksum, an unreachable server, a missing file: errors naming the URL.
     let wrong = format!("sha256:{}", "0".repeat(64));
     for (df, want) in [

@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 
 pub(crate) struct Copy<'a> {
     spec: &'a CopySpec,
-    /// What the executor does, made with the key; and where the link hint is kept.
-    prepared: OnceLock<(CopyAction, Option<PathBuf>)>,
+    /// What the executor does, made with the key.
+    prepared: OnceLock<Prepared>,
     /// For an ADD of URLs or git: what the key was made of (asked once a build).
     urls: OnceLock<Option<Remote>>,
 }
@@ -29,6 +29,15 @@ enum Remote {
         subdir: String,
         keep_git_dir: bool,
     },
+}
+
+/// A COPY's action, where its link hint is kept (see `kiln_executor::fileop::Links`),
+/// and for an ADD of URLs or git, the directory their files are put in for the step.
+#[derive(Clone)]
+struct Prepared {
+    action: CopyAction,
+    link_ref: Option<PathBuf>,
+    staged: Option<PathBuf>,
 }
 
 /// A downloaded `ADD` URL: its blob, the name it is copied as, its time.
@@ -86,14 +95,18 @@ impl Operation for Copy<'_> {
 
     fn execute(&self, cx: &Cx<'_>, v: &Vertex) -> Result<Record> {
         let urls = self.urls(cx)?;
-        let (action, link_ref) = match self.prepared.get() {
+        let Prepared {
+            action,
+            link_ref,
+            staged,
+        } = match self.prepared.get() {
             Some(p) => p.clone(),
             None => prepare(cx, self.spec, urls.as_ref())?.1,
         };
         // ADD of URLs or git: the files are put where the action reads them for the
         // time of the step.
-        let staged = match (&action.source, urls) {
-            (Source::Context { dir, .. }, Some(remote)) => {
+        let staged = match (&staged, urls) {
+            (Some(dir), Some(remote)) => {
                 let staged = match &remote {
                     Remote::Urls(files) => stage_urls(cx, dir, files),
                     Remote::Git {
@@ -129,8 +142,8 @@ impl Operation for Copy<'_> {
     }
 }
 
-/// An ADD whose sources are all URLs (each fetched, or found current, once per build),
-/// or one git repository (its REF resolved to a commit).
+/// An ADD's URLs (each fetched, or found current, once per build), or its one git
+/// repository (its REF resolved to a commit).
 fn urls_of(cx: &Cx<'_>, c: &CopySpec) -> Result<Option<Remote>> {
     let gits: Vec<&SrcKind> = c
         .srcs
@@ -174,11 +187,6 @@ fn urls_of(cx: &Cx<'_>, c: &CopySpec) -> Result<Option<Remote>> {
     if urls.is_empty() {
         return Ok(None);
     }
-    if urls.len() != c.srcs.len() {
-        return Err(cx.fail(
-            "ADD of URLs together with other sources is not supported yet: give the URLs an ADD of their own",
-        ));
-    }
     let s = cx.solver;
     let mut out = Vec::new();
     for (url, checksum, name) in urls {
@@ -219,17 +227,14 @@ fn fetched_copy(
         excludes,
         unpack: false,
         link_from: None,
+        then: Vec::new(),
     }
 }
 
-/// The key of a COPY, the action, and where its link hint is kept (see
-/// `kiln_executor::fileop::Links`).
-fn prepare(
-    cx: &Cx<'_>,
-    c: &CopySpec,
-    urls: Option<&Remote>,
-) -> Result<(CacheKey, (CopyAction, Option<PathBuf>))> {
+/// The key of a COPY and what it does.
+fn prepare(cx: &Cx<'_>, c: &CopySpec, urls: Option<&Remote>) -> Result<(CacheKey, Prepared)> {
     let s = cx.solver;
+    let spec = serde_json::to_string(c).unwrap_or_default();
     if let Some(Remote::Git {
         url,
         commit,
@@ -239,7 +244,6 @@ fn prepare(
     }) = urls
     {
         // The key is the commit (and what of it is copied), not the ref's name.
-        let spec = serde_json::to_string(c).unwrap_or_default();
         let what = format!("{url}@{commit}:{subdir}:{keep_git_dir}");
         let key = CacheKey::new("add-git", &[cx.parent_key(), &what, &spec]);
         let srcs = vec![if subdir.is_empty() {
@@ -247,24 +251,86 @@ fn prepare(
         } else {
             subdir.clone()
         }];
-        let action = fetched_copy(c, s.store().tmp_path("add-git"), srcs, c.excludes.clone());
-        return Ok((key, (action, None)));
+        let dir = s.store().tmp_path("add-git");
+        let action = fetched_copy(c, dir.clone(), srcs, c.excludes.clone());
+        return Ok((
+            key,
+            Prepared {
+                action,
+                link_ref: None,
+                staged: Some(dir),
+            },
+        ));
     }
-    if let Some(Remote::Urls(files)) = urls {
-        // The key is the files' content and names, not how they were fetched.
-        let spec = serde_json::to_string(c).unwrap_or_default();
-        let contents: Vec<String> = files
-            .iter()
-            .map(|f| format!("{}={}@{:?}", f.name, f.digest, f.modified))
-            .collect();
-        let key = CacheKey::new("add-url", &[cx.parent_key(), &contents.join("|"), &spec]);
-        let srcs = files.iter().map(|f| f.name.clone()).collect();
-        let action = fetched_copy(c, s.store().tmp_path("add-url"), srcs, Vec::new());
-        return Ok((key, (action, None)));
+    let Some(Remote::Urls(files)) = urls else {
+        let (source_key, action, link_ref) = local(cx, c, &c.srcs, true)?;
+        let key = CacheKey::new("copy", &[cx.parent_key(), &source_key, &spec]);
+        return Ok((
+            key,
+            Prepared {
+                action,
+                link_ref,
+                staged: None,
+            },
+        ));
+    };
+    // An ADD of URLs, maybe with context files: one copy per run of sources, in their
+    // order, as BuildKit copies them. The key is the files' content and names (not
+    // how they were fetched) and the context files'.
+    let mut keys: Vec<String> = files
+        .iter()
+        .map(|f| format!("{}={}@{:?}", f.name, f.digest, f.modified))
+        .collect();
+    let dir = s.store().tmp_path("add-url");
+    let mut actions = Vec::new();
+    for run in c.srcs.chunk_by(|a, b| is_url(a) == is_url(b)) {
+        if is_url(&run[0]) {
+            let names = run
+                .iter()
+                .filter_map(|x| match x {
+                    SrcKind::Url { name, .. } => Some(name.clone()),
+                    _ => None,
+                })
+                .collect();
+            actions.push(fetched_copy(c, dir.clone(), names, Vec::new()));
+        } else {
+            let (source_key, action, _) = local(cx, c, run, false)?;
+            keys.push(source_key);
+            actions.push(action);
+        }
     }
+    let mut actions = actions.into_iter();
+    let mut action = actions
+        .next()
+        .ok_or_else(|| cx.fail("ADD has no sources"))?;
+    action.then = actions.collect();
+    let key = CacheKey::new("add-url", &[cx.parent_key(), &keys.join("|"), &spec]);
+    Ok((
+        key,
+        Prepared {
+            action,
+            link_ref: None,
+            staged: Some(dir),
+        },
+    ))
+}
+
+fn is_url(s: &SrcKind) -> bool {
+    matches!(s, SrcKind::Url { .. })
+}
+
+/// The copy of `srcs` (paths and here-documents) from the COPY's source: what its
+/// key says of the source, the action, and (with `link`) where its link hint is kept.
+fn local(
+    cx: &Cx<'_>,
+    c: &CopySpec,
+    srcs: &[SrcKind],
+    link: bool,
+) -> Result<(String, CopyAction, Option<PathBuf>)> {
+    let s = cx.solver;
     let mut paths = Vec::new();
     let mut inline = Vec::new();
-    for src in &c.srcs {
+    for src in srcs {
         match src {
             SrcKind::Path(p) => paths.push(p.clone()),
             SrcKind::Inline(f) => inline.push(f.clone()),
@@ -293,11 +359,10 @@ fn prepare(
             )
         }
     };
-    let key = CacheKey::new("copy", &[cx.parent_key(), &source_key, &spec]);
     // The snapshot this COPY made last time, whose unchanged files the new one links;
     // --no-cache copies everything afresh.
     let link_ref = match c.from {
-        CopyFrom::Context if !paths.is_empty() && !s.no_cache && !cx.step.no_cache => Some(
+        CopyFrom::Context if link && !paths.is_empty() && !s.no_cache && !cx.step.no_cache => Some(
             s.store()
                 .root()
                 .join("copy-refs")
@@ -320,8 +385,9 @@ fn prepare(
         excludes: c.excludes.clone(),
         unpack: c.unpack,
         link_from,
+        then: Vec::new(),
     };
-    Ok((key, (action, link_ref)))
+    Ok((source_key, action, link_ref))
 }
 
 /// Notes `snapshot` as the last result of a COPY (`copy-refs/`; pruned with the

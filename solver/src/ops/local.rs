@@ -46,6 +46,7 @@ impl Operation for Local<'_> {
             excludes: Vec::new(),
             unpack: false,
             link_from: None,
+            then: Vec::new(),
         };
         let layer = execute_step(cx, v, Action::Copy(action))?;
         Ok(on_parent(cx, layer))
