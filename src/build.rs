@@ -191,7 +191,7 @@ struct Named {
 /// directory of its own (kept in `keep` for the build).
 fn named_contexts(
     raw: &[String],
-    fetch: kiln_solver::inputs::Fetch<'_>,
+    fetch: &kiln_solver::inputs::Fetcher,
     keep: &mut Vec<kiln_solver::inputs::TempDir>,
 ) -> Result<Vec<Named>> {
     use kiln_frontend::NamedContext;
@@ -232,11 +232,7 @@ fn named_contexts(
                 reference: (!reference.is_empty()).then(|| reference.to_string()),
                 subdir: subdir.to_string(),
             };
-            (
-                NamedContext::Local,
-                fetched(inputs::git_dir(value))?,
-                Some(llb),
-            )
+            (NamedContext::Local, fetched(fetch.git(value))?, Some(llb))
         } else if inputs::is_http_url(value) {
             let llb = NamedSource::Http {
                 url: value.to_string(),
@@ -519,7 +515,7 @@ pub(crate) fn build(
         kiln_registry::parse_reference(t).with_context(|| format!("invalid tag {t:?}"))?;
     }
     let call = parse_call(b.call.as_deref(), b.check)?;
-    let fetch = |url: &str| kiln_solver::inputs::fetch_url(&root, url);
+    let fetch = kiln_solver::inputs::Fetcher { root: root.clone() };
     let mut fetched_contexts = Vec::new();
     let named = named_contexts(&b.build_contexts, &fetch, &mut fetched_contexts)?;
     let inputs = kiln_solver::inputs::load(&b.context, b.file.as_deref(), &fetch)?;

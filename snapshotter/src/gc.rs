@@ -133,10 +133,11 @@ impl Inventory {
             .into_iter()
             .map(|n| root.join("tmp").join(n))
             .collect();
-        // Remembered context file digests (a few bytes per file) and the last snapshot
-        // of each COPY from a context go with any prune: losing them costs one read of
-        // the context, and one full copy.
-        for hints in ["context-hashes", "copy-refs"] {
+        // Remembered context file digests (a few bytes per file), the last snapshot
+        // of each COPY from a context and the git repositories fetched (`git/`) go
+        // with any prune: losing them costs one read of the context, one full copy,
+        // one fetch.
+        for hints in ["context-hashes", "copy-refs", "git"] {
             tmp_paths.extend(
                 list(&root.join(hints))?
                     .into_iter()

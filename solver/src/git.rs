@@ -9,7 +9,7 @@
 //! content is only ever files.
 
 use crate::{Error, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fail(url: &str, why: impl std::fmt::Display) -> Error {
@@ -71,28 +71,41 @@ pub fn resolve(url: &str, reference: Option<&str>) -> Result<String> {
 }
 
 /// Fetches `commit` (reached as `reference`) of `url` into `dest`, a new directory:
-/// its files, and `.git` only with `keep_git_dir`.
+/// its files, and `.git` only with `keep_git_dir`. With `cache` (a store's root), the
+/// commit comes through the store's bare repository for `url` (`git/`): a commit it
+/// has is not fetched again, and `dest` gets it by a local fetch, which copies the
+/// objects (no path of the store is left in `dest/.git`).
 pub fn checkout(
     url: &str,
     reference: Option<&str>,
     commit: &str,
     dest: &Path,
     keep_git_dir: bool,
+    cache: Option<&Path>,
 ) -> Result<()> {
+    let from = match cache {
+        Some(root) => {
+            let repo = cached(root, url, reference, commit)?;
+            format!("file://{}", repo.display())
+        }
+        None => url.to_string(),
+    };
     let d = dest.to_string_lossy().to_string();
     git(url, &["init", "-q", "--", &d])?;
-    let want = match reference {
-        Some(r) if !is_commit(r) => r,
+    let want = match (reference, cache) {
+        (Some(r), None) if !is_commit(r) => r,
         _ => commit,
     };
+    // No FETCH_HEAD: it would name the store's repository in a kept `.git`.
+    let fetch = ["-C", &d, "fetch", "-q", "--no-write-fetch-head"];
     if git(
         url,
-        &["-C", &d, "fetch", "-q", "--depth=1", "--", url, want],
+        &[&fetch[..], &["--depth=1", "--", &from, want]].concat(),
     )
     .is_err()
     {
         // Servers that refuse a commit by its id: everything, then the commit.
-        git(url, &["-C", &d, "fetch", "-q", "--", url])?;
+        git(url, &[&fetch[..], &["--", &from]].concat())?;
     }
     git(url, &["-C", &d, "checkout", "-q", "--detach", commit])?;
     let head = git(url, &["-C", &d, "rev-parse", "HEAD"])?;
@@ -106,4 +119,92 @@ pub fn checkout(
         kiln_snapshotter::tree::remove_all(&dest.join(".git"))?;
     }
     Ok(())
+}
+
+/// The store's bare repository for `url` with `commit` in it (kept by the ref
+/// `refs/kiln/COMMIT`), fetched shallow only when it is not there yet.
+fn cached(root: &Path, url: &str, reference: Option<&str>, commit: &str) -> Result<PathBuf> {
+    use sha2::Digest as _;
+    let name = hex::encode(sha2::Sha256::digest(url.as_bytes()));
+    let dir = root.join("git");
+    let repo = dir.join(format!("{}.git", &name[..32]));
+    if !repo.join("HEAD").is_file() {
+        fs_err::create_dir_all(&dir)?;
+        // Made aside and renamed, so that a build never sees half a repository.
+        let tmp = root
+            .join("tmp")
+            .join(format!("git-{}-{}", &name[..16], std::process::id()));
+        let t = tmp.to_string_lossy().to_string();
+        git(url, &["init", "-q", "--bare", "--", &t])?;
+        // Builds fetch from it by commit.
+        git(
+            url,
+            &[
+                "--git-dir",
+                &t,
+                "config",
+                "uploadpack.allowAnySHA1InWant",
+                "true",
+            ],
+        )?;
+        if std::fs::rename(&tmp, &repo).is_err() {
+            // Another build made it first.
+            let _ = kiln_snapshotter::tree::remove_all(&tmp);
+        }
+    }
+    let r = repo.to_string_lossy().to_string();
+    let has = |r: &str| {
+        git(
+            url,
+            &[
+                "--git-dir",
+                r,
+                "cat-file",
+                "-e",
+                &format!("{commit}^{{commit}}"),
+            ],
+        )
+        .is_ok()
+    };
+    if has(&r) {
+        return Ok(repo);
+    }
+    let want = match reference {
+        Some(x) if !is_commit(x) => x,
+        _ => commit,
+    };
+    let keep = format!("refs/kiln/{commit}");
+    let fetched = git(
+        url,
+        &[
+            "--git-dir",
+            &r,
+            "fetch",
+            "-q",
+            "--depth=1",
+            "--no-write-fetch-head",
+            "--",
+            url,
+            &format!("+{want}:{keep}"),
+        ],
+    );
+    if fetched.is_err() || !has(&r) {
+        // The ref moved since it was resolved, or the server refuses a commit by its
+        // id: everything, then the commit.
+        git(
+            url,
+            &[
+                "--git-dir",
+                &r,
+                "fetch",
+                "-q",
+                "--no-write-fetch-head",
+                "--",
+                url,
+                "+refs/*:refs/kiln-all/*",
+            ],
+        )?;
+        git(url, &["--git-dir", &r, "update-ref", &keep, commit])?;
+    }
+    Ok(repo)
 }

@@ -33,25 +33,53 @@ pub struct Download {
     pub modified: Option<std::time::SystemTime>,
 }
 
-/// How the inputs download a URL (a context, a named context): [`fetch_url`] for a
-/// build.
-pub type Fetch<'a> = &'a dyn Fn(&str) -> Result<Download>;
+/// How a build's inputs fetch what is not on this machine (a URL, a git repository):
+/// into the store at `root` (its http cache and git cache), under the store's shared
+/// lock for the time of the fetch.
+pub struct Fetcher {
+    pub root: PathBuf,
+}
 
-/// Downloads `url` for the build context `what` into the store at `root` (its http
-/// cache: an unchanged file costs one conditional request), under the store's shared
-/// lock, and opens it.
-pub fn fetch_url(root: &Path, url: &str) -> Result<Download> {
-    let store = kiln_snapshotter::Store::open(root)?;
-    let _lock = store.lock_shared(|| {}, |_| Ok::<(), Error>(()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let got = runtime.block_on(crate::http::fetch_for("build context", &store, url, None))?;
-    let file = std::fs::File::open(store.blob_path(&got.digest)?)?;
-    Ok(Download {
-        file,
-        modified: got.modified,
-    })
+impl Fetcher {
+    fn with_store<T>(&self, f: impl FnOnce(&kiln_snapshotter::Store) -> Result<T>) -> Result<T> {
+        let store = kiln_snapshotter::Store::open(&self.root)?;
+        let _lock = store.lock_shared(|| {}, |_| Ok::<(), Error>(()))?;
+        f(&store)
+    }
+
+    /// Downloads `url` for the build context (an unchanged file costs one conditional
+    /// request), and opens it.
+    pub fn url(&self, url: &str) -> Result<Download> {
+        self.with_store(|store| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let got =
+                runtime.block_on(crate::http::fetch_for("build context", store, url, None))?;
+            let file = std::fs::File::open(store.blob_path(&got.digest)?)?;
+            Ok(Download {
+                file,
+                modified: got.modified,
+            })
+        })
+    }
+
+    /// A git repository `URL#REF:DIR`, checked out into a directory of its own: the
+    /// directory (removed when it goes) and DIR in it. A commit the store's git cache
+    /// has is not fetched again.
+    pub fn git(&self, spec: &str) -> Result<(tempfile::TempDir, PathBuf)> {
+        let (url, fragment) = spec.split_once('#').unwrap_or((spec, ""));
+        let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+        let reference = (!reference.is_empty()).then_some(reference);
+        let dir = temp_dir("the git context")?;
+        let commit = crate::git::resolve(url, reference)?;
+        let repo = dir.path().join("repo");
+        self.with_store(|store| {
+            crate::git::checkout(url, reference, &commit, &repo, false, Some(store.root()))
+        })?;
+        let sub = kiln_executor::paths::resolve_in_root(&repo, subdir, true)?;
+        Ok((dir, sub))
+    }
 }
 
 /// Reads the context `context` and the Dockerfile `file` (default: CONTEXT/Dockerfile),
@@ -61,7 +89,7 @@ pub fn fetch_url(root: &Path, url: &str) -> Result<Download> {
 /// a Dockerfile alone (the context is then empty). A git URL is checked out; an
 /// http(s) URL is downloaded with `fetch`: a tarball is the context, anything else the
 /// Dockerfile (as BuildKit, the file `context` of an otherwise empty context).
-pub fn load(context: &Path, file: Option<&Path>, fetch: Fetch<'_>) -> Result<Inputs> {
+pub fn load(context: &Path, file: Option<&Path>, fetch: &Fetcher) -> Result<Inputs> {
     let dash = Path::new("-");
     if context == dash {
         if file == Some(dash) {
@@ -79,7 +107,7 @@ pub fn load(context: &Path, file: Option<&Path>, fetch: Fetch<'_>) -> Result<Inp
     }
     let shown = context.to_string_lossy();
     let remote = if is_git_url(&shown) {
-        let (dir, sub) = git_dir(&shown)?;
+        let (dir, sub) = fetch.git(&shown)?;
         Some((dir, sub, None))
     } else if is_http_url(&shown) {
         Some(http_context(&shown, fetch)?)
@@ -129,28 +157,14 @@ fn temp_dir(what: &str) -> Result<tempfile::TempDir> {
         .map_err(input(format!("making a directory for {what}")))
 }
 
-/// A git repository `URL#REF:DIR`, checked out into a directory of its own: the
-/// directory (removed when it goes) and DIR in it.
-pub fn git_dir(spec: &str) -> Result<(tempfile::TempDir, PathBuf)> {
-    let (url, fragment) = spec.split_once('#').unwrap_or((spec, ""));
-    let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
-    let reference = (!reference.is_empty()).then_some(reference);
-    let dir = temp_dir("the git context")?;
-    let commit = crate::git::resolve(url, reference)?;
-    let repo = dir.path().join("repo");
-    crate::git::checkout(url, reference, &commit, &repo, false)?;
-    let sub = kiln_executor::paths::resolve_in_root(&repo, subdir, true)?;
-    Ok((dir, sub))
-}
-
 /// The build context at an http(s) URL: a tarball (plain or compressed) unpacked, or
 /// any other file as the Dockerfile (the third value), named `context` (as BuildKit
 /// names it).
 fn http_context(
     url: &str,
-    fetch: Fetch<'_>,
+    fetch: &Fetcher,
 ) -> Result<(tempfile::TempDir, PathBuf, Option<PathBuf>)> {
-    let d = fetch(url)?;
+    let d = fetch.url(url)?;
     let dir = temp_dir("the context from a URL")?;
     let root = dir.path().join("context");
     let mut sniff = d.file.try_clone()?;
@@ -175,8 +189,8 @@ fn http_context(
 
 /// `--build-context NAME=https://...`: a directory holding the URL's file as
 /// `context` (BuildKit's http source, not unpacked: mode 0600, the server's time).
-pub fn http_dir(url: &str, fetch: Fetch<'_>) -> Result<(tempfile::TempDir, PathBuf)> {
-    let d = fetch(url)?;
+pub fn http_dir(url: &str, fetch: &Fetcher) -> Result<(tempfile::TempDir, PathBuf)> {
+    let d = fetch.url(url)?;
     let dir = temp_dir("the context from a URL")?;
     let root = dir.path().join("context");
     fs_err::create_dir(&root)?;

@@ -609,6 +609,19 @@ fn git_repositories_are_add_sources_and_build_contexts() {
     assert!(!out.join("src/top.txt").exists());
     let ls = read("full-ls");
     assert!(ls.contains(".git\n") && ls.contains("top.txt\n"), "{ls}");
+    // The kept .git names neither the store nor its git cache.
+    let store = case.path("store");
+    let store = store.to_str().expect("utf8");
+    let git_files = walk(&out.join("full/.git"));
+    assert!(!git_files.is_empty());
+    for f in git_files {
+        let text = String::from_utf8_lossy(&fs::read(&f).expect("read")).into_owned();
+        assert!(
+            !text.contains(store),
+            "{} names the store:\n{text}",
+            f.display()
+        );
+    }
     // Unchanged: the commit is asked for, nothing fetched, every step cached.
     let run = case.build(&["-o", &dest]).expect_ok();
     assert!(
@@ -632,16 +645,35 @@ fn git_repositories_are_add_sources_and_build_contexts() {
     let ctx_out = ctx_case.path("out");
     let out_arg = format!("type=local,dest={}", ctx_out.display());
     let context = format!("{url}#v1");
-    super::store::kiln(
-        &ctx_case,
-        &["build", "--progress", "plain", "-o", &out_arg, &context],
-        &[],
-    )
-    .expect_ok();
-    assert_eq!(
-        fs::read_to_string(ctx_out.join("from-git-context")).expect("read"),
-        "one\n"
-    );
+    // Git's own trace of the commands kiln runs: the second build asks for the
+    // commit (ls-remote) and fetches nothing from the server (the store's git cache
+    // has the commit).
+    let trace = ctx_case.path("git-trace");
+    let trace_env = [("GIT_TRACE", trace.to_str().expect("utf8"))];
+    let network_fetches = || {
+        let t = fs::read_to_string(&trace).unwrap_or_default();
+        let _ = fs::remove_file(&trace);
+        let n = t
+            .lines()
+            .filter(|l| l.contains("built-in: git fetch") && l.contains("git://"))
+            .count();
+        (n, t.contains("ls-remote"))
+    };
+    for round in 0..2 {
+        super::store::kiln(
+            &ctx_case,
+            &["build", "--progress", "plain", "-o", &out_arg, &context],
+            &trace_env,
+        )
+        .expect_ok();
+        assert_eq!(
+            fs::read_to_string(ctx_out.join("from-git-context")).expect("read"),
+            "one\n"
+        );
+        let (fetches, asked) = network_fetches();
+        assert!(asked, "round {round}: no ls-remote");
+        assert_eq!(fetches, if round == 0 { 1 } else { 0 }, "round {round}");
+    }
     // A ref that is not there: an error naming the repository.
     case.file(
         "Dockerfile",

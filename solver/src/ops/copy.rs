@@ -117,8 +117,15 @@ impl Operation for Copy<'_> {
                         ..
                     } => {
                         v.log(&format!("fetching {url} at {commit}"));
-                        crate::git::checkout(url, reference.as_deref(), commit, dir, *keep_git_dir)
-                            .map_err(|e| cx.fail(e))
+                        crate::git::checkout(
+                            url,
+                            reference.as_deref(),
+                            commit,
+                            dir,
+                            *keep_git_dir,
+                            Some(cx.solver.store().root()),
+                        )
+                        .map_err(|e| cx.fail(e))
                     }
                 };
                 if let Err(e) = staged {
