@@ -59,6 +59,18 @@ fn ops(d: &pb::Definition) -> Vec<(String, pb::Op)> {
         .collect()
 }
 
+/// The source ops of `g`'s definition.
+fn sources(g: &BuildGraph, o: &Options) -> Vec<pb::SourceOp> {
+    let d = pb::Definition::decode(marshal(g, o).expect("marshal").as_slice()).expect("decode");
+    ops(&d)
+        .into_iter()
+        .filter_map(|(_, o)| match o.op {
+            Some(pb::op::Kind::Source(s)) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
 fn by_digest<'a>(ops: &'a [(String, pb::Op)], d: &str) -> &'a pb::Op {
     &ops.iter()
         .find(|(x, _)| x == d)
@@ -312,15 +324,7 @@ fn remote_sources_are_buildkit_s_http_and_git_ops() {
          ADD --keep-git-dir=true https://example.test/org/repo.git#v1:docs /docs/\n",
         "linux/amd64",
     );
-    let bytes = marshal(&g, &Options::default()).expect("marshal");
-    let d = pb::Definition::decode(bytes.as_slice()).expect("decode");
-    let sources: Vec<pb::SourceOp> = ops(&d)
-        .into_iter()
-        .filter_map(|(_, o)| match o.op {
-            Some(pb::op::Kind::Source(s)) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let sources = sources(&g, &Options::default());
     let http = sources
         .iter()
         .find(|s| s.identifier == "https://example.test/dl/tool.tgz")
@@ -406,14 +410,7 @@ fn fetched_named_contexts_are_the_sources_buildkit_makes_of_them() {
             path: layout.into(),
         },
     );
-    let d = pb::Definition::decode(marshal(&g, &o).expect("marshal").as_slice()).expect("decode");
-    let sources: Vec<pb::SourceOp> = ops(&d)
-        .into_iter()
-        .filter_map(|(_, o)| match o.op {
-            Some(pb::op::Kind::Source(s)) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let sources = sources(&g, &o);
     let ids: Vec<&str> = sources.iter().map(|s| s.identifier.as_str()).collect();
     let image = sources
         .iter()

@@ -5,7 +5,7 @@
 //! resolved to the build's platform. Every blob the image needs is copied into the
 //! store, checked against its digest, so that the build never goes back to the layout.
 
-use crate::pull::{media_type_of, pick, platforms};
+use crate::pull::{media_type_of, pick_or_fail};
 use crate::{Error, Resolved, Result, Want};
 use oci_spec::image::{ImageIndex, ImageManifest};
 use std::io::Read;
@@ -127,19 +127,7 @@ pub fn resolve(r: &LayoutRef, want: &Want, store: &kiln_snapshotter::Store) -> R
     if media.contains("index") || media.contains("manifest.list") {
         let inner = ImageIndex::from_reader(&manifest_bytes[..])
             .map_err(|e| bad(format!("bad image index {manifest_digest}: {e}")))?;
-        let chosen = pick(&inner, want).ok_or_else(|| Error::NoPlatform {
-            reference: shown.clone(),
-            wanted: format!(
-                "{}/{}{}",
-                want.os,
-                want.architecture,
-                want.variant
-                    .as_ref()
-                    .map(|v| format!("/{v}"))
-                    .unwrap_or_default()
-            ),
-            available: platforms(&inner),
-        })?;
+        let chosen = pick_or_fail(&inner, want, shown.clone())?;
         manifest_bytes = blob(&r.path, &chosen).map_err(&bad)?;
         manifest_digest = chosen;
     }

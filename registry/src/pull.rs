@@ -82,19 +82,7 @@ impl Registry {
                 reference: r.whole(),
                 message: format!("bad image index: {e}"),
             })?;
-            let chosen = pick(&index, want).ok_or_else(|| Error::NoPlatform {
-                reference: asked.whole(),
-                wanted: format!(
-                    "{}/{}{}",
-                    want.os,
-                    want.architecture,
-                    want.variant
-                        .as_ref()
-                        .map(|v| format!("/{v}"))
-                        .unwrap_or_default()
-                ),
-                available: platforms(&index),
-            })?;
+            let chosen = pick_or_fail(&index, want, asked.whole())?;
             let pr = r.clone_with_digest(chosen.clone());
             let (b, d) = self
                 .retried(
@@ -369,6 +357,23 @@ pub(crate) fn media_type_of(bytes: &[u8]) -> String {
                 .map(str::to_string)
         })
         .unwrap_or_default()
+}
+
+/// [`pick`], or the error that names what `reference` offers.
+pub(crate) fn pick_or_fail(index: &ImageIndex, want: &Want, reference: String) -> Result<String> {
+    pick(index, want).ok_or_else(|| Error::NoPlatform {
+        reference,
+        wanted: format!(
+            "{}/{}{}",
+            want.os,
+            want.architecture,
+            want.variant
+                .as_ref()
+                .map(|v| format!("/{v}"))
+                .unwrap_or_default()
+        ),
+        available: platforms(index),
+    })
 }
 
 pub(crate) fn pick(index: &ImageIndex, want: &Want) -> Option<String> {
