@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn values_parse_as_buildx_parses_them() {
         let d = format!("sha256:{}", "a".repeat(64));
-        let p = |s: &str| parse(s).unwrap();
+        let p = |s: &str| parse(s).expect("an oci-layout value");
         assert_eq!(p("oci-layout://dir").tag.as_deref(), Some("latest"));
         assert_eq!(p("oci-layout://dir:v1").tag.as_deref(), Some("v1"));
         assert_eq!(p("oci-layout://dir:v1").path, PathBuf::from("dir"));
