@@ -200,7 +200,9 @@ fn convert(
         let (hashed, diff_id) = match compression {
             Compression::Uncompressed => write_tar(tar, HashWriter::new(hashed), opts, &tmp)?,
             Compression::Gzip => {
-                let level = opts.level.unwrap_or(6).clamp(0, 9) as u32;
+                let level = opts
+                    .level
+                    .map_or(crate::pargz::DEFAULT_LEVEL, |l| l.clamp(0, 9) as u32);
                 let gz = crate::pargz::Writer::new(hashed, level, 2);
                 let (gz, id) = write_tar(tar, HashWriter::new(gz), opts, &tmp)?;
                 (gz.finish().ctx(|| tmp.display().to_string())?, id)

@@ -71,7 +71,7 @@ pub fn write_layer(
     ));
     let (compressed, diff_id, entries) = match compression {
         LayerCompression::Gzip => {
-            let gz = crate::pargz::Writer::new(compressed, 6, 2);
+            let gz = crate::pargz::Writer::new(compressed, crate::pargz::DEFAULT_LEVEL, 2);
             let (tar_hw, entries) = write_tar(upper, HashWriter::new(gz))?;
             let (gz, diff_id, _) = tar_hw.finish();
             (

@@ -1,47 +1,53 @@
-//! Parallel gzip, as pigz makes it: the input is cut into 128 KiB blocks, each block
-//! is deflated on a worker with the previous block's last 32 KiB as its dictionary
-//! and ends in a sync flush, and the blocks are written in order as one deflate
-//! stream inside one gzip member. Any gzip reader reads it.
+//! Parallel gzip: the input is cut into 1 MiB blocks, each block is compressed on a
+//! worker by libdeflate into a gzip member of its own, and the members are written in
+//! order: a multi-member gzip file (RFC 1952, 2.2), which gzip readers read whole
+//! (Go's `compress/gzip`, which containerd, Docker, podman and skopeo use, zlib's
+//! gzip, pigz; eStargz layers are multi-member gzip too).
 //!
-//! Hand-written rather than taken from a crate: `gzp` (the maintained-enough one)
-//! pulls in its own thread pool and flate2 backend choice, and kiln needs the output
-//! to depend only on the data, the level and the block size (never on the number of
-//! workers or their timing), so that layer digests are the same on every machine.
-//! That holds here: block boundaries and dictionaries are fixed by the input alone.
-//! Two workers by default: the machines kiln targets have two cores, and the caller
-//! (hashing, tar) runs on a third thread.
+//! libdeflate, not zlib: at the same size it takes a third of the CPU (on layer-like
+//! data, 1 MiB blocks: libdeflate's level 4 is 3% smaller than Go's level 6, which
+//! BuildKit uses, in a third of zlib-rs's level-6 time), and compressing a block
+//! whole is what a parallel writer does anyway. Blocks lose the previous block's
+//! window; at 1 MiB that costs under 0.1%.
+//!
+//! Hand-written rather than taken from a crate: kiln needs the output to depend only
+//! on the data and the level (never on the number of workers or their timing), so
+//! that layer digests are the same on every machine. That holds here: block
+//! boundaries are fixed by the input alone, and libdeflate's output by its version
+//! (pinned in Cargo.lock) and level. Two workers by default: the machines kiln
+//! targets have two cores, and the caller (hashing, tar) runs on a third thread.
 
-use flate2::{Compress, Compression, FlushCompress, Status};
+use libdeflater::{CompressionLvl, Compressor};
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-/// The block size pigz uses.
-pub const BLOCK: usize = 128 * 1024;
-const DICT: usize = 32 * 1024;
+/// The block size: each block is one gzip member.
+pub const BLOCK: usize = 1 << 20;
+
+/// The level layers are compressed at unless asked otherwise: libdeflate's 4, as small
+/// as BuildKit's default (Go's level 6) or smaller, at a fraction of its CPU.
+pub const DEFAULT_LEVEL: u32 = 4;
 
 struct Job {
     seq: u64,
-    dict: Option<Arc<[u8]>>,
     data: Vec<u8>,
-    last: bool,
 }
 
 struct Done {
     seq: u64,
     out: io::Result<Vec<u8>>,
-    crc: u32,
-    len: u64,
 }
 
 /// A gzip writer that compresses on `workers` threads.
 pub struct Writer<W: Write> {
     inner: Option<W>,
-    level: u32,
+    /// The caller's compressor, when no worker could be started.
+    own: Option<Compressor>,
+    level: CompressionLvl,
     block: Vec<u8>,
-    dict: Option<Arc<[u8]>>,
     next_seq: u64,
     next_write: u64,
     pending: BTreeMap<u64, Done>,
@@ -50,58 +56,30 @@ pub struct Writer<W: Write> {
     jobs: Option<mpsc::Sender<Job>>,
     results: mpsc::Receiver<Done>,
     workers: Vec<JoinHandle<()>>,
-    crc: crc32fast::Hasher,
-    total: u64,
-    header_written: bool,
 }
 
-fn deflate_block(level: u32, dict: Option<&[u8]>, data: &[u8], last: bool) -> io::Result<Vec<u8>> {
-    let mut c = Compress::new(Compression::new(level), false);
-    if let Some(d) = dict {
-        c.set_dictionary(d).map_err(io::Error::other)?;
-    }
-    let flush = if last {
-        FlushCompress::Finish
-    } else {
-        FlushCompress::Sync
-    };
-    let mut out = Vec::with_capacity(data.len() + data.len() / 16 + 64);
-    loop {
-        if out.len() == out.capacity() {
-            out.reserve(64 * 1024);
-        }
-        let consumed = usize::try_from(c.total_in()).unwrap_or(usize::MAX);
-        let status = c
-            .compress_vec(&data[consumed.min(data.len())..], &mut out, flush)
-            .map_err(io::Error::other)?;
-        let all_in = c.total_in() == data.len() as u64;
-        let done = if last {
-            status == Status::StreamEnd
-        } else {
-            // zlib's rule: a sync flush is complete when output space is left over.
-            all_in && out.len() < out.capacity()
-        };
-        if done {
-            return Ok(out);
-        }
-    }
+/// libdeflate's level for `level` (0-12; above is 12).
+fn lvl(level: u32) -> CompressionLvl {
+    CompressionLvl::new(level.min(12) as i32).unwrap_or_default()
 }
 
-fn run(level: u32, job: Job) -> Done {
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&job.data);
-    Done {
-        seq: job.seq,
-        out: deflate_block(level, job.dict.as_deref(), &job.data, job.last),
-        crc: crc.finalize(),
-        len: job.data.len() as u64,
-    }
+fn member(c: &mut Compressor, job: Job) -> Done {
+    let mut out = vec![0u8; c.gzip_compress_bound(job.data.len())];
+    let out = c
+        .gzip_compress(&job.data, &mut out)
+        .map(|n| {
+            out.truncate(n);
+            out
+        })
+        .map_err(|e| io::Error::other(format!("gzip: {e:?}")));
+    Done { seq: job.seq, out }
 }
 
 impl<W: Write> Writer<W> {
-    /// A writer at `level` (0-9) on `workers` threads (at least 1).
+    /// A writer at `level` (0-12) on `workers` threads (at least 1).
     pub fn new(inner: W, level: u32, workers: usize) -> Writer<W> {
         let workers = workers.max(1);
+        let level = lvl(level);
         let (job_tx, job_rx) = mpsc::channel::<Job>();
         let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
@@ -113,14 +91,17 @@ impl<W: Write> Writer<W> {
                 let tx = done_tx.clone();
                 std::thread::Builder::new()
                     .name("kiln-gzip".into())
-                    .spawn(move || loop {
-                        let job = {
-                            let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
-                            guard.recv()
-                        };
-                        let Ok(job) = job else { return };
-                        if tx.send(run(level, job)).is_err() {
-                            return;
+                    .spawn(move || {
+                        let mut c = Compressor::new(level);
+                        loop {
+                            let job = {
+                                let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+                                guard.recv()
+                            };
+                            let Ok(job) = job else { return };
+                            if tx.send(member(&mut c, job)).is_err() {
+                                return;
+                            }
                         }
                     })
                     .ok()
@@ -128,9 +109,9 @@ impl<W: Write> Writer<W> {
             .collect();
         Writer {
             inner: Some(inner),
+            own: None,
             level,
             block: Vec::with_capacity(BLOCK),
-            dict: None,
             next_seq: 0,
             next_write: 0,
             pending: BTreeMap::new(),
@@ -139,9 +120,6 @@ impl<W: Write> Writer<W> {
             jobs: Some(job_tx),
             results: done_rx,
             workers: handles,
-            crc: crc32fast::Hasher::new(),
-            total: 0,
-            header_written: false,
         }
     }
 
@@ -151,37 +129,17 @@ impl<W: Write> Writer<W> {
             .ok_or_else(|| io::Error::other("gzip writer already finished"))
     }
 
-    fn write_header(&mut self) -> io::Result<()> {
-        if !self.header_written {
-            // No name, no mtime, "unknown" OS: the same bytes everywhere.
-            let xfl = match self.level {
-                9 => 2,
-                1 => 4,
-                _ => 0,
-            };
-            self.inner()?
-                .write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 0xff])?;
-            self.header_written = true;
-        }
-        Ok(())
-    }
-
-    fn dispatch(&mut self, last: bool) -> io::Result<()> {
+    fn dispatch(&mut self) -> io::Result<()> {
         let data = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
-        let dict = self.dict.take();
-        if !last {
-            let start = data.len().saturating_sub(DICT);
-            self.dict = Some(Arc::from(&data[start..]));
-        }
         let job = Job {
             seq: self.next_seq,
-            dict,
             data,
-            last,
         };
         self.next_seq += 1;
         if self.workers.is_empty() {
-            let done = run(self.level, job);
+            let level = self.level;
+            let c = self.own.get_or_insert_with(|| Compressor::new(level));
+            let done = member(c, job);
             self.pending.insert(done.seq, done);
             return self.write_ready();
         }
@@ -209,30 +167,24 @@ impl<W: Write> Writer<W> {
     }
 
     fn write_ready(&mut self) -> io::Result<()> {
-        self.write_header()?;
         while let Some(d) = self.pending.remove(&self.next_write) {
             let out = d.out?;
-            self.crc
-                .combine(&crc32fast::Hasher::new_with_initial_len(d.crc, d.len));
-            self.total += d.len;
             self.inner()?.write_all(&out)?;
             self.next_write += 1;
         }
         Ok(())
     }
 
-    /// Compresses what is left, writes the trailer and returns the inner writer.
+    /// Compresses what is left (an empty input is one empty member) and returns the
+    /// inner writer.
     pub fn finish(mut self) -> io::Result<W> {
-        self.dispatch(true)?;
+        if !self.block.is_empty() || self.next_seq == 0 {
+            self.dispatch()?;
+        }
         while self.in_flight > 0 {
             self.collect_one()?;
         }
-        let crc = self.crc.clone().finalize();
-        let total = self.total;
-        let w = self.inner()?;
-        w.write_all(&crc.to_le_bytes())?;
-        w.write_all(&(total as u32).to_le_bytes())?;
-        w.flush()?;
+        self.inner()?.flush()?;
         self.shutdown();
         self.inner
             .take()
@@ -252,7 +204,7 @@ impl<W: Write> Write for Writer<W> {
         let mut rest = buf;
         while !rest.is_empty() {
             if self.block.len() == BLOCK {
-                self.dispatch(false)?;
+                self.dispatch()?;
             }
             let n = (BLOCK - self.block.len()).min(rest.len());
             self.block.extend_from_slice(&rest[..n]);
@@ -303,16 +255,30 @@ mod tests {
             let input = data(n);
             let out = gz(&input, 6, 2, 7000);
             let mut back = Vec::new();
-            flate2::read::GzDecoder::new(&out[..])
+            flate2::read::MultiGzDecoder::new(&out[..])
                 .read_to_end(&mut back)
                 .expect("decodes");
             assert_eq!(back, input, "{n} bytes");
-            // One member: the multi-member decoder sees the same.
-            let mut again = Vec::new();
-            flate2::read::MultiGzDecoder::new(&out[..])
-                .read_to_end(&mut again)
-                .expect("decodes");
-            assert_eq!(again, input);
+            // One member a block (an empty input is one empty member).
+            let members = out.windows(4).filter(|w| w == &[0x1f, 0x8b, 8, 0]).count();
+            assert!(
+                members >= n.div_ceil(BLOCK).max(1),
+                "{n} bytes: {members} members"
+            );
+            // And the system's gzip reads it whole too.
+            let mut child = std::process::Command::new("gzip")
+                .arg("-dc")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("gzip");
+            let mut stdin = child.stdin.take().expect("stdin");
+            let feed = out.clone();
+            let writer = std::thread::spawn(move || stdin.write_all(&feed));
+            let got = child.wait_with_output().expect("gzip -dc");
+            writer.join().expect("join").expect("write");
+            assert!(got.status.success());
+            assert_eq!(got.stdout, input, "{n} bytes through gzip -dc");
         }
     }
 
@@ -332,14 +298,5 @@ mod tests {
         assert_eq!(gz(&input, 6, 2, 1 << 20), one);
         assert_eq!(gz(&input, 6, 4, 333), one);
         assert_ne!(gz(&input, 1, 2, 4096), one, "the level matters");
-        // The dictionary carries across blocks: repeated data compresses well.
-        let repeated: Vec<u8> = std::iter::repeat_n(data(BLOCK / 2), 8).flatten().collect();
-        let out = gz(&repeated, 6, 2, 4096);
-        assert!(
-            out.len() < repeated.len() / 8,
-            "{} of {}",
-            out.len(),
-            repeated.len()
-        );
     }
 }
