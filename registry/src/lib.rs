@@ -31,6 +31,7 @@ mod pins;
 mod pull;
 mod push;
 pub mod retry;
+mod sources;
 #[cfg(test)]
 mod tests;
 

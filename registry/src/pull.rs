@@ -336,16 +336,31 @@ fn digest_error(e: std::io::Error) -> oci_client::errors::OciDistributionError {
 }
 
 /// The blob's bytes as a stream of 1 MiB pieces, never the whole blob in memory.
+/// The file at `path` as a stream of `item`-byte pieces (the last may be shorter):
+/// oci-client sends each piece of a chunked upload as one request, so pieces as
+/// large as its chunks make the fewest round trips.
 pub(crate) async fn blob_stream(
     path: &Path,
+    item: usize,
 ) -> std::io::Result<
     impl futures_util::Stream<Item = oci_client::errors::Result<tokio_util::bytes::Bytes>>
         + Send
         + 'static,
 > {
+    use tokio::io::AsyncReadExt as _;
     let f = tokio::fs::File::open(path).await?;
-    Ok(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20)
-        .map_err(oci_client::errors::OciDistributionError::from))
+    Ok(
+        futures_util::stream::try_unfold(f, move |mut f| async move {
+            let mut buf = tokio_util::bytes::BytesMut::with_capacity(item);
+            while buf.len() < item {
+                if f.read_buf(&mut buf).await? == 0 {
+                    break;
+                }
+            }
+            Ok::<_, std::io::Error>((!buf.is_empty()).then(|| (buf.freeze(), f)))
+        })
+        .map_err(oci_client::errors::OciDistributionError::from),
+    )
 }
 
 pub(crate) fn media_type_of(bytes: &[u8]) -> String {

@@ -83,10 +83,18 @@ impl Registry {
             )
             .await
             .map_err(|e| self.explain(e, r, host, Action::Push, &what))?;
+        let here = format!("{}/{}", r.registry(), r.repository());
         if exists {
+            crate::sources::remember(store, &b.digest, &here);
             return Ok(BlobOutcome::Existing);
         }
-        if let Some(source) = &b.source {
+        // Where the blob came from, then where earlier pushes put it (as containerd's
+        // distribution-source labels): the first repository of this registry that
+        // mounts it saves the upload.
+        let mut candidates: Vec<String> = b.source.iter().cloned().collect();
+        candidates.extend(crate::sources::known(store, &b.digest));
+        candidates.dedup();
+        for source in candidates.iter().take(3) {
             let on_host = crate::on_registry(source, r.registry());
             if let Some(from) = on_host.filter(|from| *from != r.repository()) {
                 let src = Reference::with_digest(
@@ -100,7 +108,10 @@ impl Registry {
                 // then uploaded the ordinary way. The upload session left open is
                 // the registry's to expire (distribution purges them).
                 match client.mount_blob(r, &src, &b.digest).await {
-                    Ok(()) => return Ok(BlobOutcome::Mounted(from.to_string())),
+                    Ok(()) => {
+                        crate::sources::remember(store, &b.digest, &here);
+                        return Ok(BlobOutcome::Mounted(from.to_string()));
+                    }
                     Err(e) => tracing::debug!("mounting {} from {from}: {e}", b.digest),
                 }
             }
@@ -126,7 +137,7 @@ impl Registry {
             let digest = b.digest.clone();
             let size = b.size;
             async move {
-                let stream = blob_stream(&path).await?;
+                let stream = blob_stream(&path, CHUNK as usize).await?;
                 client
                     .push_blob_stream(&r, stream, &digest, Some(size))
                     .await
@@ -162,6 +173,7 @@ impl Registry {
             other => other,
         };
         res.map_err(|e| self.explain(e, r, host, Action::Push, &what))?;
+        crate::sources::remember(store, &b.digest, &here);
         Ok(BlobOutcome::Uploaded)
     }
 }

@@ -137,7 +137,7 @@ impl Inventory {
         // of each COPY from a context and the git repositories fetched (`git/`) go
         // with any prune: losing them costs one read of the context, one full copy,
         // one fetch.
-        for hints in ["context-hashes", "copy-refs", "git"] {
+        for hints in ["context-hashes", "copy-refs", "git", "sources"] {
             tmp_paths.extend(
                 list(&root.join(hints))?
                     .into_iter()

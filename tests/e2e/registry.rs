@@ -295,6 +295,30 @@ fn a_push_mounts_base_layers_from_the_repository_they_came_from() {
             &format!("oci:{}:v1", case.path("copied").display()),
         ],
     );
+    // The store noted where it pushed them: a push to another repository mounts the
+    // layer and the config from the first one, and uploads nothing.
+    let again = format!("{}/e2e/mount-{unique}-again:v1", registry());
+    let args = build_args(&case, &["-t", &again, "--push"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run_kiln(&case, &args, &env, "").expect_ok();
+    assert_eq!(
+        r.stderr
+            .matches(&format!(": Mounted from e2e/mount-{unique}\n"))
+            .count(),
+        2,
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.matches(": Pushed").count(), 0, "{}", r.stderr);
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{again}"),
+            &format!("oci:{}:v1", case.path("copied-again").display()),
+        ],
+    );
 }
 
 #[test]
