@@ -62,7 +62,7 @@ pub(super) fn layer_entries(
         .skip(1)
     {
         let gz = blob(&l["digest"]);
-        let mut t = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
+        let mut t = tar::Archive::new(flate2::read::MultiGzDecoder::new(&gz[..]));
         for e in t.entries().expect("layer") {
             let mut e = e.expect("entry");
             let h = e.header().clone();
