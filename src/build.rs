@@ -194,6 +194,7 @@ fn named_contexts(
     fetch: &kiln_solver::inputs::Fetcher,
     keep: &mut Vec<kiln_solver::inputs::TempDir>,
 ) -> Result<Vec<Named>> {
+    use kiln_frontend::remote;
     use kiln_frontend::NamedContext;
     use kiln_llb::NamedSource;
     use kiln_solver::inputs;
@@ -224,16 +225,19 @@ fn named_contexts(
                 None,
                 Some(NamedSource::Layout { path }),
             )
-        } else if inputs::is_git_url(value) {
-            let (url, fragment) = value.split_once('#').unwrap_or((value, ""));
-            let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+        } else if remote::is_git_url(value) {
+            let remote::GitRef {
+                url,
+                reference,
+                subdir,
+            } = remote::GitRef::parse(value);
             let llb = NamedSource::Git {
-                url: url.to_string(),
-                reference: (!reference.is_empty()).then(|| reference.to_string()),
-                subdir: subdir.to_string(),
+                url,
+                reference,
+                subdir,
             };
             (NamedContext::Local, fetched(fetch.git(value))?, Some(llb))
-        } else if inputs::is_http_url(value) {
+        } else if remote::is_http_url(value) {
             let llb = NamedSource::Http {
                 url: value.to_string(),
             };

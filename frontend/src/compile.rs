@@ -126,18 +126,6 @@ fn valid_signal(s: &str) -> bool {
     rt("RTMIN+", 15) || rt("RTMAX-", 14)
 }
 
-fn is_url(s: &str) -> bool {
-    s.starts_with("http://") || s.starts_with("https://")
-}
-
-fn is_git(s: &str) -> bool {
-    s.starts_with("git@")
-        || s.starts_with("git://")
-        || s.starts_with("ssh://")
-        || ((s.starts_with("http://") || s.starts_with("https://"))
-            && (s.contains(".git#") || s.ends_with(".git")))
-}
-
 /// Compiles `text` (the Dockerfile's contents) for `opts`, resolving base images
 /// through `resolver`.
 pub fn compile(

@@ -16,6 +16,7 @@ pub mod lexer;
 pub mod outline;
 pub mod parser;
 pub mod path;
+pub mod remote;
 pub mod runflags;
 
 /// Go's `time.ParseDuration` (in nanoseconds), as Docker's CLI flags take durations.

@@ -4,6 +4,7 @@
 
 use crate::{Error, Result};
 use kiln_frontend::dockerignore::{self, Matcher};
+use kiln_frontend::remote::{is_git_url, is_http_url, GitRef};
 use std::path::{Path, PathBuf};
 pub use tempfile::TempDir;
 
@@ -68,16 +69,19 @@ impl Fetcher {
     /// directory (removed when it goes) and DIR in it. A commit the store's git cache
     /// has is not fetched again.
     pub fn git(&self, spec: &str) -> Result<(tempfile::TempDir, PathBuf)> {
-        let (url, fragment) = spec.split_once('#').unwrap_or((spec, ""));
-        let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
-        let reference = (!reference.is_empty()).then_some(reference);
+        let GitRef {
+            url,
+            reference,
+            subdir,
+        } = GitRef::parse(spec);
+        let reference = reference.as_deref();
         let dir = temp_dir("the git context")?;
-        let commit = crate::git::resolve(url, reference)?;
+        let commit = crate::git::resolve(&url, reference)?;
         let repo = dir.path().join("repo");
         self.with_store(|store| {
-            crate::git::checkout(url, reference, &commit, &repo, false, Some(store.root()))
+            crate::git::checkout(&url, reference, &commit, &repo, false, Some(store.root()))
         })?;
-        let sub = kiln_executor::paths::resolve_in_root(&repo, subdir, true)?;
+        let sub = kiln_executor::paths::resolve_in_root(&repo, &subdir, true)?;
         Ok((dir, sub))
     }
 }
@@ -134,20 +138,6 @@ pub fn load(context: &Path, file: Option<&Path>, fetch: &Fetcher) -> Result<Inpu
         return load_with_text(context, text);
     }
     load_from(context, file, None)
-}
-
-/// Whether a context argument is a git repository, as buildx tells them: `git://`,
-/// `git@`, `ssh://`, or an http(s) URL of a `.git` path.
-pub fn is_git_url(s: &str) -> bool {
-    s.starts_with("git://")
-        || s.starts_with("git@")
-        || s.starts_with("ssh://")
-        || (is_http_url(s) && s.split('#').next().is_some_and(|u| u.ends_with(".git")))
-}
-
-/// Whether `s` is an http(s) URL (a git one too: ask [`is_git_url`] first).
-pub fn is_http_url(s: &str) -> bool {
-    s.starts_with("https://") || s.starts_with("http://")
 }
 
 fn temp_dir(what: &str) -> Result<tempfile::TempDir> {

@@ -2,6 +2,7 @@
 //! here-documents, and the step they add.
 
 use super::*;
+use crate::remote;
 
 impl Compiler<'_> {
     pub(super) fn copy(
@@ -100,25 +101,22 @@ impl Compiler<'_> {
             }
             let p = self.word(w, &vars, *at)?;
             shown_paths.push(p.clone());
-            if is_url(&p) || is_git(&p) {
+            if remote::is_http_url(&p) || remote::is_git_url(&p) {
                 if !is_add {
                     return Err(self.err(
                         *at,
                         format!("source can't be a URL for COPY: {p} (use ADD)"),
                     ));
                 }
-                if is_git(&p) {
-                    let (url, fragment) = match p.split_once('#') {
-                        Some((u, f)) => (u.to_string(), f.to_string()),
-                        None => (p.clone(), String::new()),
-                    };
-                    let (reference, subdir) = match fragment.split_once(':') {
-                        Some((r, d)) => (r.to_string(), d.to_string()),
-                        None => (fragment, String::new()),
-                    };
+                if remote::is_git_url(&p) {
+                    let remote::GitRef {
+                        url,
+                        reference,
+                        subdir,
+                    } = remote::GitRef::parse(&p);
                     srcs.push(Source::Git {
                         url,
-                        reference: (!reference.is_empty()).then_some(reference),
+                        reference,
                         subdir,
                         keep_git_dir,
                     });
