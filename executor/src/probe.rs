@@ -320,11 +320,7 @@ pub fn choose_snapshotter(
     if !boot.is_empty() {
         let text = format!("{stamp}\n{}\n", chosen.name());
         // Only an optimisation: a store that cannot keep it probes every time.
-        let _ = kiln_snapshotter::store::atomic_write(
-            &file,
-            text.as_bytes(),
-            &store.tmp_path("probe-answer"),
-        );
+        let _ = store.write_file(&file, text.as_bytes(), "probe-answer");
     }
     Ok(chosen)
 }

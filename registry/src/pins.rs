@@ -78,10 +78,7 @@ pub(crate) fn write(store: &Store, name: &str, want: &Want, r: &Resolved) {
         pinned: r.pinned.clone(),
         manifest_digest: r.manifest_digest.clone(),
     };
-    let (Some(dir), Ok(bytes)) = (path.parent(), serde_json::to_vec(&pin)) else {
-        return;
-    };
-    if fs_err::create_dir_all(dir).is_ok() {
-        let _ = kiln_snapshotter::store::atomic_write(&path, &bytes, &store.tmp_path("pin"));
+    if let Ok(bytes) = serde_json::to_vec(&pin) {
+        let _ = store.write_file(&path, &bytes, "pin");
     }
 }

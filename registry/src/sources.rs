@@ -36,15 +36,7 @@ pub(crate) fn remember(store: &Store, digest: &str, repo: &str) {
     repos.insert(0, repo.to_string());
     repos.truncate(KEEP);
     let text = repos.join("\n") + "\n";
-    if let Some(dir) = p.parent() {
-        if std::fs::create_dir_all(dir).is_ok() {
-            let _ = kiln_snapshotter::store::atomic_write(
-                &p,
-                text.as_bytes(),
-                &store.tmp_path("sources"),
-            );
-        }
-    }
+    let _ = store.write_file(&p, text.as_bytes(), "sources");
 }
 
 #[cfg(test)]

@@ -301,6 +301,15 @@ impl Store {
         sync_dir(dst.parent().unwrap_or(&self.root))
     }
 
+    /// Writes a small file of the store's own (a record, a hint) at `path`, its
+    /// directory made if need be, atomically through a temp file named for `what`.
+    pub fn write_file(&self, path: &Path, bytes: &[u8], what: &str) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        atomic_write(path, bytes, &self.tmp_path(what))
+    }
+
     /// Stores a small blob and returns its digest.
     pub fn write_blob(&self, bytes: &[u8]) -> Result<String> {
         let d = digest::of(bytes);

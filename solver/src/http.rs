@@ -175,15 +175,9 @@ pub async fn fetch_for(
         etag,
         last_modified: last_modified.clone(),
     };
-    if let (Some(dir), Ok(bytes)) = (rec_path.parent(), serde_json::to_vec(&rec)) {
+    if let Ok(bytes) = serde_json::to_vec(&rec) {
         // Only a hint for the next build: it costs a download when lost.
-        if fs::create_dir_all(dir).is_ok() {
-            let _ = kiln_snapshotter::store::atomic_write(
-                &rec_path,
-                &bytes,
-                &store.tmp_path("http-record"),
-            );
-        }
+        let _ = store.write_file(&rec_path, &bytes, "http-record");
     }
     Ok(Fetched {
         digest,

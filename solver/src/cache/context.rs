@@ -172,10 +172,7 @@ impl FileHashes {
                 rel
             ));
         }
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        kiln_snapshotter::store::atomic_write(path, out.as_bytes(), &store.tmp_path("hashes"))?;
+        store.write_file(path, out.as_bytes(), "hashes")?;
         Ok(())
     }
 }

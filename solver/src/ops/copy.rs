@@ -400,13 +400,8 @@ fn local(
 /// Notes `snapshot` as the last result of a COPY (`copy-refs/`; pruned with the
 /// context digests).
 fn remember_copy(cx: &Cx<'_>, path: &Path, snapshot: &str) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let tmp = cx.solver.store().tmp_path("copy-ref");
-    let r = kiln_snapshotter::store::atomic_write(path, snapshot.as_bytes(), &tmp);
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    Ok(r?)
+    Ok(cx
+        .solver
+        .store()
+        .write_file(path, snapshot.as_bytes(), "copy-ref")?)
 }
