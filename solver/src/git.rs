@@ -70,10 +70,19 @@ pub fn resolve(url: &str, reference: Option<&str>) -> Result<String> {
     }
 }
 
+/// What to fetch for `commit` reached as `reference`: the ref's name (servers may
+/// refuse a commit by its id), or the commit itself.
+fn want<'a>(reference: Option<&'a str>, commit: &'a str) -> &'a str {
+    match reference {
+        Some(r) if !is_commit(r) => r,
+        _ => commit,
+    }
+}
+
 /// Fetches `commit` (reached as `reference`) of `url` into `dest`, a new directory:
-/// its files, and `.git` only with `keep_git_dir`. With `cache` (a store's root), the
-/// commit comes through the store's bare repository for `url` (`git/`): a commit it
-/// has is not fetched again, and `dest` gets it by a local fetch, which copies the
+/// its files, and `.git` only with `keep_git_dir`. With `cache` (the build's store),
+/// the commit comes through the store's bare repository for `url` (`git/`): a commit
+/// it has is not fetched again, and `dest` gets it by a local fetch, which copies the
 /// objects (no path of the store is left in `dest/.git`).
 pub fn checkout(
     url: &str,
@@ -81,21 +90,18 @@ pub fn checkout(
     commit: &str,
     dest: &Path,
     keep_git_dir: bool,
-    cache: Option<&Path>,
+    cache: Option<&kiln_snapshotter::Store>,
 ) -> Result<()> {
-    let from = match cache {
-        Some(root) => {
-            let repo = cached(root, url, reference, commit)?;
-            format!("file://{}", repo.display())
+    let (from, want) = match cache {
+        // The cache repository serves any commit it has by its id.
+        Some(store) => {
+            let repo = cached(store, url, reference, commit)?;
+            (format!("file://{}", repo.display()), commit)
         }
-        None => url.to_string(),
+        None => (url.to_string(), want(reference, commit)),
     };
     let d = dest.to_string_lossy().to_string();
     git(url, &["init", "-q", "--", &d])?;
-    let want = match (reference, cache) {
-        (Some(r), None) if !is_commit(r) => r,
-        _ => commit,
-    };
     // No FETCH_HEAD: it would name the store's repository in a kept `.git`.
     let fetch = ["-C", &d, "fetch", "-q", "--no-write-fetch-head"];
     if git(
@@ -123,17 +129,20 @@ pub fn checkout(
 
 /// The store's bare repository for `url` with `commit` in it (kept by the ref
 /// `refs/kiln/COMMIT`), fetched shallow only when it is not there yet.
-fn cached(root: &Path, url: &str, reference: Option<&str>, commit: &str) -> Result<PathBuf> {
+fn cached(
+    store: &kiln_snapshotter::Store,
+    url: &str,
+    reference: Option<&str>,
+    commit: &str,
+) -> Result<PathBuf> {
     use sha2::Digest as _;
     let name = hex::encode(sha2::Sha256::digest(url.as_bytes()));
-    let dir = root.join("git");
+    let dir = store.root().join("git");
     let repo = dir.join(format!("{}.git", &name[..32]));
     if !repo.join("HEAD").is_file() {
         fs_err::create_dir_all(&dir)?;
         // Made aside and renamed, so that a build never sees half a repository.
-        let tmp = root
-            .join("tmp")
-            .join(format!("git-{}-{}", &name[..16], std::process::id()));
+        let tmp = store.tmp_path("git");
         let t = tmp.to_string_lossy().to_string();
         git(url, &["init", "-q", "--bare", "--", &t])?;
         // Builds fetch from it by commit.
@@ -153,58 +162,21 @@ fn cached(root: &Path, url: &str, reference: Option<&str>, commit: &str) -> Resu
         }
     }
     let r = repo.to_string_lossy().to_string();
-    let has = |r: &str| {
-        git(
-            url,
-            &[
-                "--git-dir",
-                r,
-                "cat-file",
-                "-e",
-                &format!("{commit}^{{commit}}"),
-            ],
-        )
-        .is_ok()
-    };
-    if has(&r) {
+    let bare = |args: &[&str]| git(url, &[&["--git-dir", r.as_str()][..], args].concat());
+    let has = || bare(&["cat-file", "-e", &format!("{commit}^{{commit}}")]).is_ok();
+    if has() {
         return Ok(repo);
     }
-    let want = match reference {
-        Some(x) if !is_commit(x) => x,
-        _ => commit,
-    };
     let keep = format!("refs/kiln/{commit}");
-    let fetched = git(
-        url,
-        &[
-            "--git-dir",
-            &r,
-            "fetch",
-            "-q",
-            "--depth=1",
-            "--no-write-fetch-head",
-            "--",
-            url,
-            &format!("+{want}:{keep}"),
-        ],
-    );
-    if fetched.is_err() || !has(&r) {
+    let fetch = ["fetch", "-q", "--no-write-fetch-head", "--", url];
+    let wanted = format!("+{}:{keep}", want(reference, commit));
+    if bare(&[&fetch[..2], &["--depth=1"], &fetch[2..], &[wanted.as_str()]].concat()).is_err()
+        || !has()
+    {
         // The ref moved since it was resolved, or the server refuses a commit by its
         // id: everything, then the commit.
-        git(
-            url,
-            &[
-                "--git-dir",
-                &r,
-                "fetch",
-                "-q",
-                "--no-write-fetch-head",
-                "--",
-                url,
-                "+refs/*:refs/kiln-all/*",
-            ],
-        )?;
-        git(url, &["--git-dir", &r, "update-ref", &keep, commit])?;
+        bare(&[&fetch[..], &["+refs/*:refs/kiln-all/*"]].concat())?;
+        bare(&["update-ref", &keep, commit])?;
     }
     Ok(repo)
 }

@@ -79,7 +79,7 @@ impl Fetcher {
         let commit = crate::git::resolve(&url, reference)?;
         let repo = dir.path().join("repo");
         self.with_store(|store| {
-            crate::git::checkout(&url, reference, &commit, &repo, false, Some(store.root()))
+            crate::git::checkout(&url, reference, &commit, &repo, false, Some(store))
         })?;
         let sub = kiln_executor::paths::resolve_in_root(&repo, &subdir, true)?;
         Ok((dir, sub))

@@ -123,7 +123,7 @@ impl Operation for Copy<'_> {
                             commit,
                             dir,
                             *keep_git_dir,
-                            Some(cx.solver.store().root()),
+                            Some(cx.solver.store()),
                         )
                         .map_err(|e| cx.fail(e))
                     }
