@@ -187,11 +187,12 @@ struct Named {
     llb: Option<kiln_llb::NamedSource>,
 }
 
-/// `--build-context NAME=VALUE`s. A git repository or a URL's file is fetched into a
-/// directory of its own (kept in `keep` for the build).
+/// `--build-context NAME=VALUE`s. With `fetch` (a build that runs), a git repository
+/// or a URL's file is fetched into a directory of its own (kept in `keep` for the
+/// build); `--emit-llb` and `--call` only need to know what it is.
 fn named_contexts(
     raw: &[String],
-    fetch: &kiln_solver::inputs::Fetcher,
+    fetch: Option<&kiln_solver::inputs::Fetcher>,
     keep: &mut Vec<kiln_solver::inputs::TempDir>,
 ) -> Result<Vec<Named>> {
     use kiln_frontend::remote;
@@ -205,11 +206,6 @@ fn named_contexts(
             .filter(|(n, v)| !n.is_empty() && !v.is_empty())
         else {
             bail!("--build-context {r:?}: expected NAME=VALUE (a directory, docker-image://REF, oci-layout://PATH, a git or https URL)");
-        };
-        let mut fetched = |got: kiln_solver::Result<(inputs::TempDir, PathBuf)>| {
-            let (dir, path) = got.with_context(|| format!("--build-context {r:?}"))?;
-            keep.push(dir);
-            anyhow::Ok(Some(path))
         };
         let (context, dir, llb) = if let Some(image) = value.strip_prefix("docker-image://") {
             kiln_registry::parse_reference(image)
@@ -236,13 +232,12 @@ fn named_contexts(
                 reference,
                 subdir,
             };
-            (NamedContext::Local, fetched(fetch.git(value))?, Some(llb))
+            (NamedContext::Local, None, Some(llb))
         } else if remote::is_http_url(value) {
             let llb = NamedSource::Http {
                 url: value.to_string(),
             };
-            let dir = fetched(inputs::http_dir(value, fetch))?;
-            (NamedContext::Local, dir, Some(llb))
+            (NamedContext::Local, None, Some(llb))
         } else if value.contains("://") {
             bail!("--build-context {r:?}: unknown kind of context (a directory, docker-image://, oci-layout://, a git or https URL)");
         } else {
@@ -252,6 +247,20 @@ fn named_contexts(
                 bail!("--build-context {r:?}: {value} is not a directory");
             }
             (NamedContext::Local, Some(dir), None)
+        };
+        // What kiln fetches itself, for a build that runs.
+        let got = match (&llb, fetch) {
+            (Some(NamedSource::Git { .. }), Some(f)) => Some(f.git(value)),
+            (Some(NamedSource::Http { .. }), Some(f)) => Some(inputs::http_dir(value, f)),
+            _ => None,
+        };
+        let dir = match got {
+            Some(got) => {
+                let (tmp, path) = got.with_context(|| format!("--build-context {r:?}"))?;
+                keep.push(tmp);
+                Some(path)
+            }
+            None => dir,
         };
         out.retain(|n| n.name != name);
         out.push(Named {
@@ -520,8 +529,21 @@ pub(crate) fn build(
     }
     let call = parse_call(b.call.as_deref(), b.check)?;
     let fetch = kiln_solver::inputs::Fetcher { root: root.clone() };
+    let context = b.context.to_string_lossy();
+    if b.emit_llb
+        && (context == "-"
+            || kiln_frontend::remote::is_git_url(&context)
+            || kiln_frontend::remote::is_http_url(&context))
+    {
+        bail!("--emit-llb needs the context as a directory, for buildctl's --local context=DIR: a context kiln fetched (stdin, git, a URL) is gone when kiln exits");
+    }
     let mut fetched_contexts = Vec::new();
-    let named = named_contexts(&b.build_contexts, &fetch, &mut fetched_contexts)?;
+    let runs = call.func == Func::Build && !b.emit_llb;
+    let named = named_contexts(
+        &b.build_contexts,
+        runs.then_some(&fetch),
+        &mut fetched_contexts,
+    )?;
     let inputs = kiln_solver::inputs::load(&b.context, b.file.as_deref(), &fetch)?;
     let file_name = inputs
         .file
@@ -722,9 +744,6 @@ pub(crate) fn build(
         None => {}
     }
     if b.emit_llb {
-        if inputs.temp_dir.is_some() {
-            bail!("--emit-llb needs the context as a directory, for buildctl's --local context=DIR: a context kiln fetched (stdin, git, a URL) is gone when kiln exits");
-        }
         let opts = kiln_llb::Options {
             excludes: inputs.excludes,
             contexts: named
