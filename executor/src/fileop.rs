@@ -460,15 +460,24 @@ fn write_inline(to: &Path, f: &kiln_frontend::InlineFile, opts: &Opts) -> Result
 /// an archive of the context asking for more is refused, not a way to exhaust memory.
 const XZ_MEMORY_KB: u32 = 256 * 1024;
 
+const BZIP2: &[u8] = b"BZh";
+const XZ: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
+
+/// Whether a stream starting with `head` is compressed in a way [`archive_reader`]
+/// decompresses.
+pub fn is_compressed(head: &[u8]) -> bool {
+    head.starts_with(BZIP2) || head.starts_with(XZ) || kiln_snapshotter::unpack::is_compressed(head)
+}
+
 /// An archive's bytes, decompressed as BuildKit's ADD does: gzip, zstd, bzip2 or xz by
 /// their magic numbers, anything else as it is.
 pub fn archive_reader<R: std::io::Read + 'static>(f: R) -> Result<Box<dyn std::io::Read>> {
     use std::io::{BufRead, BufReader};
     let mut br = BufReader::with_capacity(256 * 1024, f);
     let head = br.fill_buf()?.to_vec();
-    if head.starts_with(b"BZh") {
+    if head.starts_with(BZIP2) {
         Ok(Box::new(bzip2::bufread::MultiBzDecoder::new(br)))
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+    } else if head.starts_with(XZ) {
         Ok(Box::new(lzma_rust2::XzReader::new_mem_limit(
             br,
             true,

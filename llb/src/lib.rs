@@ -240,29 +240,30 @@ impl Builder<'_> {
         };
         let out = match &step.op {
             Op::Scratch => None,
-            // A named local context: `buildctl build --local NAME=DIR`, as buildx
-            // passes `--build-context NAME=DIR`.
-            Op::Local { name } if self.opts.contexts.contains_key(name) => {
-                match self.opts.contexts.get(name).cloned() {
-                    Some(NamedSource::Git {
-                        url,
-                        reference,
-                        subdir,
-                    }) => Some(self.git(&url, reference.as_deref(), &subdir, false)),
-                    Some(NamedSource::Http { url }) => Some(self.http(&url, "context", None)),
-                    _ => return Err(self.unsupported(n, "an OCI layout as a directory")),
+            // A named context: what kiln fetched as the source BuildKit's frontend
+            // makes of it, a directory as `buildctl build --local NAME=DIR` (as buildx
+            // passes `--build-context NAME=DIR`).
+            Op::Local { name } => match self.opts.contexts.get(name).cloned() {
+                Some(NamedSource::Git {
+                    url,
+                    reference,
+                    subdir,
+                }) => Some(self.git(&url, reference.as_deref(), &subdir, false)),
+                Some(NamedSource::Http { url }) => Some(self.http(&url, "context", None)),
+                Some(NamedSource::Layout { .. }) => {
+                    return Err(self.unsupported(n, "an OCI layout as a directory"))
                 }
-            }
-            Op::Local { name } => {
-                let mut attrs = BTreeMap::new();
-                attrs.insert("local.sharedkeyhint".to_string(), name.clone());
-                let op = host_source(format!("local://{name}"), attrs);
-                Some(self.add(
-                    op,
-                    Some(&step.name),
-                    &["source.local", "source.local.sharedkeyhint", "platform"],
-                ))
-            }
+                None => {
+                    let mut attrs = BTreeMap::new();
+                    attrs.insert("local.sharedkeyhint".to_string(), name.clone());
+                    let op = host_source(format!("local://{name}"), attrs);
+                    Some(self.add(
+                        op,
+                        Some(&step.name),
+                        &["source.local", "source.local.sharedkeyhint", "platform"],
+                    ))
+                }
+            },
             Op::Image {
                 pinned, platform, ..
             } => {

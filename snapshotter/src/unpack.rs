@@ -197,12 +197,20 @@ fn bomb(limit: u64) -> String {
 }
 
 /// Opens a possibly compressed layer: gzip and zstd are recognised by magic bytes.
+const GZIP: &[u8] = &[0x1f, 0x8b];
+const ZSTD: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+
+/// Whether a stream starting with `head` is one [`decompress`] decompresses.
+pub fn is_compressed(head: &[u8]) -> bool {
+    head.starts_with(GZIP) || head.starts_with(ZSTD)
+}
+
 pub fn decompress<'a, R: Read + 'a>(r: R) -> Result<Box<dyn Read + 'a>> {
     let mut br = BufReader::with_capacity(256 * 1024, r);
     let head = br.fill_buf().ctx(|| "reading layer".into())?;
-    if head.starts_with(&[0x1f, 0x8b]) {
+    if head.starts_with(GZIP) {
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(br)))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+    } else if head.starts_with(ZSTD) {
         Ok(Box::new(
             zstd::stream::read::Decoder::with_buffer(br).ctx(|| "starting zstd".into())?,
         ))

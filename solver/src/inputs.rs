@@ -154,33 +154,33 @@ fn http_context(
     url: &str,
     fetch: &Fetcher,
 ) -> Result<(tempfile::TempDir, PathBuf, Option<PathBuf>)> {
-    let d = fetch.url(url)?;
-    let dir = temp_dir("the context from a URL")?;
-    let root = dir.path().join("context");
-    let mut sniff = d.file.try_clone()?;
-    std::io::Seek::rewind(&mut sniff)?;
-    if kiln_executor::fileop::is_tar_stream(sniff) {
-        let mut f = d.file;
-        std::io::Seek::rewind(&mut f)?;
+    let mut d = fetch.url(url)?;
+    // A file just opened: the sniff reads from its start, the unpack again after it.
+    if kiln_executor::fileop::is_tar_stream(d.file.try_clone()?) {
+        std::io::Seek::rewind(&mut d.file)?;
+        let dir = temp_dir("the context from a URL")?;
+        let root = dir.path().join("context");
         fs_err::create_dir(&root)?;
         unpack_tar(
-            kiln_executor::fileop::archive_reader(f)?,
+            kiln_executor::fileop::archive_reader(d.file)?,
             &root,
             &format!("the context tarball {url}"),
         )?;
-        Ok((dir, root, None))
-    } else {
-        fs_err::create_dir(&root)?;
-        let file = root.join("context");
-        url_file(d, &file)?;
-        Ok((dir, root, Some(file)))
+        return Ok((dir, root, None));
     }
+    let (dir, root) = url_file_dir(d)?;
+    let file = root.join("context");
+    Ok((dir, root, Some(file)))
 }
 
 /// `--build-context NAME=https://...`: a directory holding the URL's file as
 /// `context` (BuildKit's http source, not unpacked: mode 0600, the server's time).
 pub fn http_dir(url: &str, fetch: &Fetcher) -> Result<(tempfile::TempDir, PathBuf)> {
-    let d = fetch.url(url)?;
+    url_file_dir(fetch.url(url)?)
+}
+
+/// A directory of its own (`.../context`) holding `d` as the file `context`.
+fn url_file_dir(d: Download) -> Result<(tempfile::TempDir, PathBuf)> {
     let dir = temp_dir("the context from a URL")?;
     let root = dir.path().join("context");
     fs_err::create_dir(&root)?;
@@ -208,14 +208,6 @@ fn load_with_text(context: &Path, text: String) -> Result<Inputs> {
     load_from(context, None, Some(text))
 }
 
-/// Whether a stream starting with `head` is compressed in a way ADD unpacks.
-fn compressed(head: &[u8]) -> bool {
-    head.starts_with(&[0x1f, 0x8b])
-        || head.starts_with(b"BZh")
-        || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
-        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
-}
-
 /// Unpacks stdin into a private directory: a tar (plain or compressed) is the
 /// context; anything else is a Dockerfile (returned) for an empty context.
 fn stdin_context() -> Result<(tempfile::TempDir, Option<String>)> {
@@ -227,7 +219,7 @@ fn stdin_context() -> Result<(tempfile::TempDir, Option<String>)> {
         .map_err(input("reading stdin".into()))?
         .to_vec();
     let tar = head.len() >= 262 && &head[257..262] == b"ustar";
-    if !compressed(&head) && !tar {
+    if !kiln_executor::fileop::is_compressed(&head) && !tar {
         let mut text = String::new();
         r.read_to_string(&mut text)
             .map_err(input("reading the Dockerfile from stdin".into()))?;

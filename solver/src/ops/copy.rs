@@ -270,7 +270,7 @@ fn prepare(cx: &Cx<'_>, c: &CopySpec, urls: Option<&Remote>) -> Result<(CacheKey
         ));
     }
     let Some(Remote::Urls(files)) = urls else {
-        let (source_key, action, link_ref) = local(cx, c, &c.srcs, true)?;
+        let (source_key, action, link_ref) = local(cx, c, &spec, &c.srcs, true)?;
         let key = CacheKey::new("copy", &[cx.parent_key(), &source_key, &spec]);
         return Ok((
             key,
@@ -301,7 +301,7 @@ fn prepare(cx: &Cx<'_>, c: &CopySpec, urls: Option<&Remote>) -> Result<(CacheKey
                 .collect();
             actions.push(fetched_copy(c, dir.clone(), names, Vec::new()));
         } else {
-            let (source_key, action, _) = local(cx, c, run, false)?;
+            let (source_key, action, _) = local(cx, c, &spec, run, false)?;
             keys.push(source_key);
             actions.push(action);
         }
@@ -327,10 +327,12 @@ fn is_url(s: &SrcKind) -> bool {
 }
 
 /// The copy of `srcs` (paths and here-documents) from the COPY's source: what its
-/// key says of the source, the action, and (with `link`) where its link hint is kept.
+/// key says of the source, the action, and (with `link`) where its link hint is kept;
+/// `spec` is the COPY serialized, as its key has it.
 fn local(
     cx: &Cx<'_>,
     c: &CopySpec,
+    spec: &str,
     srcs: &[SrcKind],
     link: bool,
 ) -> Result<(String, CopyAction, Option<PathBuf>)> {
@@ -344,7 +346,6 @@ fn local(
             SrcKind::Url { .. } | SrcKind::Git { .. } => {}
         }
     }
-    let spec = serde_json::to_string(c).unwrap_or_default();
     let (source, source_key) = match c.from {
         CopyFrom::Context if paths.is_empty() => {
             (Source::Snapshots(Vec::new()), "inline".to_string())
@@ -373,7 +374,7 @@ fn local(
             s.store()
                 .root()
                 .join("copy-refs")
-                .join(&digest(&["copy-ref", &s.context.to_string_lossy(), &spec])[..32]),
+                .join(&digest(&["copy-ref", &s.context.to_string_lossy(), spec])[..32]),
         ),
         _ => None,
     };
