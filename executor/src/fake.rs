@@ -105,6 +105,10 @@ impl Recording {
         let tree = self.store.tmp_path("fake-layer");
         fs_err::create_dir_all(&tree)?;
         fs_err::write(tree.join("fake-step"), what)?;
+        // Fixed times: the same step gives the same layer whenever it is made (the
+        // tar holds mtimes, and two calls may fall in different seconds).
+        kiln_snapshotter::unpack::set_mtime(&tree.join("fake-step"), 0)?;
+        kiln_snapshotter::unpack::set_mtime(&tree, 0)?;
         let d = crate::work::write_layer_file(&tree, out, offset, compression);
         let _ = std::fs::remove_dir_all(&tree);
         let d = d?;
