@@ -241,6 +241,16 @@ impl From<Output> for Run {
 }
 
 impl Run {
+    /// Asserts that kiln failed and said `want` on stderr.
+    fn expect_failure(&self, want: &str) {
+        assert!(!self.ok, "kiln succeeded\nstderr:\n{}", self.stderr);
+        assert!(
+            self.stderr.contains(want),
+            "want {want:?} in:\n{}",
+            self.stderr
+        );
+    }
+
     fn expect_ok(self) -> Run {
         assert!(
             self.ok,
@@ -651,8 +661,7 @@ fn context_symlinks_cannot_reach_outside_the_context() {
 fn dockerfile_errors_point_at_the_line() {
     let case = Case::new("FROM REGISTRY/library/busybox:latest\nCOPY --chmod=9z a b\n");
     let run = case.build(&[]);
-    assert!(!run.ok);
-    assert!(run.stderr.contains("Dockerfile:2:"), "{}", run.stderr);
+    run.expect_failure("Dockerfile:2:");
     assert!(
         run.stderr.contains("COPY --chmod=9z a b"),
         "the offending line is shown: {}",
@@ -660,12 +669,7 @@ fn dockerfile_errors_point_at_the_line() {
     );
     let case = Case::new("FROM REGISTRY/library/no-such-image:1\n");
     let run = case.build(&[]);
-    assert!(!run.ok);
-    assert!(
-        run.stderr.contains("Dockerfile:1: failed to resolve"),
-        "{}",
-        run.stderr
-    );
+    run.expect_failure("Dockerfile:1: failed to resolve");
 }
 
 #[test]
@@ -915,13 +919,7 @@ fn heredocs_shell_copy_flags_add_tar_and_run_mounts() {
         "FROM REGISTRY/library/busybox:latest\nRUN --mount=type=secret,id=nope,required true\n",
     );
     let run = missing.build(&[]);
-    assert!(!run.ok);
-    assert!(
-        run.stderr
-            .contains("secret nope is required but was not provided"),
-        "{}",
-        run.stderr
-    );
+    run.expect_failure("secret nope is required but was not provided");
 }
 
 const ONBUILD_PARENT: &str = r#"FROM REGISTRY/library/busybox:latest

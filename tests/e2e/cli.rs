@@ -245,12 +245,7 @@ fn load_streams_a_docker_archive_into_docker_or_podman() {
     // Neither: a clear error naming both.
     let none = fake_engines(&case, "no-engine", &[], &record);
     let run = build_with_path(&case, &none, &["--load"]);
-    assert!(!run.ok);
-    assert!(
-        run.stderr.contains("--load needs docker or podman on PATH"),
-        "{}",
-        run.stderr
-    );
+    run.expect_failure("--load needs docker or podman on PATH");
     // An engine that fails: its message, and a failed build.
     let broken = path_dir(
         &case,
@@ -311,13 +306,7 @@ fn network_add_host_shm_size_and_ulimit_reach_every_run() {
     assert_eq!(read("hosts"), "");
     // A hard limit above kiln's own cannot be had rootless: refused by name.
     let run = case.build(&["--ulimit", "nofile=64:99999999999"]);
-    assert!(!run.ok);
-    assert!(
-        run.stderr
-            .contains("--ulimit nofile=64:99999999999: the hard limit kiln runs under is"),
-        "{}",
-        run.stderr
-    );
+    run.expect_failure("--ulimit nofile=64:99999999999: the hard limit kiln runs under is");
     for (args, why) in [
         (
             &["--ulimit", "files=1"][..],
@@ -636,13 +625,7 @@ fn the_tty_view_is_laid_out_as_buildx_s() {
 fn progress_rawjson_is_buildkit_s_solve_status_and_tty_needs_a_terminal() {
     let case = Case::new("FROM REGISTRY/library/busybox:latest\nRUN echo hello-json\nRUN false\n");
     let run = case.build(&["--progress", "tty"]);
-    assert!(!run.ok);
-    assert!(
-        run.stderr
-            .contains("--progress tty: stderr is not a terminal"),
-        "{}",
-        run.stderr
-    );
+    run.expect_failure("--progress tty: stderr is not a terminal");
     // Case::build passes --progress plain first; the later flag wins.
     let run = case.build(&["--progress", "rawjson"]);
     assert!(!run.ok);
@@ -862,13 +845,7 @@ fn check_outline_and_targets_answer_as_buildx_does() {
         ),
     );
     let run = case.build(&[]);
-    assert!(!run.ok);
-    assert!(
-        run.stderr
-            .contains("ERROR: lint violation found for rules: FromAsCasing"),
-        "{}",
-        run.stderr
-    );
+    run.expect_failure("ERROR: lint violation found for rules: FromAsCasing");
     assert!(
         !run.stderr
             .contains("FROM 127.0.0.1:5000/library/busybox:latest\n#"),

@@ -97,22 +97,11 @@ fn contexts_and_dockerfiles_come_from_stdin_as_with_docker_build() {
     h.set_cksum();
     b.append(&h, &evil[..]).expect("append");
     let run = build_stdin(&case, &["-"], &b.into_inner().expect("tar"));
-    assert!(!run.ok);
-    assert!(
-        run.stderr.contains("the context tar on stdin"),
-        "{}",
-        run.stderr
-    );
+    run.expect_failure("the context tar on stdin");
     assert!(!std::env::temp_dir().join("escaped.txt").exists());
     // Both from stdin: a clear error.
     let run = build_stdin(&case, &["-f", "-", "-"], b"");
-    assert!(!run.ok);
-    assert!(
-        run.stderr
-            .contains("the context and the Dockerfile cannot both be read from stdin"),
-        "{}",
-        run.stderr
-    );
+    run.expect_failure("the context and the Dockerfile cannot both be read from stdin");
 }
 
 #[test]
@@ -683,14 +672,9 @@ fn git_repositories_are_add_sources_and_build_contexts() {
         ),
     );
     let run = case.build(&[]);
-    assert!(!run.ok);
-    assert!(
-        run.stderr.contains(&format!(
-            "git source {url}: no branch, tag or commit \"nope\""
-        )),
-        "{}",
-        run.stderr
-    );
+    run.expect_failure(&format!(
+        "git source {url}: no branch, tag or commit \"nope\""
+    ));
 }
 
 /// `kiln build ARGS CONTEXT` in `case`'s store, CONTEXT given as it is (a URL).
@@ -743,22 +727,10 @@ fn urls_git_repositories_and_oci_layouts_are_contexts_too() {
     assert_eq!(read("made"), "from-a-url\n");
     // LLB cannot name a context kiln fetched (buildctl reads --local directories).
     let run = build_at(&case, &["--emit-llb"], &url);
-    assert!(!run.ok);
-    assert!(
-        run.stderr
-            .contains("--emit-llb needs the context as a directory"),
-        "{}",
-        run.stderr
-    );
+    run.expect_failure("--emit-llb needs the context as a directory");
     // Unreachable: the error names the URL.
     let run = build_at(&case, &[], "http://127.0.0.1:1/ctx.tar");
-    assert!(!run.ok);
-    assert!(
-        run.stderr
-            .contains("build context http://127.0.0.1:1/ctx.tar: "),
-        "{}",
-        run.stderr
-    );
+    run.expect_failure("build context http://127.0.0.1:1/ctx.tar: ");
 
     // Named contexts: an https file (BuildKit's `context`, not unpacked), a git
     // directory, and an image in an OCI layout made by skopeo.
@@ -836,13 +808,7 @@ fn urls_git_repositories_and_oci_layouts_are_contexts_too() {
     let mut with_missing = args.clone();
     with_missing.extend(["--build-context", missing.as_str()]);
     let run = case.build(&with_missing);
-    assert!(!run.ok);
-    assert!(
-        run.stderr
-            .contains("an image tagged \"nope\" in index.json not found"),
-        "{}",
-        run.stderr
-    );
+    run.expect_failure("an image tagged \"nope\" in index.json not found");
 }
 
 /// Asks the agent at $SSH_AUTH_SOCK for its identities (SSH_AGENTC_REQUEST_IDENTITIES)
@@ -969,13 +935,7 @@ fn ssh_mounts_reach_the_agent_through_a_proxy_and_leave_nothing_behind() {
         ),
     );
     let run = case.build(&[]);
-    assert!(!run.ok);
-    assert!(
-        run.stderr
-            .contains("ssh agent default is required but was not provided"),
-        "{}",
-        run.stderr
-    );
+    run.expect_failure("ssh agent default is required but was not provided");
 }
 
 /// Every file below `dir`.

@@ -222,12 +222,7 @@ fn htpasswd_registry_takes_a_push_only_with_credentials() {
         &env,
         "wrong\n",
     );
-    assert!(!r.ok);
-    assert!(
-        r.stderr.contains("incorrect username or password"),
-        "{}",
-        r.stderr
-    );
+    r.expect_failure("incorrect username or password");
     assert!(!docker.join("config.json").exists());
     run_kiln(
         &case,
@@ -369,6 +364,5 @@ fn docker_io_names_are_served_by_a_registries_conf_mirror() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let _ = fs::remove_dir_all(case.path("store"));
     let r = run_kiln(&case, &args, &env, "");
-    assert!(!r.ok);
-    assert!(r.stderr.contains("127.0.0.1:9"), "{}", r.stderr);
+    r.expect_failure("127.0.0.1:9");
 }
