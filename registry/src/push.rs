@@ -92,8 +92,11 @@ impl Registry {
         // distribution-source labels): the first repository of this registry that
         // mounts it saves the upload.
         let mut candidates: Vec<String> = b.source.iter().cloned().collect();
-        candidates.extend(crate::sources::known(store, &b.digest));
-        candidates.dedup();
+        for known in crate::sources::known(store, &b.digest) {
+            if !candidates.contains(&known) {
+                candidates.push(known);
+            }
+        }
         for source in candidates.iter().take(3) {
             let on_host = crate::on_registry(source, r.registry());
             if let Some(from) = on_host.filter(|from| *from != r.repository()) {
