@@ -2,7 +2,7 @@
 //! manifest routes over HTTP/1.1 on 127.0.0.1, with switches for what real
 //! registries do that the shared test registry cannot be made to do on demand
 //! (answer 5xx or drop the connection once, serve a corrupted blob, ask for a Bearer
-//! token, refuse a mount with 202, mishandle chunked uploads).
+//! token, refuse a mount with 202, refuse a large body in one request).
 
 use sha2::Digest as _;
 use std::collections::{HashMap, HashSet};
@@ -34,8 +34,9 @@ pub struct State {
     pub corrupt: HashSet<String>,
     /// Answer every mount with 202 (a new upload), as registries that cannot mount do.
     pub refuse_mounts: bool,
-    /// Answer PATCH with 200 instead of 202.
-    pub bad_chunks: bool,
+    /// Refuse a PUT whose body is larger, with 413, as proxies in front of some
+    /// registries do.
+    pub max_put_body: Option<usize>,
 }
 
 pub struct Fake {
@@ -302,15 +303,16 @@ fn route(req: &Request, state: &Arc<Mutex<State>>, host: &str) -> Response {
         if !s.uploads.contains_key(&id) {
             return error(404, "BLOB_UPLOAD_UNKNOWN");
         }
-        let bad_chunks = s.bad_chunks;
+        if m == "PUT" && s.max_put_body.is_some_and(|max| req.body.len() > max) {
+            return error(413, "SIZE_INVALID");
+        }
         let Some(up) = s.uploads.get_mut(&id) else {
             return error(404, "BLOB_UPLOAD_UNKNOWN");
         };
         up.1.extend_from_slice(&req.body);
         let len = up.1.len();
         if m == "PATCH" {
-            let status = if bad_chunks { 200 } else { 202 };
-            return answer(status)
+            return answer(202)
                 .header("Location", &format!("/v2/{repo}/blobs/uploads/{id}"))
                 .header("Range", &format!("0-{}", len.saturating_sub(1)));
         }

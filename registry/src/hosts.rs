@@ -44,13 +44,16 @@ impl Scheme {
     }
 }
 
-/// The clients for one host and credential. Blobs up to one chunk go up in one PUT;
-/// bigger ones in chunks (PATCH), and in one PUT if the registry mishandles chunks.
+/// The clients for one host and credential. Blobs go up in one streamed PUT, as
+/// containerd sends them; in chunks (PATCH) only if the registry refuses that.
 #[derive(Clone)]
 pub(crate) struct Host {
-    pub(crate) chunked: Client,
+    /// Everything but the one-request uploads: pulls, checks, manifests, chunks.
+    pub(crate) client: Client,
     /// Made on first use: only pushes need it, and every client loads the system's
-    /// root certificates (a few ms of each build that only pulls).
+    /// root certificates (a few ms of each build that only pulls). It has no read
+    /// timeout, which would also run out while a long body is still going up (the
+    /// push watches the upload's progress instead: `push::Watchdog`).
     pub(crate) monolithic: std::sync::Arc<std::sync::OnceLock<Client>>,
     pub(crate) scheme: Scheme,
     pub(crate) auth: RegistryAuth,
@@ -75,10 +78,13 @@ pub(crate) fn client(scheme: Scheme, monolithic: bool) -> Client {
         accept_invalid_certificates: scheme == Scheme::HttpsUnverified,
         use_monolithic_push: monolithic,
         connect_timeout: Some(std::time::Duration::from_secs(15)),
-        read_timeout: Some(std::time::Duration::from_secs(60)),
+        read_timeout: (!monolithic).then_some(IDLE),
         ..Default::default()
     })
 }
+
+/// How long a request may go without a byte read, or an upload without a byte sent.
+pub(crate) const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// oci-client's chunk size for chunked uploads.
 pub(crate) const CHUNK: u64 = 4 << 20;
@@ -153,7 +159,7 @@ impl Registry {
             None => RegistryAuth::Anonymous,
         };
         let h = Host {
-            chunked: client(scheme, false),
+            client: client(scheme, false),
             monolithic: Default::default(),
             scheme,
             auth,

@@ -63,7 +63,7 @@ impl Registry {
         store: &Store,
     ) -> Result<Resolved> {
         let host = self.host(r, ep.insecure).await?;
-        let client = &host.chunked;
+        let client = &host.client;
         let tag_or_digest = r
             .digest()
             .map(|d| format!("manifest {d}"))
@@ -245,7 +245,7 @@ impl Registry {
         tee: Option<tokio::io::BufWriter<tokio::fs::File>>,
     ) -> Result<()> {
         let host = self.host(r, ep.insecure).await?;
-        host.chunked
+        host.client
             .store_auth_if_needed(r.resolve_registry(), &host.auth)
             .await;
         let tmp = store.tmp_path("download");
@@ -277,7 +277,7 @@ impl Registry {
                         digest: digest.to_string(),
                         ..Default::default()
                     };
-                    let mut stream = host.chunked.pull_blob_stream(r, &desc).await?.stream;
+                    let mut stream = host.client.pull_blob_stream(r, &desc).await?.stream;
                     let mut tee = lock(&tee).take();
                     while let Some(bytes) = stream.try_next().await.map_err(digest_error)? {
                         w.write_all(&bytes).await?;

@@ -373,15 +373,11 @@ async fn bearer_tokens_are_fetched_with_the_stored_credentials() {
 }
 
 #[tokio::test]
-async fn mounts_refused_with_202_and_bad_chunking_fall_back_to_uploads() {
+async fn mounts_refused_with_202_fall_back_to_one_put_and_413_to_chunks() {
     let fake = Fake::start().await;
     let big: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 251) as u8).collect();
     let big_digest = fake.add_blob("team/base", &big);
-    {
-        let mut s = fake.state();
-        s.refuse_mounts = true;
-        s.bad_chunks = true;
-    }
+    fake.state().refuse_mounts = true;
     let d = tempfile::tempdir().expect("tmp");
     let store = Store::open(d.path().join("store")).expect("store");
     assert_eq!(store.write_blob(&big).expect("w"), big_digest);
@@ -391,6 +387,23 @@ async fn mounts_refused_with_202_and_bad_chunking_fall_back_to_uploads() {
         size: big.len() as u64,
         source: Some(format!("{}/team/base", fake.addr)),
     }];
+    // A registry that takes the whole body: one PUT, no chunk.
+    let pushed = reg
+        .push(
+            &format!("{}/team/one:v1", fake.addr),
+            &blobs,
+            b"{}",
+            "application/vnd.oci.image.manifest.v1+json",
+            &store,
+        )
+        .await
+        .expect("pushes");
+    assert_eq!(pushed.blobs[0].1, BlobOutcome::Uploaded);
+    assert_eq!(fake.count("PATCH "), 0);
+    assert_eq!(fake.count("PUT /v2/team/one/blobs/uploads/"), 1);
+    assert!(fake.state().repos["team/one"].contains(&big_digest));
+    // One that refuses a body that large: chunks.
+    fake.state().max_put_body = Some(1 << 20);
     let pushed = reg
         .push(
             &format!("{}/team/app:v1", fake.addr),
@@ -406,11 +419,11 @@ async fn mounts_refused_with_202_and_bad_chunking_fall_back_to_uploads() {
         fake.count("POST /v2/team/app/blobs/uploads/?") >= 2,
         "mount, then uploads"
     );
-    assert!(fake.count("PATCH ") >= 1);
+    assert_eq!(fake.count("PATCH "), 2, "5 MiB in 4 MiB chunks");
     assert!(
         lock(&said)
             .iter()
-            .any(|m| m.contains("uploading it in one request")),
+            .any(|m| m.contains("refused in one request") && m.contains("uploading it in chunks")),
         "{:?}",
         lock(&said)
     );
