@@ -387,33 +387,29 @@ async fn mounts_refused_with_202_fall_back_to_one_put_and_413_to_chunks() {
         size: big.len() as u64,
         source: Some(format!("{}/team/base", fake.addr)),
     }];
+    let (reg, blobs, store) = (&reg, &blobs, &store);
+    let push = |repo: &str| {
+        let target = format!("{}/{repo}:v1", fake.addr);
+        async move {
+            reg.push(
+                &target,
+                blobs,
+                b"{}",
+                "application/vnd.oci.image.manifest.v1+json",
+                store,
+            )
+            .await
+        }
+    };
     // A registry that takes the whole body: one PUT, no chunk.
-    let pushed = reg
-        .push(
-            &format!("{}/team/one:v1", fake.addr),
-            &blobs,
-            b"{}",
-            "application/vnd.oci.image.manifest.v1+json",
-            &store,
-        )
-        .await
-        .expect("pushes");
+    let pushed = push("team/one").await.expect("pushes");
     assert_eq!(pushed.blobs[0].1, BlobOutcome::Uploaded);
     assert_eq!(fake.count("PATCH "), 0);
     assert_eq!(fake.count("PUT /v2/team/one/blobs/uploads/"), 1);
     assert!(fake.state().repos["team/one"].contains(&big_digest));
     // One that refuses a body that large: chunks.
     fake.state().max_put_body = Some(1 << 20);
-    let pushed = reg
-        .push(
-            &format!("{}/team/app:v1", fake.addr),
-            &blobs,
-            b"{}",
-            "application/vnd.oci.image.manifest.v1+json",
-            &store,
-        )
-        .await
-        .expect("pushes");
+    let pushed = push("team/app").await.expect("pushes");
     assert_eq!(pushed.blobs[0].1, BlobOutcome::Uploaded);
     assert!(
         fake.count("POST /v2/team/app/blobs/uploads/?") >= 2,
@@ -430,16 +426,7 @@ async fn mounts_refused_with_202_fall_back_to_one_put_and_413_to_chunks() {
     assert!(fake.state().repos["team/app"].contains(&big_digest));
     // Pushing again uploads nothing.
     let before = fake.count("POST ");
-    let again = reg
-        .push(
-            &format!("{}/team/app:v1", fake.addr),
-            &blobs,
-            b"{}",
-            "application/vnd.oci.image.manifest.v1+json",
-            &store,
-        )
-        .await
-        .expect("pushes");
+    let again = push("team/app").await.expect("pushes");
     assert_eq!(again.blobs[0].1, BlobOutcome::Existing);
     assert_eq!(fake.count("POST "), before);
 }
