@@ -90,6 +90,8 @@ impl RegistryLog {
 struct AptRepo {
     server: std::process::Child,
     port: u16,
+    /// The server's stderr: why it stopped, if it did.
+    log: std::path::PathBuf,
 }
 
 impl AptRepo {
@@ -109,34 +111,55 @@ impl AptRepo {
         let dir = std::env::var(var).unwrap_or_else(|_| {
             panic!("{var}: a directory of scripts/setup.sh's (scripts/test.sh)")
         });
-        // A port the kernel says is free; python binds it right after.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let server = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-                &dir,
-            ])
-            .arg(port.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("python3 -m http.server");
-        // Dropped (and so killed) if it never answers.
-        let repo = AptRepo { server, port };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return repo;
+        // A port the kernel says is free; python binds it right after. Another
+        // process can take it in between (python then exits at once): a new port then.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let log = std::env::temp_dir().join(format!("kiln-e2e-http-{port}.log"));
+            let err = std::fs::File::create(&log).expect("the server's log");
+            let server = Command::new("python3")
+                .args([
+                    "-m",
+                    "http.server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--directory",
+                    &dir,
+                ])
+                .arg(port.to_string())
+                .stdout(std::process::Stdio::null())
+                .stderr(err)
+                .spawn()
+                .expect("python3 -m http.server");
+            // Dropped (and so killed) if it never answers.
+            let mut repo = AptRepo {
+                server,
+                port,
+                log: log.clone(),
+            };
+            // Up to 30 s: python starts slowly on a loaded runner.
+            for _ in 0..600 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return repo;
+                }
+                if let Ok(Some(status)) = repo.server.try_wait() {
+                    last = format!(
+                        "python3 -m http.server on port {port} exited ({status}): {}",
+                        std::fs::read_to_string(&log).unwrap_or_default().trim()
+                    );
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            if last.is_empty() {
+                last = format!("nothing answered on 127.0.0.1:{port} in 30 s");
+            }
         }
-        panic!("the apt repository server did not start on 127.0.0.1:{port}")
+        panic!("the {var} server did not start: {last}")
     }
 
     /// A RUN line that points apt at this repository only.
@@ -152,6 +175,7 @@ impl Drop for AptRepo {
     fn drop(&mut self) {
         let _ = self.server.kill();
         let _ = self.server.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
