@@ -12,6 +12,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln_frontend::dockerignore::Matcher;
 use kiln_snapshotter::diff::{write_layer, LayerCompression};
+use kiln_snapshotter::write_behind::Via;
 use kiln_solver::cache::{hash_context, FileHashes};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -248,7 +249,7 @@ fn layer(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("kiln", name), |b| {
             b.iter(|| {
                 let f = fs::File::create(&blob).expect("creating the layer file");
-                write_layer(&tree, f, compression).expect("writing the layer")
+                write_layer(&tree, f, compression, Via::PageCache).expect("writing the layer")
             })
         });
         let bin = tool.split(' ').next().unwrap_or(tool);

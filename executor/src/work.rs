@@ -5,6 +5,7 @@ use crate::{fileop, io_ctx, sandbox, sys, sys_err, Action, Error, Result, StepOu
 use crate::{LayerCompression, Snapshotter};
 use fs_err as fs;
 use kiln_snapshotter::native;
+use kiln_snapshotter::write_behind::Via;
 use kiln_snapshotter::{overlay, store, unpack, Store};
 use std::io::Seek;
 use std::path::Path;
@@ -179,7 +180,9 @@ fn unpack_input(
 
 /// Writes `tree` as a layer blob into the new file `out`, from byte `offset` (room for
 /// an archive's tar header); a blob that could not be written whole (ENOSPC, say) is
-/// removed, so no partial blob stays behind.
+/// removed, so no partial blob stays behind. A blob at an offset is in an archive
+/// being exported, which kiln does not read again: it is written with direct I/O; one
+/// for the store goes through the page cache, for the push or export that reads it.
 pub(crate) fn write_layer_file(
     tree: &Path,
     out: &Path,
@@ -195,6 +198,11 @@ pub(crate) fn write_layer_file(
                 tree,
                 f.into_parts().0,
                 compression,
+                if offset > 0 {
+                    Via::Direct
+                } else {
+                    Via::PageCache
+                },
             )?)
         });
     if r.is_err() {

@@ -9,7 +9,12 @@
 
 use crate::image::{Descriptor, Image, Index, Multi, DOCKER_LIST, OCI_INDEX};
 use crate::{io, Error, Result};
-use kiln_snapshotter::{digest, digest::WriteBehind, store::atomic_write, Store};
+use kiln_snapshotter::{
+    digest,
+    store::atomic_write,
+    write_behind::{Via, WriteBehind},
+    Store,
+};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
@@ -349,17 +354,13 @@ fn write_tar<W: Write>(out: W, l: &Layout, path: &Path) -> Result<W> {
     write_entries(out, l, path, false)
 }
 
-/// The entries of `l` into `f` (positioned at `start`), buffered and written behind;
-/// returns the file, everything handed to the kernel but not synced.
+/// The entries of `l` into `f` from `start` on, written behind with direct I/O (an
+/// archive is the build's output: kiln does not read it again); returns the file,
+/// everything handed to the kernel but not synced.
 fn write_to_file(f: File, start: u64, l: &Layout, path: &Path, dirs_done: bool) -> Result<File> {
-    let out = std::io::BufWriter::with_capacity(1 << 20, WriteBehind::at(f, start));
-    Ok(write_entries(out, l, path, dirs_done)?
-        .into_inner()
-        .map_err(|e| Error::Io {
-            path: path.display().to_string(),
-            source: e.into_error(),
-        })?
-        .into_inner())
+    write_entries(WriteBehind::at(f, start, Via::Direct), l, path, dirs_done)?
+        .finish()
+        .map_err(io(path))
 }
 
 /// Header of an entry of the archive: no owners, no time.

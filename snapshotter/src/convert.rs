@@ -13,11 +13,12 @@
 //! base image's layers keep the compression they were pulled with unless
 //! `force-compression=true`.
 
-use crate::digest::{self, HashWriter, WriteBehind};
+use crate::digest::{self, HashWriter};
 use crate::records::{Kind, Layer, Record};
+use crate::write_behind::{Via, WriteBehind};
 use crate::{Context, Error, Result, Store};
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 
 /// A layer compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +197,7 @@ fn convert(
     let tmp = store.tmp_path("convert");
     let out = File::create(&tmp).ctx(|| tmp.display().to_string())?;
     let result = (|| {
-        let hashed = HashWriter::new(BufWriter::with_capacity(1 << 20, WriteBehind::new(out)));
+        let hashed = HashWriter::new(WriteBehind::new(out, Via::PageCache));
         let (hashed, diff_id) = match compression {
             Compression::Uncompressed => write_tar(tar, HashWriter::new(hashed), opts, &tmp)?,
             Compression::Gzip => {
@@ -219,12 +220,8 @@ fn convert(
                 (z.finish().ctx(|| tmp.display().to_string())?, id)
             }
         };
-        let (buf, digest, size) = hashed.finish();
-        let f = buf
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .ctx(|| tmp.display().to_string())?
-            .into_inner();
+        let (behind, digest, size) = hashed.finish();
+        let f = behind.finish().ctx(|| tmp.display().to_string())?;
         f.sync_all().ctx(|| tmp.display().to_string())?;
         if opts.clamp_mtime.is_none() && diff_id != layer.diff_id {
             return Err(Error::DigestMismatch {

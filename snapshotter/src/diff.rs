@@ -6,13 +6,14 @@
 //! dropped. Entries are written in byte order of their names so the same tree always
 //! gives the same tar.
 
-use crate::digest::{HashWriter, WriteBehind};
+use crate::digest::HashWriter;
+use crate::write_behind::{Via, WriteBehind};
 use crate::{Context, Result};
 use fs_err as fs;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Seek, Write};
+use std::io::{Seek, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -58,17 +59,15 @@ pub struct LayerDigests {
 }
 
 /// Writes the layer for `upper` to `out` from its current position, compressed as
-/// `compression` says.
+/// `compression` says, `via` the page cache or direct I/O.
 pub fn write_layer(
     upper: &Path,
     mut out: File,
     compression: LayerCompression,
+    via: Via,
 ) -> Result<LayerDigests> {
     let start = out.stream_position().ctx(|| "positioning layer".into())?;
-    let compressed = HashWriter::new(BufWriter::with_capacity(
-        1 << 20,
-        WriteBehind::at(out, start),
-    ));
+    let compressed = HashWriter::new(WriteBehind::at(out, start, via));
     let (compressed, diff_id, entries) = match compression {
         LayerCompression::Gzip => {
             let gz = crate::pargz::Writer::new(compressed, crate::pargz::DEFAULT_LEVEL, 2);
@@ -95,12 +94,8 @@ pub fn write_layer(
             )
         }
     };
-    let (buf, digest, size) = compressed.finish();
-    let file = buf
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .ctx(|| "flushing layer".into())?
-        .into_inner();
+    let (behind, digest, size) = compressed.finish();
+    let file = behind.finish().ctx(|| "writing layer".into())?;
     file.sync_all().ctx(|| "syncing layer".into())?;
     Ok(LayerDigests {
         diff_id,
@@ -316,6 +311,7 @@ mod tests {
             &up,
             File::create(&out).expect("create"),
             LayerCompression::Gzip,
+            Via::PageCache,
         )
         .expect("layer");
         let bytes = fs::read(&out).expect("read");
@@ -334,6 +330,7 @@ mod tests {
             &up,
             File::create(&out2).expect("create"),
             LayerCompression::Gzip,
+            Via::Direct,
         )
         .expect("layer");
         assert_eq!(d, d2);
@@ -343,6 +340,7 @@ mod tests {
             &up,
             File::create(&z).expect("create"),
             LayerCompression::Zstd,
+            Via::PageCache,
         )
         .expect("layer");
         assert_eq!(dz.diff_id, d.diff_id);
@@ -355,6 +353,7 @@ mod tests {
             &up,
             File::create(&z2).expect("create"),
             LayerCompression::Zstd,
+            Via::Direct,
         )
         .expect("layer");
         assert_eq!(dz, dz2);
@@ -369,6 +368,7 @@ mod tests {
             &up,
             File::create(dir.path().join("l")).expect("create"),
             LayerCompression::Gzip,
+            Via::PageCache,
         )
         .expect("layer");
         assert_eq!(d.entries, 0);

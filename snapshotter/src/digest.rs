@@ -106,57 +106,6 @@ impl<R: Read> Read for HashReader<R> {
     }
 }
 
-/// A file writer that starts writeback of each [`WRITE_BEHIND`] bytes as soon as they
-/// are written, so that the disk works while the writer computes (compresses a layer,
-/// say) and the fsync at the end has little left to wait for. Without it, a 500 MB
-/// blob sits in the page cache until fsync, which then writes all of it at disk speed
-/// after the CPU work is done.
-pub struct WriteBehind {
-    file: std::fs::File,
-    written: u64,
-    started: u64,
-}
-
-/// How much is written between two writeback requests.
-pub const WRITE_BEHIND: u64 = 8 << 20;
-
-impl WriteBehind {
-    pub fn new(file: std::fs::File) -> Self {
-        Self::at(file, 0)
-    }
-
-    /// For a file whose position is `offset`: writeback requests name the ranges
-    /// actually written.
-    pub fn at(file: std::fs::File, offset: u64) -> Self {
-        WriteBehind {
-            file,
-            written: offset,
-            started: offset,
-        }
-    }
-
-    /// The file, with everything written handed to the kernel (not yet synced).
-    pub fn into_inner(self) -> std::fs::File {
-        self.file
-    }
-}
-
-impl Write for WriteBehind {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.written += n as u64;
-        if self.written - self.started >= WRITE_BEHIND {
-            crate::sys::start_writeback(&self.file, self.started, self.written - self.started);
-            self.started = self.written;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,21 +123,5 @@ mod tests {
         assert_eq!(d, of(b"abc"));
         assert!(hex_part(&d).is_ok());
         assert!(hex_part("sha256:../../etc").is_err());
-    }
-
-    #[test]
-    fn write_behind_writes_everything_across_its_writeback_windows() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("blob");
-        let mut w = WriteBehind::new(std::fs::File::create(&path).expect("create"));
-        // Odd-sized writes, crossing several windows and ending mid-window.
-        let data: Vec<u8> = (0..(2 * WRITE_BEHIND as usize + 12345))
-            .map(|i| (i * 7 % 251) as u8)
-            .collect();
-        for chunk in data.chunks(1 << 19 | 3) {
-            w.write_all(chunk).expect("write");
-        }
-        w.into_inner().sync_all().expect("sync");
-        assert_eq!(std::fs::read(&path).expect("read"), data);
     }
 }

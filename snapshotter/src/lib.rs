@@ -25,6 +25,7 @@ pub mod store;
 mod sys;
 pub mod tree;
 pub mod unpack;
+pub mod write_behind;
 
 pub use store::Store;
 

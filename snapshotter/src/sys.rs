@@ -1,6 +1,7 @@
 //! The storage layer's system calls, and its only `unsafe`: handing pipe ends to a child
 //! at fixed fd numbers and adopting them in the helper, whiteout device nodes, overlay
-//! and bind mounts, entering the user namespace, starting writeback of a file being written.
+//! and bind mounts, entering the user namespace, starting writeback of a file being written,
+//! direct I/O on and off.
 
 use crate::{Context, Result};
 use nix::mount::{mount, MsFlags};
@@ -63,6 +64,20 @@ pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
+}
+
+/// Turns direct I/O (`O_DIRECT`) on or off for `file` (fcntl `F_SETFL`); an error means
+/// the filesystem has none.
+pub(crate) fn set_direct_io(file: &File, on: bool) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(file, FcntlArg::F_GETFL)?);
+    let flags = if on {
+        flags | OFlag::O_DIRECT
+    } else {
+        flags - OFlag::O_DIRECT
+    };
+    fcntl(file, FcntlArg::F_SETFL(flags))?;
+    Ok(())
 }
 
 /// An overlay whiteout: a 0/0 character device (allowed unprivileged since Linux 5.8).
