@@ -203,56 +203,52 @@ fn write_chunks(
     spare: SyncSender<Chunk>,
 ) -> io::Result<File> {
     let mut direct = direct && crate::sys::set_direct_io(&file, true).is_ok();
-    let mut is_direct = direct;
+    let mut flag = DirectFlag { on: direct };
     let mut hinted = None::<u64>;
     for (pos, chunk) in chunks {
         let data = chunk.data();
         // The aligned part directly; an unaligned start (the first chunk of a blob
         // written after headers) or end (the last chunk) through the page cache.
-        let aligned = if direct && pos % ALIGN as u64 == 0 {
-            data.len() / ALIGN * ALIGN
-        } else {
-            0
-        };
-        if aligned > 0 {
-            if !is_direct {
-                crate::sys::set_direct_io(&file, true)?;
-                is_direct = true;
-            }
+        let mut done = 0;
+        let aligned = data.len() / ALIGN * ALIGN;
+        if direct && pos % ALIGN as u64 == 0 && aligned > 0 {
+            flag.set(&file, true)?;
             match file.write_all_at(&data[..aligned], pos) {
-                Ok(()) => {}
+                Ok(()) => done = aligned,
                 // Refused after all (an alignment this filesystem wants larger): the
                 // rest of the blob goes through the page cache, from this chunk on.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    direct = false;
-                    crate::sys::set_direct_io(&file, false)?;
-                    is_direct = false;
-                    file.write_all_at(data, pos)?;
-                    hint(&file, &mut hinted, pos, data.len());
-                    let _ = spare.try_send(chunk);
-                    continue;
-                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => direct = false,
                 Err(e) => return Err(e),
             }
         }
-        if aligned < data.len() {
-            if is_direct {
-                crate::sys::set_direct_io(&file, false)?;
-                is_direct = false;
-            }
-            let at = pos + aligned as u64;
-            file.write_all_at(&data[aligned..], at)?;
+        if done < data.len() {
+            flag.set(&file, false)?;
+            let at = pos + done as u64;
+            file.write_all_at(&data[done..], at)?;
             if !direct {
-                hint(&file, &mut hinted, at, data.len() - aligned);
+                hint(&file, &mut hinted, at, data.len() - done);
             }
         }
         let _ = spare.try_send(chunk);
     }
-    if is_direct {
-        // The caller may go on writing the file as usual (an archive's headers).
-        crate::sys::set_direct_io(&file, false)?;
-    }
+    // The caller may go on writing the file as usual (an archive's headers).
+    flag.set(&file, false)?;
     Ok(file)
+}
+
+/// Whether `O_DIRECT` is on for the thread's file: changed only when it must be.
+struct DirectFlag {
+    on: bool,
+}
+
+impl DirectFlag {
+    fn set(&mut self, file: &File, on: bool) -> io::Result<()> {
+        if self.on != on {
+            crate::sys::set_direct_io(file, on)?;
+            self.on = on;
+        }
+        Ok(())
+    }
 }
 
 /// Starts writeback of what was written through the cache since the last start, each
