@@ -141,6 +141,7 @@ impl AptRepo {
                 port,
                 log: log.clone(),
             };
+            last = format!("nothing answered on 127.0.0.1:{port} in 30 s");
             // Up to 30 s: python starts slowly on a loaded runner.
             for _ in 0..600 {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -154,9 +155,6 @@ impl AptRepo {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            if last.is_empty() {
-                last = format!("nothing answered on 127.0.0.1:{port} in 30 s");
             }
         }
         panic!("the {var} server did not start: {last}")
