@@ -1150,12 +1150,12 @@ def unregister_qemu():
 def journal_disk(state):
     """Root: a fresh ext4 with a journal, as CI runners' disks are, in a sparse file on
     a loop device with direct I/O, mounted at STATE/bench-disk (`-o discard`, so that
-    what the cases delete goes back to the host). This machine's /var/tmp is an ext4 *without* a journal, where the
-    inode allocator passes over inodes freed in the last 60 s (360 s once their inode
-    table block is written again) one by one, each a buffer-cache lookup: creating
-    20,000 files after another builder's round deleted as many took 7.4 s of system
-    time instead of 2.3 (perf: `find_inode_bit` -> `recently_deleted`), which
-    measured the order of the rounds, not the builders. Returns the mount point, or
+    what the cases delete goes back to the host). This machine's /var/tmp is an ext4
+    *without* a journal, where the inode allocator passes over inodes freed in the
+    last 60 s (360 s once their inode table block is written again) one by one, each a
+    buffer-cache lookup: creating 20,000 files after another builder's round deleted
+    as many took 7.4 s of system time instead of 2.3 (perf: `find_inode_bit` ->
+    `recently_deleted`), which measured the order of the rounds, not the builders. Returns the mount point, or
     None (then the cases run where they are, and the report says on what)."""
     img = os.path.join(state, "bench-disk.img")
     mnt = os.path.join(state, "bench-disk")
